@@ -1,0 +1,40 @@
+# One command per task; CI calls `make test`.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+TINY := models/tiny-llama
+CONFIG ?= config.example.toml
+
+.PHONY: setup run test lint bench tiny clean
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch is pinned to the CPU wheel so pip never pulls a multi-GB CUDA build; GPU users install their own.
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+$(TINY)/config.json: | $(STAMP)
+	$(BIN)/llmserve tiny-model $(TINY) --seed 0
+
+tiny: $(TINY)/config.json
+
+run: setup tiny
+	$(BIN)/llmserve run $(CONFIG)
+
+test: setup
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+lint: setup
+	$(BIN)/ruff check llmserve tests benchmarks
+	$(BIN)/mypy llmserve
+
+bench: setup tiny
+	$(BIN)/python benchmarks/cpu_concurrency.py --model-path $(TINY)
+
+clean:
+	rm -rf $(VENV) models
