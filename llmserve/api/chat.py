@@ -1,0 +1,130 @@
+"""POST /v1/chat/completions: validate -> template -> dispatch -> JSON or SSE."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from llmserve.api.logprobs import chat_logprobs
+from llmserve.api.params import (
+    check_common,
+    choice_seeds,
+    read_body,
+    resolve_max_tokens,
+    sampling_params,
+    stop_strings,
+)
+from llmserve.api.schemas import ChatCompletionRequest, ChatMessage
+from llmserve.api.state import server_state
+from llmserve.api.streaming import collect, new_id, now_s, raise_if_error, sse_response, until_disconnect
+from llmserve.engine.request import SamplingParams
+from llmserve.errors import InvalidRequestError
+from llmserve.templates import encode_chat
+from llmserve.worker import Worker
+
+
+async def create_chat_completion(request: Request) -> Response:
+    state = server_state(request)
+    body = await read_body(request, ChatCompletionRequest)
+    limits = state.config.server
+    check_common(body, limits)
+    if len(body.messages) > limits.max_messages:
+        raise InvalidRequestError(f"at most {limits.max_messages} messages are allowed", param="messages")
+    if body.top_logprobs is not None and body.top_logprobs > limits.max_logprobs:
+        raise InvalidRequestError(f"top_logprobs must be at most {limits.max_logprobs}", param="top_logprobs")
+    if body.top_logprobs and not body.logprobs:
+        raise InvalidRequestError("top_logprobs requires logprobs to be true", param="top_logprobs")
+    stop = stop_strings(body, limits)
+    worker: Worker = state.dispatcher.choose(body.model)  # type: ignore[assignment]
+    prompt_ids = encode_chat(worker.tokenizer, template_messages(body.messages))
+    max_tokens = resolve_max_tokens(
+        body.max_completion_tokens or body.max_tokens, None, len(prompt_ids), worker.max_model_len,
+        param="max_completion_tokens" if body.max_completion_tokens else "max_tokens", prompt_param="messages",
+    )
+    logprobs = (body.top_logprobs or 0) if body.logprobs else None
+    prompts = [(prompt_ids, sampling_params(body, max_tokens, stop, seed, logprobs))
+               for seed in choice_seeds(body.seed, body.n)]
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        return sse_response(_stream(worker, body, prompts, include_usage))
+    response = await until_disconnect(request, _complete(worker, body, prompts))
+    return response if response is not None else Response(status_code=499)
+
+
+def template_messages(messages: list[ChatMessage]) -> list[dict[str, str]]:
+    """Messages as chat templates expect them: string content, `developer` read as `system`."""
+    out = []
+    for i, message in enumerate(messages):
+        content = message.content
+        if isinstance(content, list):
+            parts = []
+            for j, part in enumerate(content):
+                if part.type != "text" or part.text is None:
+                    raise InvalidRequestError(f"only text content parts are supported, got '{part.type[:40]}'",
+                                              param=f"messages.{i}.content.{j}")
+                parts.append(part.text)
+            content = "\n".join(parts)
+        role = "system" if message.role == "developer" else message.role
+        out.append({"role": role, "content": content or ""})
+    return out
+
+
+async def _complete(worker: Worker, body: ChatCompletionRequest,
+                    prompts: list[tuple[list[int], SamplingParams]]) -> JSONResponse:
+    async with worker.generate(prompts) as stream:
+        results = await collect(stream)
+    choices = []
+    for index, result in enumerate(results):
+        choices.append({
+            "index": index,
+            "message": {"role": "assistant", "content": result.text, "tool_calls": None},
+            "logprobs": chat_logprobs(worker.tokenizer, result.logprobs) if body.logprobs else None,
+            "finish_reason": result.finish_reason,
+        })
+    num_prompt = len(prompts[0][0])
+    num_output = sum(r.num_output_tokens for r in results)
+    return JSONResponse({
+        "id": new_id("chatcmpl"),
+        "object": "chat.completion",
+        "created": now_s(),
+        "model": body.model,
+        "choices": choices,
+        "usage": {"prompt_tokens": num_prompt, "completion_tokens": num_output,
+                  "total_tokens": num_prompt + num_output},
+        "system_fingerprint": None,
+    })
+
+
+async def _stream(worker: Worker, body: ChatCompletionRequest, prompts: list[tuple[list[int], SamplingParams]],
+                  include_usage: bool) -> AsyncIterator[dict]:
+    chunk_id, created = new_id("chatcmpl"), now_s()
+
+    def chunk(choices: list[dict], usage: dict | None = None) -> dict:
+        out: dict[str, Any] = {"id": chunk_id, "object": "chat.completion.chunk", "created": created,
+                               "model": body.model, "system_fingerprint": None, "choices": choices}
+        if include_usage:
+            out["usage"] = usage
+        return out
+
+    num_output = [0] * len(prompts)
+    async with worker.generate(prompts) as stream:
+        for index in range(len(prompts)):
+            yield chunk([{"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                          "finish_reason": None}])
+        async for index, output in stream:
+            raise_if_error(output)
+            num_output[index] = output.num_output_tokens
+            if output.text or (body.logprobs and output.logprobs):
+                logprobs = chat_logprobs(worker.tokenizer, output.logprobs) if body.logprobs else None
+                yield chunk([{"index": index, "delta": {"content": output.text}, "logprobs": logprobs,
+                              "finish_reason": None}])
+            if output.finish_reason is not None:
+                yield chunk([{"index": index, "delta": {}, "logprobs": None,
+                              "finish_reason": output.finish_reason}])
+    if include_usage:
+        num_prompt = len(prompts[0][0])
+        yield chunk([], {"prompt_tokens": num_prompt, "completion_tokens": sum(num_output),
+                         "total_tokens": num_prompt + sum(num_output)})

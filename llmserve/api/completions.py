@@ -1,0 +1,136 @@
+"""POST /v1/completions: prompts (text or token ids) -> dispatch -> JSON or SSE."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from llmserve.api.logprobs import completion_logprobs
+from llmserve.api.params import (
+    check_common,
+    choice_seeds,
+    read_body,
+    resolve_max_tokens,
+    sampling_params,
+    stop_strings,
+)
+from llmserve.api.schemas import CompletionRequest
+from llmserve.api.state import server_state
+from llmserve.api.streaming import collect, new_id, now_s, raise_if_error, sse_response, until_disconnect
+from llmserve.engine.request import SamplingParams
+from llmserve.errors import InvalidRequestError
+from llmserve.templates import encode_text
+from llmserve.worker import Worker
+
+DEFAULT_MAX_TOKENS = 16
+
+
+async def create_completion(request: Request) -> Response:
+    state = server_state(request)
+    body = await read_body(request, CompletionRequest)
+    limits = state.config.server
+    check_common(body, limits)
+    if body.logprobs is not None and body.logprobs > limits.max_logprobs:
+        raise InvalidRequestError(f"logprobs must be at most {limits.max_logprobs}", param="logprobs")
+    if body.suffix:
+        raise InvalidRequestError("suffix is not supported", param="suffix")
+    if body.best_of is not None and body.best_of != body.n:
+        raise InvalidRequestError("best_of other than n is not supported", param="best_of")
+    if body.echo and body.logprobs is not None:
+        raise InvalidRequestError("echo together with logprobs is not supported", param="echo")
+    stop = stop_strings(body, limits)
+    worker: Worker = state.dispatcher.choose(body.model)  # type: ignore[assignment]
+    texts, prompt_ids = _prompts(body.prompt, worker)
+    prompts: list[tuple[list[int], SamplingParams]] = []
+    for ids in prompt_ids:
+        max_tokens = resolve_max_tokens(body.max_tokens, DEFAULT_MAX_TOKENS, len(ids), worker.max_model_len,
+                                        param="max_tokens", prompt_param="prompt")
+        prompts += [(ids, sampling_params(body, max_tokens, stop, seed, body.logprobs))
+                    for seed in choice_seeds(body.seed, body.n)]
+    echoes = [texts[i // body.n] if body.echo else "" for i in range(len(prompts))]
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        return sse_response(_stream(worker, body, prompts, echoes, include_usage))
+    response = await until_disconnect(request, _complete(worker, body, prompts, echoes))
+    return response if response is not None else Response(status_code=499)
+
+
+def _prompts(prompt: Any, worker: Worker) -> tuple[list[str], list[list[int]]]:
+    """(prompt texts for echo, prompt token ids) for each prompt of the request."""
+    if isinstance(prompt, str) or (isinstance(prompt, list) and prompt and isinstance(prompt[0], str)):
+        texts = [prompt] if isinstance(prompt, str) else list(prompt)
+        if any(not t for t in texts):
+            raise InvalidRequestError("prompt must not be empty", param="prompt")
+        return texts, [encode_text(worker.tokenizer, t) for t in texts]
+    if not prompt:
+        raise InvalidRequestError("prompt must not be empty", param="prompt")
+    id_lists = [prompt] if isinstance(prompt[0], int) else prompt
+    vocab = worker.engine.vocab_size if worker.engine else 0
+    for ids in id_lists:
+        if not ids:
+            raise InvalidRequestError("prompt must not be empty", param="prompt")
+        if any(i < 0 or i >= vocab for i in ids):
+            raise InvalidRequestError(f"prompt token ids must be in [0, {vocab})", param="prompt")
+    texts = [worker.tokenizer.decode(ids) for ids in id_lists]
+    return texts, [list(ids) for ids in id_lists]
+
+
+def _usage(prompts: list[tuple[list[int], SamplingParams]], n: int, num_output: int) -> dict:
+    num_prompt = sum(len(ids) for ids, _ in prompts[::n])
+    return {"prompt_tokens": num_prompt, "completion_tokens": num_output, "total_tokens": num_prompt + num_output}
+
+
+async def _complete(worker: Worker, body: CompletionRequest, prompts: list[tuple[list[int], SamplingParams]],
+                    echoes: list[str]) -> JSONResponse:
+    async with worker.generate(prompts) as stream:
+        results = await collect(stream)
+    choices = []
+    for index, result in enumerate(results):
+        logprobs = (completion_logprobs(worker.tokenizer, result.logprobs, len(echoes[index]))
+                    if body.logprobs is not None else None)
+        choices.append({"index": index, "text": echoes[index] + result.text, "logprobs": logprobs,
+                        "finish_reason": result.finish_reason})
+    return JSONResponse({
+        "id": new_id("cmpl"),
+        "object": "text_completion",
+        "created": now_s(),
+        "model": body.model,
+        "choices": choices,
+        "usage": _usage(prompts, body.n, sum(r.num_output_tokens for r in results)),
+        "system_fingerprint": None,
+    })
+
+
+async def _stream(worker: Worker, body: CompletionRequest, prompts: list[tuple[list[int], SamplingParams]],
+                  echoes: list[str], include_usage: bool) -> AsyncIterator[dict]:
+    chunk_id, created = new_id("cmpl"), now_s()
+
+    def chunk(choices: list[dict], usage: dict | None = None) -> dict:
+        out: dict[str, Any] = {"id": chunk_id, "object": "text_completion", "created": created,
+                               "model": body.model, "system_fingerprint": None, "choices": choices}
+        if include_usage:
+            out["usage"] = usage
+        return out
+
+    num_output = [0] * len(prompts)
+    offsets = [len(e) for e in echoes]
+    async with worker.generate(prompts) as stream:
+        for index, echo in enumerate(echoes):
+            if echo:
+                yield chunk([{"index": index, "text": echo, "logprobs": None, "finish_reason": None}])
+        async for index, output in stream:
+            raise_if_error(output)
+            num_output[index] = output.num_output_tokens
+            logprobs = None
+            if body.logprobs is not None:
+                logprobs = completion_logprobs(worker.tokenizer, output.logprobs, offsets[index])
+            offsets[index] += len(output.text)
+            if output.text or logprobs:
+                yield chunk([{"index": index, "text": output.text, "logprobs": logprobs, "finish_reason": None}])
+            if output.finish_reason is not None:
+                yield chunk([{"index": index, "text": "", "logprobs": None, "finish_reason": output.finish_reason}])
+    if include_usage:
+        yield chunk([], _usage(prompts, body.n, sum(num_output)))

@@ -1,0 +1,107 @@
+"""Engine outputs -> OpenAI results: collecting whole answers, SSE streams, client disconnects.
+
+A stream always ends with `data: [DONE]`; an engine error mid-stream becomes an `error`
+event first (the SDK raises it). A client that goes away cancels the handler, and leaving
+`Worker.generate` aborts the request, which frees its cache within one step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from sse_starlette.sse import EventSourceResponse
+from starlette.requests import Request
+
+from llmserve.engine.engine import SequenceOutput
+from llmserve.engine.request import TokenLogprob
+from llmserve.errors import EngineError, LLMServeError, error_body, render_error
+from llmserve.worker import RequestStream
+
+_T = TypeVar("_T")
+log = logging.getLogger(__name__)
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex}"
+
+
+def now_s() -> int:
+    return int(time.time())
+
+
+@dataclass
+class ChoiceResult:
+    """Everything one choice produced."""
+
+    text: str = ""
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    finish_reason: str | None = None
+    num_prompt_tokens: int = 0
+    num_output_tokens: int = 0
+
+
+def raise_if_error(output: SequenceOutput) -> None:
+    if output.error is not None:
+        raise EngineError(output.error)
+
+
+async def collect(stream: RequestStream) -> list[ChoiceResult]:
+    """Wait for every choice of a request to finish."""
+    results = [ChoiceResult() for _ in stream.seq_ids]
+    async for index, output in stream:
+        raise_if_error(output)
+        result = results[index]
+        result.text += output.text
+        result.token_ids += output.token_ids
+        result.logprobs += output.logprobs
+        result.finish_reason = output.finish_reason
+        result.num_prompt_tokens = output.num_prompt_tokens
+        result.num_output_tokens = output.num_output_tokens
+    return results
+
+
+async def until_disconnect(request: Request, work: Awaitable[_T]) -> _T | None:
+    """Run `work` unless the client disconnects first (then cancel it and return None)."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_wait_disconnect(request))
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            return None
+    return task.result()
+
+
+async def _wait_disconnect(request: Request) -> None:
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+def sse_response(chunks: AsyncIterator[dict]) -> EventSourceResponse:
+    """An SSE response of JSON chunks, an error event if one is raised, then `[DONE]`."""
+
+    async def events() -> AsyncIterator[dict]:
+        try:
+            async for chunk in chunks:
+                yield {"data": json.dumps(chunk, ensure_ascii=False, separators=(",", ":"))}
+        except LLMServeError as exc:
+            yield {"data": json.dumps(render_error(exc))}
+        except Exception:
+            log.exception("stream failed")
+            yield {"data": json.dumps(error_body("internal server error", "internal_error"))}
+        yield {"data": "[DONE]"}
+
+    return EventSourceResponse(events(), ping=15, sep="\n", headers={"Cache-Control": "no-cache"})

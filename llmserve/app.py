@@ -1,0 +1,122 @@
+"""`create_app(config)`: the Starlette application with its routes, middleware and worker lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from llmserve.api import chat, completions, models
+from llmserve.api.middleware import APIKeyMiddleware, BodySizeLimitMiddleware
+from llmserve.api.state import ServerState
+from llmserve.config import Config
+from llmserve.dispatch import Dispatcher, make_policy
+from llmserve.errors import (
+    LLMServeError,
+    MethodNotAllowedError,
+    RouteNotFoundError,
+    error_body,
+    render_error,
+)
+from llmserve.worker import Worker
+
+log = logging.getLogger(__name__)
+
+# Routes that answer without an API key.
+OPEN_PATHS = ("/health",)
+
+EngineFactory = Callable[..., Any]
+
+
+def create_app(config: Config, engine_factory: EngineFactory | None = None) -> Starlette:
+    """The whole server for one config; workers load in the background once it starts."""
+    if engine_factory is None:
+        from llmserve.engine.builder import build_engine
+
+        engine_factory = build_engine
+    workers = [Worker(wc, i, engine_factory) for i, wc in enumerate(config.workers)]
+    state = ServerState(config, workers, Dispatcher(workers, make_policy(config.server.dispatch)))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        loading = asyncio.create_task(_start_workers(workers))
+        try:
+            yield
+        finally:
+            loading.cancel()
+            await asyncio.gather(loading, return_exceptions=True)
+            await asyncio.gather(*(w.stop() for w in workers))
+
+    app = Starlette(
+        routes=_routes(),
+        middleware=_middleware(config),
+        exception_handlers={LLMServeError: _llmserve_error, HTTPException: _http_error, Exception: _internal_error},
+        lifespan=lifespan,
+    )
+    app.state.server = state
+    app.state.started_s = int(time.time())
+    return app
+
+
+def _routes() -> list[Route]:
+    return [
+        Route("/health", models.health, methods=["GET"]),
+        Route("/ready", models.ready, methods=["GET"]),
+        Route("/v1/models", models.list_models, methods=["GET"]),
+        Route("/v1/models/{model:path}", models.retrieve_model, methods=["GET"]),
+        Route("/v1/chat/completions", chat.create_chat_completion, methods=["POST"]),
+        Route("/v1/completions", completions.create_completion, methods=["POST"]),
+    ]
+
+
+def _middleware(config: Config) -> list[Middleware]:
+    server = config.server
+    stack = []
+    if server.allowed_origins:
+        stack.append(Middleware(CORSMiddleware, allow_origins=list(server.allowed_origins),
+                                allow_methods=["GET", "POST", "OPTIONS"],
+                                allow_headers=["Authorization", "Content-Type"]))
+    stack.append(Middleware(BodySizeLimitMiddleware, max_bytes=server.max_request_bytes))
+    stack.append(Middleware(APIKeyMiddleware, keys=server.api_keys, open_paths=OPEN_PATHS))
+    return stack
+
+
+async def _start_workers(workers: list[Worker]) -> None:
+    """Load workers one after another; a failure is logged and shown by /ready."""
+    for worker in workers:
+        try:
+            await worker.start()
+        except Exception as exc:
+            log.error("%s failed to load %s: %s", worker.name, worker.config.model_path, exc)
+
+
+async def _llmserve_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, LLMServeError)
+    return JSONResponse(render_error(exc), status_code=exc.status_code, headers=exc.headers())
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        err: LLMServeError = RouteNotFoundError(f"no route {request.method} {request.url.path}")
+    elif exc.status_code == 405:
+        err = MethodNotAllowedError(f"method {request.method} not allowed on {request.url.path}")
+    else:
+        return JSONResponse(error_body(str(exc.detail), "invalid_request_error"), status_code=exc.status_code)
+    return JSONResponse(render_error(err), status_code=err.status_code)
+
+
+async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return JSONResponse(error_body("internal server error", "internal_error"), status_code=500)

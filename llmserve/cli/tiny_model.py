@@ -1,0 +1,31 @@
+"""`llmserve tiny-model OUT_DIR`: build a random-weight model and tokenizer, fully offline."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from llmserve.tiny import PRESETS, build_tiny_model, count_parameters
+
+
+def register(subparsers: argparse._SubParsersAction[Any]) -> None:
+    """Add the `tiny-model` subcommand."""
+    parser = subparsers.add_parser(
+        "tiny-model",
+        help="build a random-weight Llama model with a real BPE tokenizer (offline, deterministic)",
+        description=__doc__,
+    )
+    parser.add_argument("out_dir", metavar="OUT_DIR", type=Path, help="directory to write (created if missing)")
+    parser.add_argument("--seed", type=int, default=0, help="weight seed; same seed, same bytes (default: 0)")
+    parser.add_argument(
+        "--preset", choices=sorted(PRESETS), default="tiny", help="model shape (default: tiny)"
+    )
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Build the model and print its path and parameter count."""
+    out_dir = build_tiny_model(args.out_dir, seed=args.seed, preset=args.preset)
+    print(f"{out_dir} {count_parameters(out_dir):,} parameters")
+    return 0

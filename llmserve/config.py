@@ -1,0 +1,233 @@
+"""Typed configuration: `[server]`, `[[workers]]` and `[ui]` tables of a TOML file.
+
+Every section is a frozen dataclass whose fields carry a default and a one-line docstring
+(the string literal under it). `load_config` parses TOML, rejects unknown keys, checks each
+value's type and bounds, and raises `ConfigError` naming the key path and the bad value, e.g.
+`workers[1].device = "gpu": expected "cpu", "cuda", "cuda:N" or "mps"`.
+`config.example.toml` mirrors every field; tests/test_config.py keeps the two in step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from llmserve.errors import ConfigError
+
+DISPATCH_POLICIES = ("shortest_queue", "lottery")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+TASKS = ("auto", "generate", "embed")
+_DEVICE_RE = re.compile(r"^(cpu|mps|cuda(:\d+)?)$")
+_MEMORY_RE = re.compile(r"^\d+(\.\d+)?\s*(B|KiB|MiB|GiB|TiB|KB|MB|GB|TB)$")
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """The `[server]` table: where to listen and who may call."""
+
+    host: str = "127.0.0.1"
+    """Address to bind; loopback unless you mean to expose the server."""
+    port: int = 8000
+    """TCP port to listen on."""
+    api_keys: tuple[str, ...] = ()
+    """Accepted `Authorization: Bearer` keys; empty means no authentication."""
+    allowed_origins: tuple[str, ...] = ()
+    """Origins allowed by CORS; empty turns CORS off."""
+    dispatch: str = "shortest_queue"
+    """How a worker is picked among those serving a model: "shortest_queue" or "lottery"."""
+    max_request_bytes: int = 4_194_304
+    """Largest accepted request body in bytes (413 beyond)."""
+    max_n: int = 16
+    """Largest `n` (choices per request) accepted."""
+    max_stop_sequences: int = 16
+    """Largest number of stop strings per request."""
+    max_stop_length: int = 256
+    """Longest stop string, in characters."""
+    max_messages: int = 1024
+    """Largest number of chat messages per request."""
+    max_logprobs: int = 20
+    """Largest `top_logprobs` (chat) / `logprobs` (completions) accepted."""
+
+    def validate(self) -> None:
+        _check(1 <= self.port <= 65535, "server.port", self.port, "expected 1..65535")
+        _check(self.dispatch in DISPATCH_POLICIES, "server.dispatch", self.dispatch,
+               f"expected one of {', '.join(DISPATCH_POLICIES)}")
+        for i, key in enumerate(self.api_keys):
+            _check(len(key) >= 8, f"server.api_keys[{i}]", "***", "keys must be at least 8 characters")
+        _check(self.max_request_bytes >= 1024, "server.max_request_bytes", self.max_request_bytes,
+               "expected at least 1024")
+        for name in ("max_n", "max_stop_sequences", "max_stop_length", "max_messages", "max_logprobs"):
+            value = getattr(self, name)
+            _check(value >= 1, f"server.{name}", value, "expected at least 1")
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """One `[[workers]]` entry: a model on a device with its own engine."""
+
+    model_path: str = ""
+    """Local model folder or Hugging Face hub id (read from the local cache)."""
+    model_names: tuple[str, ...] = ()
+    """Names this worker serves; default is the folder name of model_path."""
+    device: str = "cpu"
+    """Where the model runs: "cpu", "cuda", "cuda:N" or "mps"."""
+    dtype: str = "auto"
+    """Weight dtype: "auto" (float32 on CPU, the checkpoint's dtype elsewhere), "float32", "bfloat16", "float16"."""
+    speed: float = 1.0
+    """Relative speed, the dispatch weight of this worker."""
+    max_num_seqs: int = 64
+    """Most sequences in the running batch at once."""
+    max_model_len: int = 0
+    """Context length in tokens (prompt + output); 0 takes the model's own."""
+    max_num_batched_tokens: int = 2048
+    """Token budget of one engine step; long prompts are prefilled in chunks of at most this."""
+    block_size: int = 16
+    """Tokens per KV-cache block."""
+    kv_cache_tokens: int = 0
+    """KV-cache capacity in tokens; 0 sizes it automatically (from free memory on GPUs)."""
+    gpu_memory_utilization: float = 0.85
+    """Share of the GPU's memory the worker may use for weights, activations and KV cache."""
+    enable_prefix_caching: bool = True
+    """Reuse cached KV blocks of identical prompt prefixes across requests."""
+    max_waiting: int = 1024
+    """Most requests queued behind the running batch; beyond it requests get 503."""
+    stream_interval: int = 1
+    """Tokens generated between two streamed chunks."""
+    seed: int = 0
+    """Seed of the worker's sampler for requests that give none."""
+    chat_template: str = ""
+    """Chat template override: a Jinja string or a path to a file; empty uses the tokenizer's."""
+    trust_remote_code: bool = False
+    """Allow model code shipped with the checkpoint to run."""
+    allow_pickle: bool = False
+    """Allow loading pickle (.bin) weights; safetensors only otherwise."""
+    revision: str = ""
+    """Hub revision (branch, tag or commit) when model_path is a hub id."""
+
+    def validate(self, path: str) -> None:
+        _check(bool(self.model_path), f"{path}.model_path", self.model_path, "a model folder or hub id is required")
+        _check(bool(_DEVICE_RE.match(self.device)), f"{path}.device", self.device,
+               'expected "cpu", "cuda", "cuda:N" or "mps"')
+        _check(self.dtype in DTYPES, f"{path}.dtype", self.dtype, f"expected one of {', '.join(DTYPES)}")
+        _check(self.speed > 0, f"{path}.speed", self.speed, "expected a positive number")
+        _check(1 <= self.max_num_seqs <= 4096, f"{path}.max_num_seqs", self.max_num_seqs, "expected 1..4096")
+        _check(self.max_model_len >= 0, f"{path}.max_model_len", self.max_model_len, "expected >= 0")
+        _check(self.max_num_batched_tokens >= 16, f"{path}.max_num_batched_tokens",
+               self.max_num_batched_tokens, "expected at least 16")
+        _check(self.block_size in (8, 16, 32, 64, 128, 256), f"{path}.block_size", self.block_size,
+               "expected a power of two from 8 to 256")
+        _check(self.kv_cache_tokens >= 0, f"{path}.kv_cache_tokens", self.kv_cache_tokens, "expected >= 0")
+        _check(0.05 <= self.gpu_memory_utilization <= 0.99, f"{path}.gpu_memory_utilization",
+               self.gpu_memory_utilization, "expected 0.05..0.99")
+        _check(self.max_waiting >= 0, f"{path}.max_waiting", self.max_waiting, "expected >= 0")
+        _check(1 <= self.stream_interval <= 64, f"{path}.stream_interval", self.stream_interval,
+               "expected 1..64")
+        for i, name in enumerate(self.model_names):
+            _check(bool(name.strip()), f"{path}.model_names[{i}]", name, "names must not be empty")
+
+    @property
+    def served_names(self) -> tuple[str, ...]:
+        """The names this worker answers to."""
+        return self.model_names or (Path(self.model_path.rstrip("/")).name,)
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration file."""
+
+    server: ServerConfig = field(default_factory=ServerConfig)
+    workers: tuple[WorkerConfig, ...] = ()
+
+    def validate(self) -> None:
+        _check(len(self.workers) >= 1, "workers", "[]", "at least one [[workers]] table is required")
+        self.server.validate()
+        for i, worker in enumerate(self.workers):
+            worker.validate(f"workers[{i}]")
+
+
+def load_config(path: str | Path) -> Config:
+    """Read, parse and validate a TOML configuration file."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    return parse_config(data)
+
+
+def parse_config(data: Mapping[str, Any]) -> Config:
+    """Build a validated `Config` from already-parsed TOML data."""
+    _reject_unknown(data, {"server", "workers"}, "")
+    server = _build(ServerConfig, data.get("server", {}), "server")
+    raw_workers = data.get("workers", [])
+    if not isinstance(raw_workers, list):
+        raise ConfigError("workers: expected an array of tables ([[workers]])")
+    workers = tuple(_build(WorkerConfig, raw, f"workers[{i}]") for i, raw in enumerate(raw_workers))
+    config = Config(server=server, workers=workers)
+    config.validate()
+    return config
+
+
+def with_overrides(config: Config, **server_fields: Any) -> Config:
+    """A copy of `config` with some `[server]` fields replaced (None values are ignored)."""
+    changes = {k: v for k, v in server_fields.items() if v is not None}
+    return dataclasses.replace(config, server=dataclasses.replace(config.server, **changes))
+
+
+def _check(ok: bool, path: str, value: object, reason: str) -> None:
+    if not ok:
+        raise ConfigError(f"{path} = {_show(value)}: {reason}")
+
+
+def _show(value: object) -> str:
+    return f'"{value}"' if isinstance(value, str) else repr(value)
+
+
+def _reject_unknown(data: Mapping[str, Any], known: set[str], path: str) -> None:
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{path or 'config'}: expected a table, got {_show(data)}")
+    for key in data:
+        if key not in known:
+            where = f"{path}.{key}" if path else key
+            raise ConfigError(f"{where}: unknown key (known: {', '.join(sorted(known))})")
+
+
+_T = typing.TypeVar("_T")
+
+
+def _build(cls: type[_T], data: Mapping[str, Any], path: str) -> _T:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    _reject_unknown(data, names, path)
+    values = {key: _coerce(value, hints[key], f"{path}.{key}") for key, value in data.items()}
+    return cls(**values)
+
+
+def _coerce(value: Any, hint: Any, path: str) -> Any:
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        (item_type, _) = typing.get_args(hint)
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list):
+            raise ConfigError(f"{path} = {_show(value)}: expected a list")
+        return tuple(_coerce(v, item_type, f"{path}[{i}]") for i, v in enumerate(value))
+    if origin in (typing.Union, types.UnionType):
+        return value
+    expected = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}[hint]
+    ok = isinstance(value, hint) and not (hint is int and isinstance(value, bool))
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not ok:
+        raise ConfigError(f"{path} = {_show(value)}: expected {expected}")
+    return value

@@ -1,0 +1,60 @@
+"""Incremental detokenisation and stop strings for one sequence.
+
+Text is only released once it is final: an incomplete UTF-8 character (the tokenizer's
+replacement character at the end of a partial decode) waits for the next token, and the last
+`len(longest stop string) - 1` characters wait until they can no longer start a stop string.
+So streamed deltas always concatenate to the non-streamed text.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# Prompt tokens kept as left context so tokenizers that mark word starts (SentencePiece)
+# decode the first generated token with the right spacing.
+_CONTEXT_TOKENS = 5
+
+
+class IncrementalDetokenizer:
+    """Turns generated token ids into text deltas, honouring stop strings."""
+
+    def __init__(self, tokenizer: Any, prompt_ids: list[int], stop: tuple[str, ...]) -> None:
+        self._tokenizer = tokenizer
+        self._ids = list(prompt_ids[-_CONTEXT_TOKENS:])
+        self._prefix_offset = 0
+        self._read_offset = len(self._ids)
+        self._stop = tuple(s for s in stop if s)
+        self._holdback = max((len(s) for s in self._stop), default=1) - 1
+        self.text = ""
+        self._num_released = 0
+        self.stopped = False
+
+    def push(self, token_id: int) -> None:
+        """Add one generated token; sets `stopped` when a stop string appears."""
+        self._ids.append(token_id)
+        decode = self._tokenizer.decode
+        window = decode(self._ids[self._prefix_offset:], skip_special_tokens=True)
+        if window.endswith("\ufffd"):
+            return  # an incomplete character: wait for the bytes that finish it
+        before = decode(self._ids[self._prefix_offset:self._read_offset], skip_special_tokens=True)
+        delta = window[len(before):]
+        self._prefix_offset = self._read_offset
+        self._read_offset = len(self._ids)
+        if delta:
+            self._append(delta)
+
+    def _append(self, delta: str) -> None:
+        # A stop string completed by this delta starts no earlier than `start`.
+        start = max(0, len(self.text) - self._holdback)
+        self.text += delta
+        hits = [at for at in (self.text.find(s, start) for s in self._stop) if at >= 0]
+        if hits:
+            self.text = self.text[: min(hits)]
+            self.stopped = True
+
+    def release(self, is_final: bool) -> str:
+        """The text that became final since the last call."""
+        end = len(self.text) if is_final or self.stopped else max(self._num_released, len(self.text) - self._holdback)
+        delta = self.text[self._num_released:end]
+        self._num_released = end
+        return delta

@@ -1,0 +1,184 @@
+"""One worker's engine: add and abort sequences, and `step()` = schedule, run, postprocess.
+
+Synchronous and single-threaded: the worker's thread owns it. Every step returns the
+`SequenceOutput` events of that step (new text, token ids, logprobs, finish reason).
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from llmserve.engine.detokenizer import IncrementalDetokenizer
+from llmserve.engine.kv_cache import BlockPool
+from llmserve.engine.request import SamplingParams, Sequence, SequenceStatus, TokenLogprob
+from llmserve.engine.runner import ModelRunner
+from llmserve.engine.sampler import SampleResult, build_sampling_batch, make_generator, sample
+from llmserve.engine.scheduler import ScheduledSeq, Scheduler
+
+
+@dataclass
+class SequenceOutput:
+    """What one sequence produced since its last event."""
+
+    seq_id: int
+    text: str
+    token_ids: list[int]
+    logprobs: list[TokenLogprob]
+    finish_reason: str | None
+    num_prompt_tokens: int
+    num_output_tokens: int
+    num_cached_tokens: int = 0
+    error: str | None = None
+
+
+@dataclass
+class _Tracked:
+    seq: Sequence
+    detok: IncrementalDetokenizer
+    generator: torch.Generator | None
+    pending_ids: list[int] = field(default_factory=list)
+    pending_logprobs: list[TokenLogprob] = field(default_factory=list)
+
+
+class LLMEngine:
+    """Continuous batching over one model on one device."""
+
+    def __init__(
+        self,
+        runner: ModelRunner,
+        scheduler: Scheduler,
+        tokenizer: Any,
+        stop_token_ids: frozenset[int],
+        vocab_size: int,
+        max_model_len: int,
+        stream_interval: int = 1,
+        seed: int = 0,
+    ) -> None:
+        self.runner = runner
+        self.scheduler = scheduler
+        self.tokenizer = tokenizer
+        self.stop_token_ids = stop_token_ids
+        self.vocab_size = vocab_size
+        self.max_model_len = max_model_len
+        self.stream_interval = stream_interval
+        self._tracked: dict[int, _Tracked] = {}
+        self.last_scheduled: list[int] = []  # sequence ids of the latest step, failed together on error
+        self._arrivals = itertools.count()
+        self._generator = torch.Generator(device=runner.device)
+        self._generator.manual_seed(seed)
+
+    @property
+    def pool(self) -> BlockPool:
+        return self.scheduler.pool
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self._tracked)
+
+    def add(self, seq_id: int, prompt_ids: list[int], params: SamplingParams) -> None:
+        """Queue a new sequence; it joins the running batch at a step boundary."""
+        seq = Sequence(seq_id, list(prompt_ids), params, arrival_order=next(self._arrivals))
+        detok = IncrementalDetokenizer(self.tokenizer, seq.prompt_ids, params.stop)
+        self._tracked[seq_id] = _Tracked(seq, detok, make_generator(params, self.runner.device))
+        self.scheduler.add(seq)
+
+    def abort(self, seq_id: int) -> SequenceOutput | None:
+        """Stop a sequence now and free its cache; its final event, or None if unknown."""
+        tracked = self._tracked.get(seq_id)
+        if tracked is None:
+            return None
+        return self._finish(tracked, SequenceStatus.FINISHED_ABORTED)
+
+    def fail(self, seq_ids: list[int], message: str) -> list[SequenceOutput]:
+        """End sequences with an error (their step failed); frees their cache."""
+        outputs = []
+        for seq_id in seq_ids:
+            tracked = self._tracked.get(seq_id)
+            if tracked is not None:
+                outputs.append(self._finish(tracked, SequenceStatus.FINISHED_ERROR, message))
+        return outputs
+
+    def step(self) -> list[SequenceOutput]:
+        """Schedule, run one forward for the whole batch, sample, and report."""
+        scheduled = self.scheduler.schedule()
+        if not scheduled:
+            return []
+        self.last_scheduled = [item.seq.seq_id for item in scheduled]
+        inputs = self.runner.prepare(scheduled)
+        logits = self.runner.forward(inputs)
+        sampling = [item.seq for item in scheduled if item.samples]
+        result = self._sample(logits, sampling) if sampling else None
+        return self._postprocess(scheduled, sampling, result)
+
+    def _sample(self, logits: torch.Tensor, seqs: list[Sequence]) -> SampleResult:
+        generators = [self._tracked[s.seq_id].generator for s in seqs]
+        batch = build_sampling_batch(seqs, generators, self._generator, self.vocab_size, logits.device)
+        return sample(logits, batch)
+
+    def _postprocess(
+        self, scheduled: list[ScheduledSeq], sampling: list[Sequence], result: SampleResult | None
+    ) -> list[SequenceOutput]:
+        for item in scheduled:
+            item.seq.num_computed_tokens += item.num_new_tokens
+            self.pool.register_computed(item.seq)
+        outputs = []
+        for row, seq in enumerate(sampling):
+            assert result is not None
+            tracked = self._tracked[seq.seq_id]
+            token_id = result.token_ids[row]
+            seq.output_ids.append(token_id)
+            tracked.pending_ids.append(token_id)
+            if seq.params.logprobs is not None and result.logprobs is not None:
+                tracked.pending_logprobs.append(self._logprob(result, row, seq.params.logprobs))
+            status = self._check_stop(tracked, token_id)
+            if status is not None:
+                outputs.append(self._finish(tracked, status))
+            elif len(tracked.pending_ids) >= self.stream_interval:
+                outputs.append(self._emit(tracked, None))
+        return outputs
+
+    def _logprob(self, result: SampleResult, row: int, k: int) -> TokenLogprob:
+        assert result.logprobs is not None and result.top_ids is not None and result.top_logprobs is not None
+        top = list(zip(result.top_ids[row][:k], result.top_logprobs[row][:k], strict=True))
+        return TokenLogprob(result.token_ids[row], result.logprobs[row], top)
+
+    def _check_stop(self, tracked: _Tracked, token_id: int) -> SequenceStatus | None:
+        seq, params = tracked.seq, tracked.seq.params
+        is_eos = token_id in self.stop_token_ids and not params.ignore_eos
+        if is_eos or token_id in params.stop_token_ids:
+            return SequenceStatus.FINISHED_STOPPED
+        tracked.detok.push(token_id)
+        if tracked.detok.stopped:
+            return SequenceStatus.FINISHED_STOPPED
+        if seq.num_output_tokens >= params.max_tokens:
+            return SequenceStatus.FINISHED_LENGTH
+        return None
+
+    def _finish(self, tracked: _Tracked, status: SequenceStatus, error: str | None = None) -> SequenceOutput:
+        seq = tracked.seq
+        seq.status = status
+        self.scheduler.remove(seq)
+        del self._tracked[seq.seq_id]
+        output = self._emit(tracked, status.finish_reason)
+        output.error = error
+        return output
+
+    def _emit(self, tracked: _Tracked, finish_reason: str | None) -> SequenceOutput:
+        seq = tracked.seq
+        output = SequenceOutput(
+            seq_id=seq.seq_id,
+            text=tracked.detok.release(is_final=finish_reason is not None),
+            token_ids=tracked.pending_ids,
+            logprobs=tracked.pending_logprobs,
+            finish_reason=finish_reason,
+            num_prompt_tokens=seq.num_prompt_tokens,
+            num_output_tokens=seq.num_output_tokens,
+            num_cached_tokens=seq.num_cached_tokens,
+        )
+        tracked.pending_ids = []
+        tracked.pending_logprobs = []
+        return output

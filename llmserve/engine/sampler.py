@@ -1,0 +1,166 @@
+"""Logits processing and sampling for a whole batch at once.
+
+Each row of the batch has its own parameters; they travel as tensors so that the same few
+kernels serve every row. Seeded rows draw from their own generator, so a seeded request gives
+the same tokens whatever else shares its batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from llmserve.engine.request import SamplingParams, Sequence
+
+
+@dataclass
+class SamplingBatch:
+    """The per-row sampling parameters of one step, as tensors on the logits' device."""
+
+    temperature: torch.Tensor  # [B] float32, 0 = greedy
+    top_p: torch.Tensor  # [B] float32
+    top_k: torch.Tensor  # [B] int64, vocab size = off
+    min_p: torch.Tensor  # [B] float32
+    presence: torch.Tensor  # [B] float32
+    frequency: torch.Tensor  # [B] float32
+    repetition: torch.Tensor  # [B] float32
+    output_ids: torch.Tensor | None  # [B, Lmax] int64 padded with vocab size; None without penalties
+    prompt_ids: torch.Tensor | None  # [B, Pmax] int64 padded with vocab size; None without penalties
+    generators: list[torch.Generator | None]
+    default_generator: torch.Generator | None
+    num_logprobs: int  # most top logprobs any row asked for; -1 when none asked
+    all_greedy: bool
+
+
+def build_sampling_batch(
+    seqs: list[Sequence],
+    generators: list[torch.Generator | None],
+    default_generator: torch.Generator | None,
+    vocab_size: int,
+    device: torch.device,
+) -> SamplingBatch:
+    """Gather the parameters of the sequences that sample this step."""
+    params = [s.params for s in seqs]
+
+    def column(values: list[float], dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return torch.tensor(values, dtype=dtype, device=device)
+
+    use_penalties = any(p.has_penalties for p in params)
+    return SamplingBatch(
+        temperature=column([p.temperature for p in params]),
+        top_p=column([p.top_p for p in params]),
+        top_k=column([p.top_k if p.top_k > 0 else vocab_size for p in params], torch.int64),
+        min_p=column([p.min_p for p in params]),
+        presence=column([p.presence_penalty for p in params]),
+        frequency=column([p.frequency_penalty for p in params]),
+        repetition=column([p.repetition_penalty for p in params]),
+        output_ids=_pad([s.output_ids for s in seqs], vocab_size, device) if use_penalties else None,
+        prompt_ids=_pad([s.prompt_ids for s in seqs], vocab_size, device) if use_penalties else None,
+        generators=generators,
+        default_generator=default_generator,
+        num_logprobs=max((p.logprobs for p in params if p.logprobs is not None), default=-1),
+        all_greedy=all(p.is_greedy for p in params),
+    )
+
+
+def _pad(rows: list[list[int]], pad: int, device: torch.device) -> torch.Tensor:
+    width = max(1, max(len(r) for r in rows))
+    return torch.tensor([r + [pad] * (width - len(r)) for r in rows], dtype=torch.int64, device=device)
+
+
+@dataclass
+class SampleResult:
+    """Sampled tokens and, when asked, their logprobs and the top alternatives (on the CPU)."""
+
+    token_ids: list[int]
+    logprobs: list[float] | None
+    top_ids: list[list[int]] | None
+    top_logprobs: list[list[float]] | None
+
+
+def apply_penalties(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
+    """Repetition (prompt and output), presence and frequency (output) penalties.
+
+    logits: [B, V] float32. Returns new logits.
+    """
+    if batch.output_ids is None or batch.prompt_ids is None:
+        return logits
+    num_rows, vocab = logits.shape
+    counts = torch.zeros(num_rows, vocab + 1, dtype=logits.dtype, device=logits.device)
+    counts.scatter_add_(1, batch.output_ids, torch.ones_like(batch.output_ids, dtype=logits.dtype))
+    counts = counts[:, :vocab]
+    seen = counts > 0
+    prompt_seen = torch.zeros(num_rows, vocab + 1, dtype=torch.bool, device=logits.device)
+    prompt_seen.scatter_(1, batch.prompt_ids, True)
+    seen_any = seen | prompt_seen[:, :vocab]
+    rep = batch.repetition.unsqueeze(1)
+    penalised = torch.where(logits > 0, logits / rep, logits * rep)
+    logits = torch.where(seen_any, penalised, logits)
+    logits = logits - batch.frequency.unsqueeze(1) * counts
+    return logits - batch.presence.unsqueeze(1) * seen.to(logits.dtype)
+
+
+def filter_logits(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
+    """Temperature, top-k, top-p and min-p; masked entries become -inf. logits: [B, V] float32."""
+    temperature = torch.where(batch.temperature > 0, batch.temperature, torch.ones_like(batch.temperature))
+    logits = logits / temperature.unsqueeze(1)
+    sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+    ranks = torch.arange(logits.shape[1], device=logits.device).unsqueeze(0)
+    drop = ranks >= batch.top_k.unsqueeze(1)
+    probs = torch.softmax(sorted_logits, dim=-1)
+    # Keep the smallest prefix whose mass reaches top_p (the first token always stays).
+    mass_before = torch.cumsum(probs, dim=-1) - probs
+    drop |= mass_before > batch.top_p.unsqueeze(1)
+    drop |= probs < (batch.min_p.unsqueeze(1) * probs[:, :1])
+    drop[:, 0] = False
+    sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+    return torch.empty_like(logits).scatter_(1, order, sorted_logits)
+
+
+def sample(logits: torch.Tensor, batch: SamplingBatch) -> SampleResult:
+    """Pick one token per row. logits: [B, V] (any float dtype). One copy to the host at the end."""
+    logits = logits.float()
+    raw_logprobs = torch.log_softmax(logits, dim=-1) if batch.num_logprobs >= 0 else None
+    logits = apply_penalties(logits, batch)
+    greedy_ids = logits.argmax(dim=-1)
+    if batch.all_greedy:
+        token_ids = greedy_ids
+    else:
+        probs = torch.softmax(filter_logits(logits, batch), dim=-1)
+        token_ids = torch.where(batch.temperature > 0, _draw(probs, batch.generators, batch.default_generator), greedy_ids)
+    if raw_logprobs is None:
+        return SampleResult(token_ids.tolist(), None, None, None)
+    chosen = raw_logprobs.gather(1, token_ids.unsqueeze(1)).squeeze(1)
+    k = max(batch.num_logprobs, 1)
+    top_values, top_ids = raw_logprobs.topk(k, dim=-1)
+    packed = torch.cat([token_ids.unsqueeze(1).float(), chosen.unsqueeze(1), top_values], dim=1).cpu()
+    return SampleResult(
+        token_ids=packed[:, 0].long().tolist(),
+        logprobs=packed[:, 1].tolist(),
+        top_ids=top_ids.cpu().tolist(),
+        top_logprobs=packed[:, 2:].tolist(),
+    )
+
+
+def _draw(
+    probs: torch.Tensor, generators: list[torch.Generator | None], default: torch.Generator | None
+) -> torch.Tensor:
+    """One multinomial draw per row (exponential race), seeded rows from their own generator.
+
+    probs: [B, V] float32. Returns [B] int64.
+    """
+    noise = torch.empty_like(probs).exponential_(generator=default)
+    for row, generator in enumerate(generators):
+        if generator is not None:
+            noise[row].exponential_(generator=generator)
+    return (probs / noise).argmax(dim=-1)
+
+
+def make_generator(params: SamplingParams, device: torch.device) -> torch.Generator | None:
+    """A generator for a seeded request, None for unseeded ones."""
+    if params.seed is None:
+        return None
+    generator = torch.Generator(device=device)
+    generator.manual_seed(params.seed)
+    return generator

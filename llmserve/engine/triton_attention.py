@@ -1,0 +1,289 @@
+"""Triton kernels for attention over the paged KV cache: the CUDA fast path.
+
+Same contract as :mod:`llmserve.engine.attention` (read its docstring for the cache layout and the
+batch packing), with one difference: output rows at or past ``cu_seqlens_q[-1]`` are left unwritten.
+
+One kernel serves every batch. A program owns one sequence, one KV head and a tile of that
+sequence's query tokens; its ``BLOCK_M`` rows pack ``BLOCK_M // group`` tokens times the ``group``
+query heads that share the KV head, so every K/V tile is read once per group (GQA). It walks the
+sequence's cache in tiles of ``BLOCK_N`` positions through the block table, with an online softmax
+accumulated in fp32: first the tiles every row of the tile sees in full (no mask), then the causal
+edge. Decode batches (``max_seqlen_q == 1``) launch it with ``BLOCK_M`` = the group padded to 16 and,
+when sequences x KV heads leave the GPU idle, split each sequence's positions over several programs
+(flash-decoding); a second kernel merges the partial results.
+
+Everything is CUDA-graph capturable: no host syncs, grids and scratch sizes come from tensor shapes
+and Python ints only. ``write_kv`` here is a graph-safe store (negative slots skipped in-kernel).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+_LOG2E = 1.4426950408889634
+_MIN_TOKENS_PER_SPLIT = 256  # below this a split's partial results cost more than they save
+_MAX_SPLITS = 32
+
+
+@triton.jit
+def _attend_tile(
+    acc, l_i, m_i, q, k_ptr, v_ptr, bt_row_ptr, n0, ctx, pos, k_head_off, v_head_off, d, d_ok,
+    qk_scale, stride_kb, stride_ks, stride_vb, stride_vs,
+    MASKED: tl.constexpr, BLOCK_N: tl.constexpr, PAGE: tl.constexpr, PRECISION: tl.constexpr,
+):
+    """One step of the online softmax over cache positions ``n0 .. n0 + BLOCK_N``."""
+    n = n0 + tl.arange(0, BLOCK_N)
+    n_ok = n < ctx
+    blk = tl.load(bt_row_ptr + n // PAGE, mask=n_ok, other=0).to(tl.int64)
+    offset = n % PAGE
+    kv_mask = n_ok[:, None] & d_ok[None, :]
+    k = tl.load(k_ptr + (blk * stride_kb + offset * stride_ks + k_head_off)[:, None] + d[None, :],
+                mask=kv_mask, other=0.0)
+    s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale  # [BLOCK_M, BLOCK_N], log2 units
+    if MASKED:
+        s = tl.where((n[None, :] <= pos[:, None]) & n_ok[None, :], s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    alpha = tl.exp2(m_i - m_new)
+    p = tl.exp2(s - m_new[:, None])
+    l_i = l_i * alpha + tl.sum(p, 1)
+    v = tl.load(v_ptr + (blk * stride_vb + offset * stride_vs + v_head_off)[:, None] + d[None, :],
+                mask=kv_mask, other=0.0)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+    return acc, l_i, m_new
+
+
+@triton.jit
+def _paged_attention_kernel(
+    q_ptr, k_ptr, v_ptr, out_ptr, part_acc_ptr, part_m_ptr, part_l_ptr,
+    cu_ptr, ctx_ptr, bt_ptr, qk_scale, num_heads, num_splits,
+    stride_qt, stride_qh, stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
+    stride_ot, stride_oh, stride_bt,
+    GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
+    HEAD_DIM_PAD: tl.constexpr, PAGE: tl.constexpr, IS_SPLIT: tl.constexpr, PRECISION: tl.constexpr,
+):
+    """Grid: (query tiles x splits, sequences, KV heads)."""
+    TOKENS: tl.constexpr = BLOCK_M // GROUP
+    tile = tl.program_id(0) // num_splits
+    split = tl.program_id(0) % num_splits
+    seq = tl.program_id(1)
+    kv_head = tl.program_id(2)
+    q_start = tl.load(cu_ptr + seq)
+    qlen = tl.load(cu_ptr + seq + 1) - q_start
+    if tile * TOKENS >= qlen:
+        return
+    ctx = tl.load(ctx_ptr + seq)
+    rows = tl.arange(0, BLOCK_M)
+    tok = tile * TOKENS + rows // GROUP
+    head = kv_head * GROUP + rows % GROUP
+    row_ok = (rows < TOKENS * GROUP) & (tok < qlen)
+    d = tl.arange(0, HEAD_DIM_PAD)
+    d_ok = d < HEAD_DIM
+    q = tl.load(q_ptr + ((q_start + tok) * stride_qt + head * stride_qh)[:, None] + d[None, :],
+                mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+    pos = ctx - qlen + tok  # [BLOCK_M] each row's position; it sees keys 0..pos
+    lo = ctx - qlen + tile * TOKENS  # every row sees all keys below lo
+    hi = tl.minimum(ctx, lo + TOKENS)  # no row sees a key at or above hi
+    num_tiles = (hi + BLOCK_N - 1) // BLOCK_N
+    tiles_per_split = (num_tiles + num_splits - 1) // num_splits
+    start = split * tiles_per_split * BLOCK_N
+    end = tl.minimum(hi, start + tiles_per_split * BLOCK_N)
+    lo_aligned = (lo // BLOCK_N) * BLOCK_N
+    acc = tl.zeros([BLOCK_M, HEAD_DIM_PAD], dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    m_i = tl.full([BLOCK_M], -1.0e30, dtype=tl.float32)  # finite: keeps exp2(m_i - m_new) NaN-free
+    bt_row_ptr = bt_ptr + seq * stride_bt
+    k_head_off = kv_head * stride_kh
+    v_head_off = kv_head * stride_vh
+    for n0 in range(start, tl.minimum(end, lo_aligned), BLOCK_N):
+        acc, l_i, m_i = _attend_tile(
+            acc, l_i, m_i, q, k_ptr, v_ptr, bt_row_ptr, n0, ctx, pos, k_head_off, v_head_off, d, d_ok,
+            qk_scale, stride_kb, stride_ks, stride_vb, stride_vs,
+            False, BLOCK_N, PAGE, PRECISION,
+        )
+    for n0 in range(tl.maximum(start, lo_aligned), end, BLOCK_N):
+        acc, l_i, m_i = _attend_tile(
+            acc, l_i, m_i, q, k_ptr, v_ptr, bt_row_ptr, n0, ctx, pos, k_head_off, v_head_off, d, d_ok,
+            qk_scale, stride_kb, stride_ks, stride_vb, stride_vs,
+            True, BLOCK_N, PAGE, PRECISION,
+        )
+    if IS_SPLIT:
+        part = ((q_start + tok) * num_heads + head) * num_splits + split  # [BLOCK_M]
+        tl.store(part_acc_ptr + part[:, None] * HEAD_DIM_PAD + d[None, :], acc, mask=row_ok[:, None])
+        tl.store(part_m_ptr + part, m_i, mask=row_ok)
+        tl.store(part_l_ptr + part, l_i, mask=row_ok)
+    else:
+        result = acc / tl.where(l_i > 0.0, l_i, 1.0)[:, None]  # rows that see nothing stay 0
+        tl.store(out_ptr + ((q_start + tok) * stride_ot + head * stride_oh)[:, None] + d[None, :],
+                 result.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
+
+
+@triton.jit
+def _merge_splits_kernel(
+    part_acc_ptr, part_m_ptr, part_l_ptr, out_ptr, cu_ptr, num_seqs, num_heads, num_splits,
+    stride_ot, stride_oh,
+    HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, SPLITS_PAD: tl.constexpr,
+):
+    """Grid: (query rows, query heads). Rescales each split's partial sums to a common maximum."""
+    row = tl.program_id(0)
+    head = tl.program_id(1)
+    if row >= tl.load(cu_ptr + num_seqs):
+        return
+    split = tl.arange(0, SPLITS_PAD)
+    split_ok = split < num_splits
+    part = (row * num_heads + head) * num_splits + split  # [SPLITS_PAD]
+    m = tl.load(part_m_ptr + part, mask=split_ok, other=float("-inf"))
+    l_s = tl.load(part_l_ptr + part, mask=split_ok, other=0.0)
+    weight = tl.exp2(m - tl.max(m, 0))  # [SPLITS_PAD]
+    denom = tl.sum(weight * l_s, 0)
+    d = tl.arange(0, HEAD_DIM_PAD)
+    acc = tl.load(part_acc_ptr + part[:, None] * HEAD_DIM_PAD + d[None, :], mask=split_ok[:, None], other=0.0)
+    result = tl.sum(acc * weight[:, None], 0) / tl.where(denom > 0.0, denom, 1.0)
+    tl.store(out_ptr + row * stride_ot + head * stride_oh + d, result.to(out_ptr.dtype.element_ty),
+             mask=d < HEAD_DIM)
+
+
+@triton.jit
+def _write_kv_kernel(
+    key_ptr, value_ptr, k_cache_ptr, v_cache_ptr, slot_ptr,
+    stride_kt, stride_kh, stride_vt, stride_vh, stride_kcs, stride_kch, stride_vcs, stride_vch,
+    NUM_KV_HEADS: tl.constexpr, HEADS_PAD: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr,
+):
+    """Grid: (tokens,). Copies one token's keys and values to its slot; negative slots are skipped."""
+    tok = tl.program_id(0)
+    slot = tl.load(slot_ptr + tok).to(tl.int64)
+    if slot < 0:
+        return
+    h = tl.arange(0, HEADS_PAD)[:, None]
+    d = tl.arange(0, HEAD_DIM_PAD)[None, :]
+    mask = (h < NUM_KV_HEADS) & (d < HEAD_DIM)
+    k = tl.load(key_ptr + tok * stride_kt + h * stride_kh + d, mask=mask)
+    v = tl.load(value_ptr + tok * stride_vt + h * stride_vh + d, mask=mask)
+    tl.store(k_cache_ptr + slot * stride_kcs + h * stride_kch + d, k.to(k_cache_ptr.dtype.element_ty), mask=mask)
+    tl.store(v_cache_ptr + slot * stride_vcs + h * stride_vch + d, v.to(v_cache_ptr.dtype.element_ty), mask=mask)
+
+
+def write_kv(
+    key: torch.Tensor,  # [T, Hkv, D]
+    value: torch.Tensor,  # [T, Hkv, D]
+    k_cache: torch.Tensor,  # [num_blocks, block_size, Hkv, D]
+    v_cache: torch.Tensor,  # [num_blocks, block_size, Hkv, D]
+    slot_mapping: torch.Tensor,  # [T] int64; < 0 means "don't store"
+) -> None:
+    """Store this step's keys and values at their slots, in place, without a host sync."""
+    num_tokens, num_kv_heads, head_dim = key.shape
+    flat_k = k_cache.view(-1, num_kv_heads, head_dim)  # [num_slots, Hkv, D]
+    flat_v = v_cache.view(-1, num_kv_heads, head_dim)  # [num_slots, Hkv, D]
+    key, value = _unit_last_stride(key), _unit_last_stride(value)
+    if num_tokens == 0:
+        return
+    _write_kv_kernel[(num_tokens,)](
+        key, value, flat_k, flat_v, slot_mapping,
+        key.stride(0), key.stride(1), value.stride(0), value.stride(1),
+        flat_k.stride(0), flat_k.stride(1), flat_v.stride(0), flat_v.stride(1),
+        NUM_KV_HEADS=num_kv_heads, HEADS_PAD=triton.next_power_of_2(num_kv_heads),
+        HEAD_DIM=head_dim, HEAD_DIM_PAD=max(16, triton.next_power_of_2(head_dim)),
+    )
+
+
+def paged_attention(
+    query: torch.Tensor,  # [T, H, D]
+    k_cache: torch.Tensor,  # [num_blocks, block_size, Hkv, D]
+    v_cache: torch.Tensor,  # [num_blocks, block_size, Hkv, D]
+    cu_seqlens_q: torch.Tensor,  # [B + 1] int32
+    context_lens: torch.Tensor,  # [B] int32, KV positions including this step's tokens
+    block_tables: torch.Tensor,  # [B, max_blocks] int32
+    scale: float,
+    max_seqlen_q: int,
+    out: torch.Tensor | None = None,  # [T, H, D], query dtype; allocated when None
+    num_splits: int | None = None,
+    block_m: int | None = None,
+    block_n: int | None = None,
+) -> torch.Tensor:  # [T, H, D]
+    """Causal attention of each sequence's new tokens over its paged cache (Triton kernels).
+
+    ``num_splits`` splits each sequence's positions over that many programs (decode only by
+    default: chosen from the batch and ``block_tables``' width when ``max_seqlen_q == 1``).
+    ``block_m``/``block_n`` override the tile sizes (tests use small ones).
+    """
+    num_tokens, num_heads, head_dim = query.shape
+    _, page, num_kv_heads, _ = k_cache.shape
+    num_seqs, max_blocks = block_tables.shape
+    _check_inputs(query, k_cache, v_cache, num_kv_heads)
+    group = num_heads // num_kv_heads
+    is_decode = max_seqlen_q <= 1
+    if out is None:
+        out = torch.empty_like(query)
+    elif out.shape != query.shape or out.dtype != query.dtype or out.stride(-1) != 1:
+        raise ValueError(f"out must be {tuple(query.shape)} {query.dtype}, contiguous along head_dim")
+    query = _unit_last_stride(query)
+    if num_tokens == 0 or num_seqs == 0:
+        return out
+    if block_m is None:
+        block_m = 16 if is_decode else (128 if head_dim <= 64 else 64)
+    block_m = max(block_m, triton.next_power_of_2(group))
+    if block_n is None:
+        block_n = 64 if head_dim <= 128 else 32
+    if num_splits is None:
+        num_splits = _choose_num_splits(query.device, num_seqs, num_kv_heads, max_blocks * page) if is_decode else 1
+    num_q_tiles = triton.cdiv(max(max_seqlen_q, 1), block_m // group)
+    head_dim_pad = max(16, triton.next_power_of_2(head_dim))
+    is_split = num_splits > 1
+    if is_split:
+        part_acc = torch.empty(num_tokens, num_heads, num_splits, head_dim_pad, device=query.device, dtype=torch.float32)
+        part_m = torch.empty(num_tokens, num_heads, num_splits, device=query.device, dtype=torch.float32)
+        part_l = torch.empty_like(part_m)
+    else:
+        part_acc = part_m = part_l = out  # unused placeholders
+    precision = "ieee" if query.dtype == torch.float32 else "tf32"
+    _paged_attention_kernel[(num_q_tiles * num_splits, num_seqs, num_kv_heads)](
+        query, k_cache, v_cache, out, part_acc, part_m, part_l,
+        cu_seqlens_q, context_lens, block_tables, scale * _LOG2E, num_heads, num_splits,
+        query.stride(0), query.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), out.stride(0), out.stride(1),
+        block_tables.stride(0),
+        GROUP=group, BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=head_dim, HEAD_DIM_PAD=head_dim_pad,
+        PAGE=page, IS_SPLIT=is_split, PRECISION=precision,
+        num_warps=4 if block_m <= 64 else 8, num_stages=2,
+    )
+    if is_split:
+        _merge_splits_kernel[(num_tokens, num_heads)](
+            part_acc, part_m, part_l, out, cu_seqlens_q, num_seqs, num_heads, num_splits,
+            out.stride(0), out.stride(1),
+            HEAD_DIM=head_dim, HEAD_DIM_PAD=head_dim_pad, SPLITS_PAD=max(2, triton.next_power_of_2(num_splits)),
+        )
+    return out
+
+
+def _choose_num_splits(device: torch.device, num_seqs: int, num_kv_heads: int, max_context: int) -> int:
+    """Enough splits to give each multiprocessor ~2 programs, each split >= 256 positions long."""
+    if device.type != "cuda":
+        return 1
+    num_sms = torch.cuda.get_device_properties(device).multi_processor_count
+    wanted = math.ceil(2 * num_sms / (num_seqs * num_kv_heads))
+    return max(1, min(wanted, max_context // _MIN_TOKENS_PER_SPLIT, _MAX_SPLITS))
+
+
+def _check_inputs(
+    query: torch.Tensor,  # [T, H, D]
+    k_cache: torch.Tensor,  # [num_blocks, block_size, Hkv, D]
+    v_cache: torch.Tensor,  # [num_blocks, block_size, Hkv, D]
+    num_kv_heads: int,
+) -> None:
+    """Shape and dtype checks (metadata only, no host sync)."""
+    if query.shape[1] % num_kv_heads:
+        raise ValueError(f"query heads ({query.shape[1]}) must be a multiple of KV heads ({num_kv_heads})")
+    if k_cache.shape != v_cache.shape or k_cache.shape[3] != query.shape[2]:
+        raise ValueError(f"cache shapes {tuple(k_cache.shape)}/{tuple(v_cache.shape)} do not fit query {tuple(query.shape)}")
+    if not (query.dtype == k_cache.dtype == v_cache.dtype):
+        raise ValueError(f"query and caches must share a dtype, got {query.dtype}, {k_cache.dtype}, {v_cache.dtype}")
+    if k_cache.stride(3) != 1 or v_cache.stride(3) != 1:
+        raise ValueError("caches must be contiguous along head_dim")
+
+
+def _unit_last_stride(x: torch.Tensor) -> torch.Tensor:  # [..., D]
+    """``x`` itself when its last dimension is contiguous, else a contiguous copy."""
+    return x if x.stride(-1) == 1 else x.contiguous()

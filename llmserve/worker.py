@@ -1,0 +1,236 @@
+"""A worker: one model on one device, its engine stepping in a thread of its own.
+
+The asyncio side submits and aborts through a thread-safe inbox; the engine thread hands each
+step's outputs back to the event loop in one `call_soon_threadsafe`, where they are routed to
+the per-request streams. The asyncio side never touches torch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import itertools
+import logging
+import queue
+import threading
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from llmserve.config import WorkerConfig
+from llmserve.engine.engine import LLMEngine, SequenceOutput
+from llmserve.engine.request import SamplingParams
+from llmserve.errors import ServiceUnavailableError, WorkerDeadError
+
+log = logging.getLogger(__name__)
+
+
+class WorkerState(enum.Enum):
+    LOADING = "loading"
+    READY = "ready"
+    FAILED = "failed"
+    STOPPED = "stopped"
+
+
+@dataclass(frozen=True)
+class _Add:
+    seq_ids: list[int]
+    prompts: list[tuple[list[int], SamplingParams]]
+
+
+@dataclass(frozen=True)
+class _Abort:
+    seq_ids: list[int]
+
+
+class RequestStream:
+    """The outputs of one request's choices, as (choice index, output) pairs in arrival order."""
+
+    def __init__(self, seq_ids: list[int]) -> None:
+        self.seq_ids = seq_ids
+        self.index = {seq_id: i for i, seq_id in enumerate(seq_ids)}
+        self.queue: asyncio.Queue[SequenceOutput] = asyncio.Queue()
+        self.unfinished = set(seq_ids)
+
+    @property
+    def is_finished(self) -> bool:
+        return not self.unfinished
+
+    async def __aiter__(self) -> AsyncIterator[tuple[int, SequenceOutput]]:
+        while self.unfinished:
+            output = await self.queue.get()
+            if output.finish_reason is not None:
+                self.unfinished.discard(output.seq_id)
+            yield self.index[output.seq_id], output
+
+
+class Worker:
+    """Owns one engine; async `generate()` gives a request's stream of outputs."""
+
+    def __init__(self, config: WorkerConfig, index: int, engine_factory: Any) -> None:
+        self.config = config
+        self.index = index
+        self.name = f"worker-{index}"
+        self.state = WorkerState.LOADING
+        self.failure: str | None = None
+        self.engine: LLMEngine | None = None
+        self.max_model_len = 0
+        self._engine_factory = engine_factory
+        self._inbox: queue.SimpleQueue[_Add | _Abort | None] = queue.SimpleQueue()
+        self._streams: dict[int, RequestStream] = {}
+        self._seq_ids = itertools.count()
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def model_names(self) -> tuple[str, ...]:
+        return self.config.served_names
+
+    @property
+    def speed(self) -> float:
+        return self.config.speed
+
+    @property
+    def is_ready(self) -> bool:
+        return self.state is WorkerState.READY
+
+    @property
+    def num_unfinished(self) -> int:
+        """Sequences submitted and not yet finished (running or waiting)."""
+        return len(self._streams)
+
+    @property
+    def num_waiting(self) -> int:
+        return max(0, self.num_unfinished - self.config.max_num_seqs)
+
+    @property
+    def num_running(self) -> int:
+        return self.num_unfinished - self.num_waiting
+
+    @property
+    def tokenizer(self) -> Any:
+        assert self.engine is not None
+        return self.engine.tokenizer
+
+    async def start(self) -> None:
+        """Load the model (in a thread, so the server keeps answering) and start stepping."""
+        self._loop = asyncio.get_running_loop()
+        started = time.perf_counter()
+        try:
+            self.engine = await asyncio.to_thread(self._engine_factory, self.config, self.index)
+        except Exception as exc:
+            self.state = WorkerState.FAILED
+            self.failure = f"failed to load: {exc}"
+            raise
+        self.max_model_len = self.engine.max_model_len
+        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+        self._thread.start()
+        self.state = WorkerState.READY
+        log.info("%s ready: serves %s in %.1f s", self.name, ", ".join(self.model_names),
+                 time.perf_counter() - started)
+
+    async def stop(self) -> None:
+        """Stop the engine thread; unfinished requests end with finish_reason "abort"."""
+        if self._thread is None:
+            return
+        self._inbox.put(None)
+        await asyncio.to_thread(self._thread.join)
+        self._thread = None
+        self.state = WorkerState.STOPPED
+
+    @asynccontextmanager
+    async def generate(self, prompts: list[tuple[list[int], SamplingParams]]) -> AsyncIterator[RequestStream]:
+        """Submit one request, a sequence per (prompt, params) choice; leaving the block early aborts it."""
+        self._check_can_accept(len(prompts))
+        seq_ids = [next(self._seq_ids) for _ in prompts]
+        stream = RequestStream(seq_ids)
+        for seq_id in seq_ids:
+            self._streams[seq_id] = stream
+        self._inbox.put(_Add(seq_ids, prompts))
+        try:
+            yield stream
+        finally:
+            if not stream.is_finished:
+                self._inbox.put(_Abort(sorted(stream.unfinished)))
+
+    def _check_can_accept(self, num_seqs: int) -> None:
+        if self.state is WorkerState.FAILED:
+            raise WorkerDeadError(f"{self.name} has failed and takes no requests")
+        if self.state is not WorkerState.READY:
+            raise ServiceUnavailableError(f"{self.name} is not ready")
+        waiting_after = self.num_unfinished + num_seqs - self.config.max_num_seqs
+        if waiting_after > self.config.max_waiting:
+            raise ServiceUnavailableError(f"{self.name} is overloaded: {self.num_waiting} requests waiting")
+
+    # ---- engine thread -------------------------------------------------------------------
+
+    def _run(self) -> None:
+        assert self.engine is not None
+        engine = self.engine
+        try:
+            while True:
+                if not self._drain_inbox(engine, block=not engine.has_work):
+                    break
+                if engine.has_work:
+                    self._deliver(self._step(engine))
+            self._deliver([out for sid in list(self._streams) if (out := engine.abort(sid)) is not None])
+        except BaseException as exc:  # the loop itself died: fail everything, leave dispatch
+            log.exception("%s: engine loop died", self.name)
+            self.state = WorkerState.FAILED
+            self.failure = f"engine loop died: {type(exc).__name__}"
+            self._call_in_loop(self._fail_all, self.failure)
+
+    def _drain_inbox(self, engine: LLMEngine, block: bool) -> bool:
+        """Apply queued commands; False once asked to stop."""
+        try:
+            command = self._inbox.get(block=block)
+        except queue.Empty:
+            return True
+        while True:
+            if command is None:
+                return False
+            if isinstance(command, _Add):
+                for seq_id, (prompt_ids, params) in zip(command.seq_ids, command.prompts, strict=True):
+                    engine.add(seq_id, prompt_ids, params)
+            else:
+                self._deliver([out for sid in command.seq_ids if (out := engine.abort(sid)) is not None])
+            try:
+                command = self._inbox.get_nowait()
+            except queue.Empty:
+                return True
+
+    def _step(self, engine: LLMEngine) -> list[SequenceOutput]:
+        try:
+            return engine.step()
+        except Exception as exc:  # one step failed: fail its sequences, keep serving
+            log.exception("%s: step failed", self.name)
+            return engine.fail(engine.last_scheduled, f"the model step failed: {type(exc).__name__}")
+
+    def _deliver(self, outputs: list[SequenceOutput]) -> None:
+        if outputs:
+            self._call_in_loop(self._route, outputs)
+
+    def _call_in_loop(self, fn: Any, arg: Any) -> None:
+        assert self._loop is not None
+        try:
+            self._loop.call_soon_threadsafe(fn, arg)
+        except RuntimeError:
+            pass  # the event loop is closed: nobody is listening any more
+
+    # ---- event loop side -------------------------------------------------------------------
+
+    def _route(self, outputs: list[SequenceOutput]) -> None:
+        for output in outputs:
+            stream = self._streams.get(output.seq_id)
+            if stream is None:
+                continue
+            if output.finish_reason is not None:
+                del self._streams[output.seq_id]
+            stream.queue.put_nowait(output)
+
+    def _fail_all(self, message: str) -> None:
+        for seq_id, stream in list(self._streams.items()):
+            stream.queue.put_nowait(SequenceOutput(seq_id, "", [], [], "error", 0, 0, error=message))
+        self._streams.clear()

@@ -1,0 +1,119 @@
+"""The Triton kernels against the same float64 reference as the torch path.
+
+Without CUDA they run under Triton's interpreter (``TRITON_INTERPRET=1``, CPU tensors), which must be
+set before the kernels are defined, so this module sets it before importing them. The interpreter
+cannot do bfloat16 ``tl.dot`` (it multiplies the raw bit patterns: triton-lang/triton#11584), so
+bfloat16 runs only on CUDA; ``benchmarks/gpu_attention_check.py`` covers it on realistic shapes.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+import torch
+
+if importlib.util.find_spec("triton") is None:
+    pytest.skip("triton is not installed: the Triton attention kernels are untested", allow_module_level=True)
+
+ON_CUDA = torch.cuda.is_available()
+if not ON_CUDA:
+    if "triton" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1":  # pragma: no cover
+        pytest.skip("triton was imported before TRITON_INTERPRET=1 could be set", allow_module_level=True)
+    # Read when the kernels are defined, so before the import below, and again by triton's lazy
+    # imports later: it stays set for the rest of this (CPU-only) test session.
+    os.environ["TRITON_INTERPRET"] = "1"
+
+from llmserve.engine import triton_attention  # noqa: E402
+
+
+def _load_sibling(name: str) -> ModuleType:
+    """The shared batch builder and reference, loaded from ``test_attention.py`` beside this file."""
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+shared = _load_sibling("test_attention")
+DEVICE = torch.device("cuda" if ON_CUDA else "cpu")
+DTYPES = [torch.float32, torch.float16] + ([torch.bfloat16] if ON_CUDA else [])
+
+
+def _run(batch: Any, **options: int) -> torch.Tensor:  # [T, H, D] on the CPU
+    """Write the batch's tokens with the Triton ``write_kv``, then attend into a NaN-poisoned output."""
+    k_cache, v_cache = batch.k_cache.to(DEVICE), batch.v_cache.to(DEVICE)
+    triton_attention.write_kv(
+        batch.new_key.to(DEVICE), batch.new_value.to(DEVICE), k_cache, v_cache, batch.slot_mapping.to(DEVICE)
+    )
+    want_k, want_v = shared.reference_cache(batch)
+    assert torch.equal(k_cache.cpu(), want_k) and torch.equal(v_cache.cpu(), want_v)
+    out = torch.full_like(batch.query, float("nan"), device=DEVICE)
+    result = triton_attention.paged_attention(
+        batch.query.to(DEVICE), k_cache, v_cache, batch.cu_seqlens_q.to(DEVICE), batch.context_lens.to(DEVICE),
+        batch.block_tables.to(DEVICE), batch.scale, batch.max_seqlen_q, out=out, **options,
+    )
+    assert result is out
+    return out.cpu()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(
+    ("name", "specs", "heads", "kv_heads", "head_dim", "block_size"), shared.CASES, ids=[c[0] for c in shared.CASES]
+)
+def test_kernels_match_reference(
+    name: str, specs: list[tuple[int, int]], heads: int, kv_heads: int, head_dim: int, block_size: int,
+    dtype: torch.dtype,
+) -> None:
+    """Default tiles; in float32 also small tiles (many per sequence, causal edges inside), split or not."""
+    batch = shared.make_batch(specs, heads, kv_heads, head_dim, block_size, dtype, seed=len(name))
+    want = shared.reference_attention(batch)
+    small_tiles = [{"block_m": 16, "block_n": 16}, {"block_m": 16, "block_n": 16, "num_splits": 3}]
+    for options in [{}] + (small_tiles if dtype == torch.float32 else []):
+        out = _run(batch, **options)
+        assert not out.isnan().any(), f"unwritten output with {options}"
+        torch.testing.assert_close(out.double(), want, atol=shared.tolerance(dtype), rtol=0, msg=str(options))
+
+
+@pytest.mark.parametrize("num_splits", [1, 2, 5])
+def test_decode_splits(num_splits: int) -> None:
+    """Decode batches, split over more programs than some sequences have tiles (empty splits)."""
+    batch = shared.make_batch([(40, 1), (3, 1), (0, 1), (-1, 1), (63, 1)], 8, 2, 32, 16)
+    out = _run(batch, num_splits=num_splits, block_n=16)
+    assert not out.isnan().any()
+    torch.testing.assert_close(out.double(), shared.reference_attention(batch), atol=1e-5, rtol=0)
+    assert torch.equal(out[3], torch.zeros_like(out[3]))  # the padding sequence
+
+
+def test_non_contiguous_query_and_output() -> None:
+    """Query in the [H, T, D]-transposed layout transformers hands over; output the same."""
+    batch = shared.make_batch([(5, 3), (9, 1)], 4, 2, 16, 4)
+    query = batch.query.to(DEVICE).transpose(0, 1).contiguous().transpose(0, 1)  # [T, H, D], strides (D, T*D, 1)
+    k_cache, v_cache = batch.k_cache.to(DEVICE), batch.v_cache.to(DEVICE)
+    key = batch.new_key.to(DEVICE).transpose(0, 1).contiguous().transpose(0, 1)  # [T, Hkv, D], same layout
+    triton_attention.write_kv(key, batch.new_value.to(DEVICE), k_cache, v_cache, batch.slot_mapping.to(DEVICE))
+    out = torch.full_like(query, float("nan")).transpose(0, 1).contiguous().transpose(0, 1)
+    triton_attention.paged_attention(
+        query, k_cache, v_cache, batch.cu_seqlens_q.to(DEVICE), batch.context_lens.to(DEVICE),
+        batch.block_tables.to(DEVICE), batch.scale, batch.max_seqlen_q, out=out,
+    )
+    torch.testing.assert_close(out.cpu().double(), shared.reference_attention(batch), atol=1e-5, rtol=0)
+
+
+def test_rejects_mismatched_dtypes() -> None:
+    batch = shared.make_batch([(2, 1)], 4, 2, 16, 4)
+    with pytest.raises(ValueError, match="dtype"):
+        triton_attention.paged_attention(
+            batch.query.half(), batch.k_cache, batch.v_cache, batch.cu_seqlens_q, batch.context_lens,
+            batch.block_tables, batch.scale, 1,
+        )
+
