@@ -21,7 +21,7 @@ from llmserve.errors import ConfigError
 log = logging.getLogger(__name__)
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-_CPU_KV_BUDGET_BYTES = 2 * 1024**3
+_CPU_KV_BUDGET_BYTES = 1024**3
 
 
 @dataclass
@@ -143,6 +143,10 @@ def kv_cache_spec(loaded: LoadedModel, config: WorkerConfig) -> KVCacheSpec:
         num_tokens = min(wanted, _CPU_KV_BUDGET_BYTES // probe.bytes_per_token)
     num_blocks = num_tokens // config.block_size
     spec = KVCacheSpec(hf.num_hidden_layers, num_kv_heads, head_dim, config.block_size, num_blocks, loaded.dtype)
+    if spec.num_tokens < loaded.max_model_len and not config.max_model_len and not config.kv_cache_tokens:
+        log.warning("KV cache holds %d tokens: context length lowered from %d to fit it",
+                    spec.num_tokens, loaded.max_model_len)
+        loaded.max_model_len = spec.num_tokens
     if spec.num_tokens < loaded.max_model_len:
         raise ConfigError(
             f"KV cache holds {spec.num_tokens} tokens, fewer than max_model_len = {loaded.max_model_len}; "

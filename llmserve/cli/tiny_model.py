@@ -16,7 +16,9 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         help="build a random-weight Llama model with a real BPE tokenizer (offline, deterministic)",
         description=__doc__,
     )
-    parser.add_argument("out_dir", metavar="OUT_DIR", type=Path, help="directory to write (created if missing)")
+    parser.add_argument(
+        "out_dir", metavar="OUT_DIR", type=Path, help="directory to write (created if missing)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="weight seed; same seed, same bytes (default: 0)")
     parser.add_argument(
         "--preset", choices=sorted(PRESETS), default="tiny", help="model shape (default: tiny)"

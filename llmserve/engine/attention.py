@@ -159,7 +159,7 @@ def paged_attention(
     decode_rows: list[int] = []
     decode_seqs: list[int] = []
     decode_lens: list[int] = []
-    for seq, (start, end, length) in enumerate(zip(cu[:-1], cu[1:], lens)):
+    for seq, (start, end, length) in enumerate(zip(cu[:-1], cu[1:], lens, strict=True)):
         if length <= 0 or end <= start:
             continue
         if end - start == 1:

@@ -28,6 +28,10 @@ _LOG2E = 1.4426950408889634
 _MIN_TOKENS_PER_SPLIT = 256  # below this a split's partial results cost more than they save
 _MAX_SPLITS = 32
 
+# Kernel signatures and launches keep their arguments grouped by role (pointers, strides, constexprs)
+# instead of one per line, so ruff format is switched off around them.
+# fmt: off
+
 
 @triton.jit
 def _attend_tile(
@@ -166,6 +170,9 @@ def _write_kv_kernel(
     tl.store(v_cache_ptr + slot * stride_vcs + h * stride_vch + d, v.to(v_cache_ptr.dtype.element_ty), mask=mask)
 
 
+# fmt: on
+
+
 def write_kv(
     key: torch.Tensor,  # [T, Hkv, D]
     value: torch.Tensor,  # [T, Hkv, D]
@@ -180,6 +187,7 @@ def write_kv(
     key, value = _unit_last_stride(key), _unit_last_stride(value)
     if num_tokens == 0:
         return
+    # fmt: off
     _write_kv_kernel[(num_tokens,)](
         key, value, flat_k, flat_v, slot_mapping,
         key.stride(0), key.stride(1), value.stride(0), value.stride(1),
@@ -187,6 +195,7 @@ def write_kv(
         NUM_KV_HEADS=num_kv_heads, HEADS_PAD=triton.next_power_of_2(num_kv_heads),
         HEAD_DIM=head_dim, HEAD_DIM_PAD=max(16, triton.next_power_of_2(head_dim)),
     )
+    # fmt: on
 
 
 def paged_attention(
@@ -228,17 +237,22 @@ def paged_attention(
     if block_n is None:
         block_n = 64 if head_dim <= 128 else 32
     if num_splits is None:
-        num_splits = _choose_num_splits(query.device, num_seqs, num_kv_heads, max_blocks * page) if is_decode else 1
+        num_splits = (
+            _choose_num_splits(query.device, num_seqs, num_kv_heads, max_blocks * page) if is_decode else 1
+        )
     num_q_tiles = triton.cdiv(max(max_seqlen_q, 1), block_m // group)
     head_dim_pad = max(16, triton.next_power_of_2(head_dim))
     is_split = num_splits > 1
     if is_split:
-        part_acc = torch.empty(num_tokens, num_heads, num_splits, head_dim_pad, device=query.device, dtype=torch.float32)
+        part_acc = torch.empty(
+            num_tokens, num_heads, num_splits, head_dim_pad, device=query.device, dtype=torch.float32
+        )
         part_m = torch.empty(num_tokens, num_heads, num_splits, device=query.device, dtype=torch.float32)
         part_l = torch.empty_like(part_m)
     else:
         part_acc = part_m = part_l = out  # unused placeholders
     precision = "ieee" if query.dtype == torch.float32 else "tf32"
+    # fmt: off
     _paged_attention_kernel[(num_q_tiles * num_splits, num_seqs, num_kv_heads)](
         query, k_cache, v_cache, out, part_acc, part_m, part_l,
         cu_seqlens_q, context_lens, block_tables, scale * _LOG2E, num_heads, num_splits,
@@ -249,12 +263,15 @@ def paged_attention(
         PAGE=page, IS_SPLIT=is_split, PRECISION=precision,
         num_warps=4 if block_m <= 64 else 8, num_stages=2,
     )
+    # fmt: on
     if is_split:
+        # fmt: off
         _merge_splits_kernel[(num_tokens, num_heads)](
             part_acc, part_m, part_l, out, cu_seqlens_q, num_seqs, num_heads, num_splits,
             out.stride(0), out.stride(1),
             HEAD_DIM=head_dim, HEAD_DIM_PAD=head_dim_pad, SPLITS_PAD=max(2, triton.next_power_of_2(num_splits)),
         )
+        # fmt: on
     return out
 
 
@@ -277,9 +294,13 @@ def _check_inputs(
     if query.shape[1] % num_kv_heads:
         raise ValueError(f"query heads ({query.shape[1]}) must be a multiple of KV heads ({num_kv_heads})")
     if k_cache.shape != v_cache.shape or k_cache.shape[3] != query.shape[2]:
-        raise ValueError(f"cache shapes {tuple(k_cache.shape)}/{tuple(v_cache.shape)} do not fit query {tuple(query.shape)}")
+        raise ValueError(
+            f"cache shapes {tuple(k_cache.shape)}/{tuple(v_cache.shape)} do not fit query {tuple(query.shape)}"
+        )
     if not (query.dtype == k_cache.dtype == v_cache.dtype):
-        raise ValueError(f"query and caches must share a dtype, got {query.dtype}, {k_cache.dtype}, {v_cache.dtype}")
+        raise ValueError(
+            f"query and caches must share a dtype, got {query.dtype}, {k_cache.dtype}, {v_cache.dtype}"
+        )
     if k_cache.stride(3) != 1 or v_cache.stride(3) != 1:
         raise ValueError("caches must be contiguous along head_dim")
 

@@ -38,6 +38,7 @@ __all__ = [
     "count_parameters",
     "get_preset",
     "preset_config",
+    "preset_tokenizer",
 ]
 
 
@@ -125,10 +126,10 @@ def get_preset(name: str) -> TinyPreset:
         raise ValueError(f"preset = {name!r}: expected one of {sorted(PRESETS)}") from None
 
 
-def preset_config(preset: TinyPreset, tokenizer: PreTrainedTokenizerFast) -> LlamaConfig:
-    """The model config of `preset`, with the special-token ids of `tokenizer`."""
-    if len(tokenizer) != preset.vocab_size:
-        raise ValueError(f"tokenizer has {len(tokenizer)} ids, preset {preset.name!r} wants {preset.vocab_size}")
+def preset_config(
+    preset: TinyPreset, *, bos_token_id: int, eos_token_id: int, pad_token_id: int
+) -> LlamaConfig:
+    """The model config of `preset` with the given special-token ids (no tokenizer needed)."""
     return build_config(
         vocab_size=preset.vocab_size,
         hidden_size=preset.hidden_size,
@@ -140,10 +141,15 @@ def preset_config(preset: TinyPreset, tokenizer: PreTrainedTokenizerFast) -> Lla
         rope_theta=preset.rope_theta,
         tie_word_embeddings=preset.tie_word_embeddings,
         dtype=preset.dtype,
-        bos_token_id=_token_id(tokenizer, BOS_TOKEN),
-        eos_token_id=_token_id(tokenizer, EOS_TOKEN),
-        pad_token_id=_token_id(tokenizer, PAD_TOKEN),
+        bos_token_id=bos_token_id,
+        eos_token_id=eos_token_id,
+        pad_token_id=pad_token_id,
     )
+
+
+def preset_tokenizer(preset: TinyPreset) -> PreTrainedTokenizerFast:
+    """Train the tokenizer of `preset` (it does not depend on the seed)."""
+    return build_tokenizer(preset.vocab_size, preset.corpus_bytes, preset.max_position_embeddings)
 
 
 def build_tiny_model(out_dir: Path, seed: int = 0, preset: str = "tiny") -> Path:
@@ -154,11 +160,13 @@ def build_tiny_model(out_dir: Path, seed: int = 0, preset: str = "tiny") -> Path
     spec = get_preset(preset)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_tokenizer(spec.vocab_size, spec.corpus_bytes, spec.max_position_embeddings)
-    config = preset_config(spec, tokenizer)
+    tokenizer = preset_tokenizer(spec)
+    bos_id, eos_id, eot_id, pad_id = (
+        _token_id(tokenizer, tok) for tok in (BOS_TOKEN, EOS_TOKEN, EOT_TOKEN, PAD_TOKEN)
+    )
+    config = preset_config(spec, bos_token_id=bos_id, eos_token_id=eos_id, pad_token_id=pad_id)
     model = create_model(config, seed=seed, embedding_std=spec.embedding_std)
-    eos_ids = [_token_id(tokenizer, EOS_TOKEN), _token_id(tokenizer, EOT_TOKEN)]
-    gen_config = generation_config(config.bos_token_id, eos_ids, config.pad_token_id)
+    gen_config = generation_config(bos_id, [eos_id, eot_id], pad_id)
     save_model(model, gen_config, out_dir)
     tokenizer.save_pretrained(out_dir)
     return out_dir

@@ -17,7 +17,6 @@ holds exactly one BOS.
 
 from __future__ import annotations
 
-import itertools
 import json
 from collections.abc import Iterator, Sequence
 
@@ -89,7 +88,9 @@ def fill_vocabulary(tokenizer: Tokenizer, num_bpe_tokens: int) -> Tokenizer:
     """
     model = json.loads(tokenizer.to_str())["model"]
     vocab: dict[str, int] = dict(model["vocab"])
-    merges = [tuple(merge) if isinstance(merge, list) else tuple(merge.split(" ")) for merge in model["merges"]]
+    merges = [
+        tuple(merge) if isinstance(merge, list) else tuple(merge.split(" ")) for merge in model["merges"]
+    ]
     if len(vocab) >= num_bpe_tokens:
         return tokenizer
     tokens = sorted(vocab, key=vocab.__getitem__)
@@ -101,7 +102,9 @@ def fill_vocabulary(tokenizer: Tokenizer, num_bpe_tokens: int) -> Tokenizer:
         if len(vocab) == num_bpe_tokens:
             break
     else:
-        raise ValueError(f"cannot fill the vocabulary to {num_bpe_tokens} tokens from {len(tokens)} learned ones")
+        raise ValueError(
+            f"cannot fill the vocabulary to {num_bpe_tokens} tokens from {len(tokens)} learned ones"
+        )
     tokenizer.model = models.BPE(vocab=vocab, merges=merges)
     return tokenizer
 

@@ -51,11 +51,13 @@ def make_batch(
     perm = torch.randperm(num_blocks, generator=gen).tolist()
     tables = torch.randint(0, num_blocks, (len(specs), max_blocks), generator=gen, dtype=torch.int32)
     slots: list[int] = []
-    for seq, ((cached, new), count) in enumerate(zip(specs, blocks_per_seq)):
+    for seq, ((cached, new), count) in enumerate(zip(specs, blocks_per_seq, strict=True)):
         tables[seq, :count] = torch.tensor(perm[:count], dtype=torch.int32)
         perm = perm[count:]
         for pos in range(max(cached, 0), max(cached, 0) + new):
-            slots.append(-1 if cached < 0 else int(tables[seq, pos // block_size]) * block_size + pos % block_size)
+            slots.append(
+                -1 if cached < 0 else int(tables[seq, pos // block_size]) * block_size + pos % block_size
+            )
     qlens = [new for _, new in specs]
     num_tokens = sum(qlens)
 
@@ -99,8 +101,12 @@ def reference_attention(batch: Batch) -> torch.Tensor:  # [T, H, D] float64
     cu = batch.cu_seqlens_q.tolist()
     for seq, length in enumerate(batch.context_lens.tolist()):
         table = batch.block_tables[seq].tolist()
-        keys = torch.stack([k_cache[table[p // block_size], p % block_size] for p in range(length)] or [k_cache[0, 0]])
-        values = torch.stack([v_cache[table[p // block_size], p % block_size] for p in range(length)] or [v_cache[0, 0]])
+        keys = torch.stack(
+            [k_cache[table[p // block_size], p % block_size] for p in range(length)] or [k_cache[0, 0]]
+        )
+        values = torch.stack(
+            [v_cache[table[p // block_size], p % block_size] for p in range(length)] or [v_cache[0, 0]]
+        )
         qlen = cu[seq + 1] - cu[seq]
         for i in range(qlen):
             pos = length - qlen + i
@@ -143,14 +149,25 @@ CASES = [
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize(("name", "specs", "heads", "kv_heads", "head_dim", "block_size"), CASES)
 def test_paged_attention_matches_reference(
-    name: str, specs: list[tuple[int, int]], heads: int, kv_heads: int, head_dim: int, block_size: int,
+    name: str,
+    specs: list[tuple[int, int]],
+    heads: int,
+    kv_heads: int,
+    head_dim: int,
+    block_size: int,
     dtype: torch.dtype,
 ) -> None:
     batch = make_batch(specs, heads, kv_heads, head_dim, block_size, dtype, seed=len(name))
     k_cache, v_cache = written_cache(batch, attention.write_kv)
     out = attention.paged_attention(
-        batch.query, k_cache, v_cache, batch.cu_seqlens_q, batch.context_lens, batch.block_tables,
-        batch.scale, batch.max_seqlen_q,
+        batch.query,
+        k_cache,
+        v_cache,
+        batch.cu_seqlens_q,
+        batch.context_lens,
+        batch.block_tables,
+        batch.scale,
+        batch.max_seqlen_q,
     )
     assert out.shape == batch.query.shape and out.dtype == dtype
     torch.testing.assert_close(out.double(), reference_attention(batch), atol=tolerance(dtype), rtol=0)
@@ -189,8 +206,14 @@ def test_grouped_heads_use_their_own_kv_head() -> None:
     k_cache, v_cache = written_cache(batch, attention.write_kv)
     v_cache[:, :, 1] = 0
     out = attention.paged_attention(
-        batch.query, k_cache, v_cache, batch.cu_seqlens_q, batch.context_lens, batch.block_tables,
-        batch.scale, batch.max_seqlen_q,
+        batch.query,
+        k_cache,
+        v_cache,
+        batch.cu_seqlens_q,
+        batch.context_lens,
+        batch.block_tables,
+        batch.scale,
+        batch.max_seqlen_q,
     )
     assert torch.equal(out[:, 2:4], torch.zeros_like(out[:, 2:4]))
     assert out[:, :2].abs().gt(0).all() and out[:, 4:].abs().gt(0).all()

@@ -59,8 +59,16 @@ def _run(batch: Any, **options: int) -> torch.Tensor:  # [T, H, D] on the CPU
     assert torch.equal(k_cache.cpu(), want_k) and torch.equal(v_cache.cpu(), want_v)
     out = torch.full_like(batch.query, float("nan"), device=DEVICE)
     result = triton_attention.paged_attention(
-        batch.query.to(DEVICE), k_cache, v_cache, batch.cu_seqlens_q.to(DEVICE), batch.context_lens.to(DEVICE),
-        batch.block_tables.to(DEVICE), batch.scale, batch.max_seqlen_q, out=out, **options,
+        batch.query.to(DEVICE),
+        k_cache,
+        v_cache,
+        batch.cu_seqlens_q.to(DEVICE),
+        batch.context_lens.to(DEVICE),
+        batch.block_tables.to(DEVICE),
+        batch.scale,
+        batch.max_seqlen_q,
+        out=out,
+        **options,
     )
     assert result is out
     return out.cpu()
@@ -68,10 +76,17 @@ def _run(batch: Any, **options: int) -> torch.Tensor:  # [T, H, D] on the CPU
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize(
-    ("name", "specs", "heads", "kv_heads", "head_dim", "block_size"), shared.CASES, ids=[c[0] for c in shared.CASES]
+    ("name", "specs", "heads", "kv_heads", "head_dim", "block_size"),
+    shared.CASES,
+    ids=[c[0] for c in shared.CASES],
 )
 def test_kernels_match_reference(
-    name: str, specs: list[tuple[int, int]], heads: int, kv_heads: int, head_dim: int, block_size: int,
+    name: str,
+    specs: list[tuple[int, int]],
+    heads: int,
+    kv_heads: int,
+    head_dim: int,
+    block_size: int,
     dtype: torch.dtype,
 ) -> None:
     """Default tiles; in float32 also small tiles (many per sequence, causal edges inside), split or not."""
@@ -97,14 +112,25 @@ def test_decode_splits(num_splits: int) -> None:
 def test_non_contiguous_query_and_output() -> None:
     """Query in the [H, T, D]-transposed layout transformers hands over; output the same."""
     batch = shared.make_batch([(5, 3), (9, 1)], 4, 2, 16, 4)
-    query = batch.query.to(DEVICE).transpose(0, 1).contiguous().transpose(0, 1)  # [T, H, D], strides (D, T*D, 1)
+    query = (
+        batch.query.to(DEVICE).transpose(0, 1).contiguous().transpose(0, 1)
+    )  # [T, H, D], strides (D, T*D, 1)
     k_cache, v_cache = batch.k_cache.to(DEVICE), batch.v_cache.to(DEVICE)
     key = batch.new_key.to(DEVICE).transpose(0, 1).contiguous().transpose(0, 1)  # [T, Hkv, D], same layout
-    triton_attention.write_kv(key, batch.new_value.to(DEVICE), k_cache, v_cache, batch.slot_mapping.to(DEVICE))
+    triton_attention.write_kv(
+        key, batch.new_value.to(DEVICE), k_cache, v_cache, batch.slot_mapping.to(DEVICE)
+    )
     out = torch.full_like(query, float("nan")).transpose(0, 1).contiguous().transpose(0, 1)
     triton_attention.paged_attention(
-        query, k_cache, v_cache, batch.cu_seqlens_q.to(DEVICE), batch.context_lens.to(DEVICE),
-        batch.block_tables.to(DEVICE), batch.scale, batch.max_seqlen_q, out=out,
+        query,
+        k_cache,
+        v_cache,
+        batch.cu_seqlens_q.to(DEVICE),
+        batch.context_lens.to(DEVICE),
+        batch.block_tables.to(DEVICE),
+        batch.scale,
+        batch.max_seqlen_q,
+        out=out,
     )
     torch.testing.assert_close(out.cpu().double(), shared.reference_attention(batch), atol=1e-5, rtol=0)
 
@@ -113,7 +139,12 @@ def test_rejects_mismatched_dtypes() -> None:
     batch = shared.make_batch([(2, 1)], 4, 2, 16, 4)
     with pytest.raises(ValueError, match="dtype"):
         triton_attention.paged_attention(
-            batch.query.half(), batch.k_cache, batch.v_cache, batch.cu_seqlens_q, batch.context_lens,
-            batch.block_tables, batch.scale, 1,
+            batch.query.half(),
+            batch.k_cache,
+            batch.v_cache,
+            batch.cu_seqlens_q,
+            batch.context_lens,
+            batch.block_tables,
+            batch.scale,
+            1,
         )
-

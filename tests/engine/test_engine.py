@@ -1,0 +1,136 @@
+"""The engine end to end on the tiny model: token-exact against `model.generate` under continuous batching."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from llmserve.config import WorkerConfig
+from llmserve.engine.builder import build_engine
+from llmserve.engine.request import SamplingParams
+
+PROMPTS = [
+    "Hello there, how are you today?",
+    "def fibonacci(n):\n    if n < 2:\n        return n\n",
+    "The quick brown fox jumps over the lazy dog. " * 6,
+    "a",
+    "import os\nimport sys\n\nclass Config:\n    pass\n",
+    "Once upon a time",
+    "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14",
+    "Return the sum of a list of numbers.",
+    "x" * 50,
+    "SELECT * FROM users WHERE",
+]
+MAX_TOKENS = [17, 5, 40, 23, 9, 31, 12, 3, 26, 14]
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_model_dir):
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    prompt_ids = [tokenizer.encode(p) for p in PROMPTS]
+    outputs = []
+    with torch.inference_mode():
+        for ids, n in zip(prompt_ids, MAX_TOKENS, strict=True):
+            generated = model.generate(torch.tensor([ids]), max_new_tokens=n, do_sample=False)
+            outputs.append(generated[0, len(ids):].tolist())
+    return prompt_ids, outputs
+
+
+def _engine(tiny_model_dir, **overrides):
+    config = WorkerConfig(model_path=str(tiny_model_dir), dtype="float32", kv_cache_tokens=8192, **overrides)
+    return build_engine(config, 0)
+
+
+def _run(engine, arrivals: dict[int, list[tuple[int, list[int], SamplingParams]]]) -> dict[int, list[int]]:
+    """Step the engine, adding requests at the given step numbers; returns tokens per sequence."""
+    tokens: dict[int, list[int]] = {}
+    step = 0
+    while engine.has_work or any(k >= step for k in arrivals):
+        for seq_id, ids, params in arrivals.get(step, []):
+            engine.add(seq_id, ids, params)
+            tokens[seq_id] = []
+        for out in engine.step():
+            tokens[out.seq_id] += out.token_ids
+        step += 1
+    return tokens
+
+
+@pytest.mark.parametrize("overrides", [
+    {},
+    {"max_num_batched_tokens": 24, "block_size": 8},  # chunked prefill across several steps
+    {"max_num_seqs": 3},  # requests queue behind a small running batch
+])
+def test_greedy_is_token_exact_under_continuous_batching(tiny_model_dir, reference, overrides) -> None:
+    prompt_ids, expected = reference
+    engine = _engine(tiny_model_dir, **overrides)
+    arrivals: dict[int, list] = {}
+    for i, (ids, n) in enumerate(zip(prompt_ids, MAX_TOKENS, strict=True)):
+        arrivals.setdefault(i * 2, []).append((i, ids, SamplingParams(max_tokens=n, temperature=0.0)))
+    tokens = _run(engine, arrivals)
+    for i in range(len(PROMPTS)):
+        assert tokens[i] == expected[i], f"request {i} differs"
+    assert engine.pool.num_free_blocks == engine.pool.num_blocks
+
+
+def test_prefix_cache_hits_keep_outputs_exact(tiny_model_dir, reference) -> None:
+    prompt_ids, expected = reference
+    engine = _engine(tiny_model_dir, block_size=8)
+    params = SamplingParams(max_tokens=MAX_TOKENS[2], temperature=0.0)
+    first = _run(engine, {0: [(0, prompt_ids[2], params)]})
+    hits_before = engine.pool.num_prefix_hits
+    second = _run(engine, {0: [(1, prompt_ids[2], params)]})
+    assert engine.pool.num_prefix_hits > hits_before
+    assert first[0] == second[1] == expected[2]
+
+
+def test_preemption_under_a_small_cache_keeps_outputs_exact(tiny_model_dir, reference) -> None:
+    prompt_ids, expected = reference
+    engine = build_engine(WorkerConfig(model_path=str(tiny_model_dir), dtype="float32", kv_cache_tokens=192,
+                                       max_model_len=160, block_size=8), 0)
+    arrivals = {0: [(i, prompt_ids[i], SamplingParams(max_tokens=MAX_TOKENS[i], temperature=0.0))
+                    for i in range(len(PROMPTS))]}
+    tokens = _run(engine, arrivals)
+    assert engine.scheduler.num_preemptions > 0
+    for i in range(len(PROMPTS)):
+        assert tokens[i] == expected[i]
+
+
+def test_abort_frees_the_cache_at_once(tiny_model_dir) -> None:
+    engine = _engine(tiny_model_dir)
+    engine.add(0, [1, 2, 3, 4, 5], SamplingParams(max_tokens=100, temperature=0.0))
+    engine.step()
+    assert engine.pool.num_free_blocks < engine.pool.num_blocks
+    final = engine.abort(0)
+    assert final is not None and final.finish_reason == "abort"
+    assert engine.pool.num_free_blocks == engine.pool.num_blocks and not engine.has_work
+
+
+def test_stop_strings_and_stop_tokens_end_sequences(tiny_model_dir, reference) -> None:
+    prompt_ids, expected = reference
+    engine = _engine(tiny_model_dir)
+    tokenizer = engine.tokenizer
+    full = tokenizer.decode(expected[2], skip_special_tokens=True)
+    stop = full[10:14]
+    engine.add(0, prompt_ids[2], SamplingParams(max_tokens=MAX_TOKENS[2], temperature=0.0, stop=(stop,)))
+    engine.add(1, prompt_ids[2], SamplingParams(max_tokens=MAX_TOKENS[2], temperature=0.0,
+                                                stop_token_ids=(expected[2][4],)))
+    texts = {0: "", 1: ""}
+    finals = {}
+    while engine.has_work:
+        for out in engine.step():
+            texts[out.seq_id] += out.text
+            if out.finish_reason:
+                finals[out.seq_id] = out
+    assert texts[0] == full[: full.index(stop)]
+    assert finals[0].finish_reason == "stop"
+    assert finals[1].finish_reason == "stop" and finals[1].num_output_tokens == expected[2].index(expected[2][4]) + 1
+
+
+def test_seeded_sampling_is_reproducible(tiny_model_dir) -> None:
+    engine = _engine(tiny_model_dir)
+    params = SamplingParams(max_tokens=20, temperature=1.0, seed=42)
+    a = _run(engine, {0: [(0, [1, 2, 3], params)]})[0]
+    b = _run(engine, {0: [(1, [1, 2, 3], params), (2, [4, 5, 6], SamplingParams(max_tokens=20))]})[1]
+    assert a == b

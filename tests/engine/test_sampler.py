@@ -1,0 +1,87 @@
+"""Sampler: greedy, filters, penalties, seeded reproducibility and logprobs, row by row."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from llmserve.engine.request import SamplingParams, Sequence
+from llmserve.engine.sampler import apply_penalties, build_sampling_batch, filter_logits, make_generator, sample
+
+CPU = torch.device("cpu")
+
+
+def _batch(params: list[SamplingParams], outputs: list[list[int]] | None = None, vocab: int = 6):
+    seqs = []
+    for i, p in enumerate(params):
+        seq = Sequence(i, [0], p)
+        seq.output_ids = list(outputs[i]) if outputs else []
+        seqs.append(seq)
+    gens = [make_generator(p, CPU) for p in params]
+    return build_sampling_batch(seqs, gens, None, vocab, CPU)
+
+
+def test_greedy_rows_take_the_argmax() -> None:
+    logits = torch.tensor([[0.1, 2.0, 0.3, 0, 0, 0], [5.0, 0, 0, 0, 0, 1.0]])
+    result = sample(logits, _batch([SamplingParams(temperature=0.0)] * 2))
+    assert result.token_ids == [1, 0]
+    assert result.logprobs is None
+
+
+def test_top_k_one_is_greedy_even_when_sampling() -> None:
+    logits = torch.randn(4, 6)
+    result = sample(logits, _batch([SamplingParams(temperature=1.5, top_k=1)] * 4))
+    assert result.token_ids == logits.argmax(-1).tolist()
+
+
+def test_top_p_keeps_the_smallest_prefix_reaching_p() -> None:
+    probs = torch.tensor([[0.5, 0.3, 0.15, 0.05, 0.0, 0.0]])
+    logits = probs.clamp_min(1e-9).log()
+    out = filter_logits(logits, _batch([SamplingParams(top_p=0.75)]))
+    assert torch.isfinite(out[0, :2]).all() and torch.isinf(out[0, 2:]).all()
+
+
+def test_min_p_drops_tokens_below_a_share_of_the_best() -> None:
+    probs = torch.tensor([[0.6, 0.25, 0.1, 0.05, 0.0, 0.0]])
+    out = filter_logits(probs.clamp_min(1e-9).log(), _batch([SamplingParams(min_p=0.2)]))
+    assert torch.isfinite(out[0, :2]).all() and torch.isinf(out[0, 2:]).all()
+
+
+def test_penalties_follow_their_definitions() -> None:
+    logits = torch.tensor([[2.0, -2.0, 1.0, 1.0, 0.0, 0.0]])
+    params = SamplingParams(presence_penalty=0.5, frequency_penalty=0.25, repetition_penalty=2.0)
+    batch = _batch([params], outputs=[[2, 2, 1]])
+    out = apply_penalties(logits, batch)
+    # token 0 is in the prompt ([0]): repetition only; token 1 once in output; token 2 twice.
+    assert out[0].tolist() == [1.0, -4.0 - 0.25 - 0.5, 0.5 - 0.5 - 0.5, 1.0, 0.0, 0.0]
+
+
+def test_seeded_rows_repeat_whatever_shares_the_batch() -> None:
+    torch.manual_seed(0)
+    logits = torch.randn(1, 50)
+    seeded = SamplingParams(temperature=1.0, seed=1234)
+    alone = [sample(logits, _batch([seeded], vocab=50)).token_ids[0] for _ in range(3)]
+    mixed = sample(logits.repeat(3, 1), _batch([SamplingParams(temperature=1.0), seeded,
+                                                SamplingParams(temperature=1.0)], vocab=50)).token_ids[1]
+    assert alone[0] == alone[1] == alone[2] == mixed
+
+
+def test_sampling_follows_the_distribution() -> None:
+    logits = torch.tensor([[math.log(0.7), math.log(0.3), -1e9, -1e9, -1e9, -1e9]]).repeat(4000, 1)
+    gens = [torch.Generator().manual_seed(i) for i in range(1)]
+    batch = _batch([SamplingParams(temperature=1.0)] * 4000)
+    batch.default_generator = gens[0]
+    tokens = sample(logits, batch).token_ids
+    share = tokens.count(0) / len(tokens)
+    assert 0.66 < share < 0.74 and set(tokens) <= {0, 1}
+
+
+def test_logprobs_are_of_the_raw_distribution() -> None:
+    logits = torch.tensor([[1.0, 2.0, 3.0, 0.0, 0.0, 0.0]])
+    result = sample(logits, _batch([SamplingParams(temperature=0.0, logprobs=2)]))
+    expected = torch.log_softmax(logits, -1)[0]
+    assert result.token_ids == [2]
+    assert math.isclose(result.logprobs[0], expected[2].item(), rel_tol=1e-6)
+    assert result.top_ids[0] == [2, 1]
+    assert math.isclose(result.top_logprobs[0][1], expected[1].item(), rel_tol=1e-6)

@@ -1,0 +1,203 @@
+"""Tests for llmserve/tiny: the offline tiny-model builder and its CLI subcommand."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM, PreTrainedTokenizerBase
+
+from llmserve.tiny import PRESETS, build_tiny_model, count_parameters, get_preset, preset_config
+from llmserve.tiny.corpus import read_corpus
+from llmserve.tiny.tokenizer import SPECIAL_TOKENS, build_tokenizer
+
+MESSAGES = [
+    {"role": "system", "content": "You are terse."},
+    {"role": "user", "content": "Hi there"},
+]
+
+
+def _file_bytes(model_dir: Path) -> dict[str, bytes]:
+    """Every file of a model directory, by name."""
+    return {path.name: path.read_bytes() for path in sorted(model_dir.iterdir())}
+
+
+def test_loads_with_auto_classes(tiny_model_dir: Path) -> None:
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    config = model.config
+    assert isinstance(model, LlamaForCausalLM)
+    assert (config.hidden_size, config.num_hidden_layers, config.intermediate_size) == (128, 4, 384)
+    assert (config.num_attention_heads, config.num_key_value_heads) == (4, 2)
+    assert config.vocab_size == len(tokenizer) == 4096
+    assert config.max_position_embeddings == tokenizer.model_max_length == 4096
+    assert config.rope_parameters["rope_theta"] == 10_000.0
+    assert config.tie_word_embeddings is False
+    assert model.dtype == torch.float32
+    assert count_parameters(tiny_model_dir) == sum(p.numel() for p in model.parameters())
+    assert {path.name for path in tiny_model_dir.iterdir()} == {
+        "config.json",
+        "generation_config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "chat_template.jinja",
+    }
+
+
+def test_special_token_ids(tiny_model_dir: Path) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    ids = tokenizer.convert_tokens_to_ids(list(SPECIAL_TOKENS))
+    assert ids == list(range(4096 - len(SPECIAL_TOKENS), 4096))  # specials last, in order
+    bos_id, eos_id, eot_id, _start, _end, pad_id = ids
+    assert (tokenizer.bos_token, tokenizer.eos_token, tokenizer.pad_token) == (
+        "<|begin_of_text|>",
+        "<|end_of_text|>",
+        "<|pad|>",
+    )
+    assert (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id) == (
+        bos_id,
+        eos_id,
+        pad_id,
+    )
+    generation = json.loads((tiny_model_dir / "generation_config.json").read_text())
+    assert generation["bos_token_id"] == bos_id
+    assert generation["eos_token_id"] == [eos_id, eot_id]
+    assert generation["pad_token_id"] == pad_id
+    config = json.loads((tiny_model_dir / "config.json").read_text())
+    assert (config["bos_token_id"], config["eos_token_id"], config["pad_token_id"]) == (
+        bos_id,
+        eos_id,
+        pad_id,
+    )
+
+
+def test_plain_text_gets_one_bos_and_round_trips(tiny_model_dir: Path) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    text = "def greet(name):\n    return f'héllo {name} 👋'  # ünïcödé\n"
+    with_bos = tokenizer(text)["input_ids"]
+    without_bos = tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert with_bos == [tokenizer.bos_token_id, *without_bos]
+    assert tokenizer.decode(without_bos) == text
+    assert tokenizer.decode(with_bos, skip_special_tokens=True) == text
+
+
+def test_chat_template_renders_llama3_layout(tiny_model_dir: Path) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    text = tokenizer.apply_chat_template(MESSAGES, tokenize=False, add_generation_prompt=True)
+    assert text == (
+        "<|begin_of_text|>"
+        "<|start_header_id|>system<|end_header_id|>\n\nYou are terse.<|eot_id|>"
+        "<|start_header_id|>user<|end_header_id|>\n\nHi there<|eot_id|>"
+        "<|start_header_id|>assistant<|end_header_id|>\n\n"
+    )
+    without_prompt = tokenizer.apply_chat_template(MESSAGES, tokenize=False)
+    assert without_prompt == text.removesuffix("<|start_header_id|>assistant<|end_header_id|>\n\n")
+    parts = [
+        {"role": "user", "content": [{"type": "text", "text": "Hi "}, {"type": "text", "text": "there"}]}
+    ]
+    assert "\n\nHi there<|eot_id|>" in tokenizer.apply_chat_template(parts, tokenize=False)
+
+
+def test_chat_template_tokenizes_with_exactly_one_bos(tiny_model_dir: Path) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    ids = tokenizer.apply_chat_template(MESSAGES, add_generation_prompt=True)["input_ids"]
+    assert ids[0] == tokenizer.bos_token_id
+    assert ids.count(tokenizer.bos_token_id) == 1
+    start_id, end_id, eot_id = tokenizer.convert_tokens_to_ids(
+        ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
+    )
+    assert ids.count(start_id) == ids.count(end_id) == 3
+    assert ids.count(eot_id) == 2
+
+
+def test_every_id_decodes_to_text(tiny_model_dir: Path) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    assert all(tokenizer.decode([token_id]) for token_id in range(len(tokenizer)))
+
+
+def test_greedy_generation_is_varied(tiny_model_dir: Path) -> None:
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    inputs = tokenizer.apply_chat_template(MESSAGES, add_generation_prompt=True, return_tensors="pt")
+    output = model.generate(**inputs, max_new_tokens=24, do_sample=False)
+    new_ids = output[0, inputs["input_ids"].shape[1] :].tolist()
+    assert len(new_ids) == 24  # no EOS straight away
+    assert len(set(new_ids)) >= 12  # not collapsed onto one repeated token
+    again = model.generate(**inputs, max_new_tokens=24, do_sample=False)
+    assert torch.equal(output, again)
+
+
+def test_same_seed_gives_identical_bytes(tiny_model_dir: Path, tmp_path: Path) -> None:
+    rebuilt = build_tiny_model(tmp_path / "again", seed=0)
+    assert _file_bytes(rebuilt) == _file_bytes(tiny_model_dir)
+
+
+def test_cli_builds_another_seed(tiny_model_dir: Path, tmp_path: Path) -> None:
+    out_dir = tmp_path / "seed1"
+    result = subprocess.run(
+        [sys.executable, "-m", "llmserve", "tiny-model", str(out_dir), "--seed", "1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert result.stdout == f"{out_dir} 1,836,160 parameters\n"
+    seed0, seed1 = _file_bytes(tiny_model_dir), _file_bytes(out_dir)
+    assert seed1["model.safetensors"] != seed0["model.safetensors"]
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "config.json"):
+        assert seed1[name] == seed0[name]  # the seed only moves the weights
+
+
+def test_unknown_preset_is_rejected(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="preset = 'llama-9t'"):
+        build_tiny_model(tmp_path, preset="llama-9t")
+
+
+def test_llama_3_2_1b_config_matches_the_real_shape() -> None:
+    preset = get_preset("llama-3.2-1b")
+    config = preset_config(preset, bos_token_id=128250, eos_token_id=128251, pad_token_id=128255)
+    with torch.device("meta"):
+        model = LlamaForCausalLM(config)
+    assert sum(p.numel() for p in model.parameters()) == 1_235_814_400  # as meta-llama/Llama-3.2-1B
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    assert (config.num_key_value_heads, config.head_dim, config.max_position_embeddings) == (8, 64, 131_072)
+    assert config.rope_parameters["rope_theta"] == 500_000.0
+    assert config.dtype == torch.bfloat16
+
+
+def test_llama_3_2_1b_tokenizer_fills_the_whole_vocabulary() -> None:
+    preset = PRESETS["llama-3.2-1b"]
+    tokenizer = build_tokenizer(preset.vocab_size, preset.corpus_bytes, preset.max_position_embeddings)
+    assert len(tokenizer) == 128_256
+    assert tokenizer.convert_tokens_to_ids(list(SPECIAL_TOKENS)) == list(range(128_250, 128_256))
+    assert all(tokenizer.decode([token_id]) for token_id in range(len(tokenizer)))
+    generator = torch.Generator().manual_seed(0)
+    random_ids = torch.randint(0, 128_250, (2000,), generator=generator).tolist()
+    text = tokenizer.decode(random_ids)
+    best_s = min(_time_encode(tokenizer, text) for _ in range(5))
+    assert best_s < 0.25  # ~3 ms on an idle core; generous for shared CI machines
+
+
+def test_small_corpus_is_topped_up_with_filler_merges() -> None:
+    tokenizer = build_tokenizer(vocab_size=6000, corpus_bytes=100_000, model_max_length=1024)
+    assert len(tokenizer) == 6000
+    assert all(tokenizer.decode([token_id]) for token_id in range(len(tokenizer)))
+
+
+def test_corpus_respects_the_byte_budget() -> None:
+    texts = read_corpus(50_000)
+    assert sum(len(text.encode("utf-8", errors="surrogatepass")) for text in texts) <= 50_000 + 3 * len(texts)
+    assert texts == read_corpus(50_000)
+
+
+def _time_encode(tokenizer: PreTrainedTokenizerBase, text: str) -> float:
+    """Seconds one call of `tokenizer(text)` takes."""
+    start_s = time.perf_counter()
+    tokenizer(text)
+    return time.perf_counter() - start_s
