@@ -202,9 +202,39 @@ def time_workload(name: str, x: Inputs) -> dict[str, Any]:
     return record
 
 
+def sweep(report: dict[str, Any]) -> None:
+    """Decode launch configurations, each timed as a replayed CUDA graph of the attention call alone."""
+    report["sweep"] = []
+    for batch, ctx in [(1, 512), (1, 2048), (1, 8192), (8, 2048), (32, 2048), (256, 2048)]:
+        x = make_inputs([(ctx - 1, 1)] * batch, torch.bfloat16)
+        out = torch.empty_like(x.query)
+        results = []
+        for splits in [1, 2, 4, 8, 16, 32] if batch < 256 else [1, 2]:
+            for block_n, warps in [(32, 2), (64, 2), (64, 4), (128, 4), (128, 8)]:
+                options = {"num_splits": splits, "block_n": block_n, "num_warps": warps}
+                graph = torch.cuda.CUDAGraph()
+                run_triton(x, out=out, **options)  # compile outside the capture
+                torch.cuda.synchronize()
+                with torch.cuda.graph(graph):
+                    run_triton(x, out=out, **options)
+                results.append({**options, "graph_ms": bench_ms(graph.replay)})
+        auto = triton_attention._choose_num_splits(torch.device("cuda"), batch, NUM_KV_HEADS, ctx)
+        best = min(results, key=lambda r: r["graph_ms"])
+        report["sweep"].append({"batch": batch, "ctx": ctx, "auto_splits": auto, "results": results})
+        default = next(
+            r for r in results if r["num_splits"] == auto and r["block_n"] == 64 and r["num_warps"] == 4
+        )
+        print(
+            f"sweep b={batch} ctx={ctx}: default (splits {auto}) {default['graph_ms'] * 1e3:.1f} us, best {best}"
+        )
+        del x
+        torch.cuda.empty_cache()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a few shapes only")
+    parser.add_argument("--sweep", action="store_true", help="only time decode launch configurations")
     args = parser.parse_args()
     props = torch.cuda.get_device_properties(0)
     report: dict[str, Any] = {
@@ -215,6 +245,11 @@ def main() -> int:
         "checks": [],
         "timings": [],
     }
+    if args.sweep:
+        sweep(report)
+        if os.environ.get("OUT"):
+            Path(os.environ["OUT"], "attention_sweep.json").write_text(json.dumps(report, indent=2))
+        return 0
     for dtype in (torch.bfloat16, torch.float32):
         for i, (name, specs) in enumerate(workloads(args.quick)):
             x = make_inputs(specs, dtype, seed=i)

@@ -23,9 +23,7 @@ from llmserve.errors import ConfigError
 
 DISPATCH_POLICIES = ("shortest_queue", "lottery")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
-TASKS = ("auto", "generate", "embed")
 _DEVICE_RE = re.compile(r"^(cpu|mps|cuda(:\d+)?)$")
-_MEMORY_RE = re.compile(r"^\d+(\.\d+)?\s*(B|KiB|MiB|GiB|TiB|KB|MB|GB|TB)$")
 
 
 @dataclass(frozen=True)
@@ -139,15 +137,30 @@ class WorkerConfig:
 
 
 @dataclass(frozen=True)
+class UIConfig:
+    """The `[ui]` table: the browser chat page and arena served by the same process."""
+
+    enabled: bool = True
+    """Serve the browser UI at / (chat), /arena and /leaderboard."""
+    votes_path: str = "votes.jsonl"
+    """JSON-lines file the arena appends one line per vote to."""
+
+    def validate(self) -> None:
+        _check(bool(self.votes_path), "ui.votes_path", self.votes_path, "a file path is required")
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration file."""
 
     server: ServerConfig = field(default_factory=ServerConfig)
     workers: tuple[WorkerConfig, ...] = ()
+    ui: UIConfig = field(default_factory=UIConfig)
 
     def validate(self) -> None:
         _check(len(self.workers) >= 1, "workers", "[]", "at least one [[workers]] table is required")
         self.server.validate()
+        self.ui.validate()
         for i, worker in enumerate(self.workers):
             worker.validate(f"workers[{i}]")
 
@@ -167,13 +180,14 @@ def load_config(path: str | Path) -> Config:
 
 def parse_config(data: Mapping[str, Any]) -> Config:
     """Build a validated `Config` from already-parsed TOML data."""
-    _reject_unknown(data, {"server", "workers"}, "")
+    _reject_unknown(data, {"server", "workers", "ui"}, "")
     server = _build(ServerConfig, data.get("server", {}), "server")
+    ui = _build(UIConfig, data.get("ui", {}), "ui")
     raw_workers = data.get("workers", [])
     if not isinstance(raw_workers, list):
         raise ConfigError("workers: expected an array of tables ([[workers]])")
     workers = tuple(_build(WorkerConfig, raw, f"workers[{i}]") for i, raw in enumerate(raw_workers))
-    config = Config(server=server, workers=workers)
+    config = Config(server=server, workers=workers, ui=ui)
     config.validate()
     return config
 

@@ -80,6 +80,7 @@ class Worker:
         self._engine_factory = engine_factory
         self._inbox: queue.SimpleQueue[_Add | _Abort | None] = queue.SimpleQueue()
         self._streams: dict[int, RequestStream] = {}
+        self.num_finished = 0  # sequences finished since start, for /ready and metrics
         self._seq_ids = itertools.count()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -140,20 +141,32 @@ class Worker:
         self._thread = None
         self.state = WorkerState.STOPPED
 
-    @asynccontextmanager
-    async def generate(self, prompts: list[tuple[list[int], SamplingParams]]) -> AsyncIterator[RequestStream]:
-        """Submit one request, a sequence per (prompt, params) choice; leaving the block early aborts it."""
+    def submit(self, prompts: list[tuple[list[int], SamplingParams]]) -> RequestStream:
+        """Queue one request, a sequence per (prompt, params) choice; counts at once for dispatch.
+
+        The caller must `release()` the stream when done with it (or use `generate()`).
+        """
         self._check_can_accept(len(prompts))
         seq_ids = [next(self._seq_ids) for _ in prompts]
         stream = RequestStream(seq_ids)
         for seq_id in seq_ids:
             self._streams[seq_id] = stream
         self._inbox.put(_Add(seq_ids, prompts))
+        return stream
+
+    def release(self, stream: RequestStream) -> None:
+        """Abort whatever of the request is unfinished (a no-op once it has finished)."""
+        if not stream.is_finished:
+            self._inbox.put(_Abort(sorted(stream.unfinished)))
+
+    @asynccontextmanager
+    async def generate(self, prompts: list[tuple[list[int], SamplingParams]]) -> AsyncIterator[RequestStream]:
+        """`submit()` and `release()` around a block: leaving it early aborts the request."""
+        stream = self.submit(prompts)
         try:
             yield stream
         finally:
-            if not stream.is_finished:
-                self._inbox.put(_Abort(sorted(stream.unfinished)))
+            self.release(stream)
 
     def _check_can_accept(self, num_seqs: int) -> None:
         if self.state is WorkerState.FAILED:
@@ -228,6 +241,7 @@ class Worker:
                 continue
             if output.finish_reason is not None:
                 del self._streams[output.seq_id]
+                self.num_finished += 1
             stream.queue.put_nowait(output)
 
     def _fail_all(self, message: str) -> None:

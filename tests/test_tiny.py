@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -22,6 +23,11 @@ MESSAGES = [
 ]
 
 
+def _tokenizer(model_dir: Path) -> Any:
+    """`AutoTokenizer` of `model_dir`, typed loosely: transformers' return unions defeat mypy."""
+    return AutoTokenizer.from_pretrained(model_dir)
+
+
 def _file_bytes(model_dir: Path) -> dict[str, bytes]:
     """Every file of a model directory, by name."""
     return {path.name: path.read_bytes() for path in sorted(model_dir.iterdir())}
@@ -29,7 +35,7 @@ def _file_bytes(model_dir: Path) -> dict[str, bytes]:
 
 def test_loads_with_auto_classes(tiny_model_dir: Path) -> None:
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tokenizer = _tokenizer(tiny_model_dir)
     config = model.config
     assert isinstance(model, LlamaForCausalLM)
     assert (config.hidden_size, config.num_hidden_layers, config.intermediate_size) == (128, 4, 384)
@@ -51,7 +57,7 @@ def test_loads_with_auto_classes(tiny_model_dir: Path) -> None:
 
 
 def test_special_token_ids(tiny_model_dir: Path) -> None:
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tokenizer = _tokenizer(tiny_model_dir)
     ids = tokenizer.convert_tokens_to_ids(list(SPECIAL_TOKENS))
     assert ids == list(range(4096 - len(SPECIAL_TOKENS), 4096))  # specials last, in order
     bos_id, eos_id, eot_id, _start, _end, pad_id = ids
@@ -78,7 +84,7 @@ def test_special_token_ids(tiny_model_dir: Path) -> None:
 
 
 def test_plain_text_gets_one_bos_and_round_trips(tiny_model_dir: Path) -> None:
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tokenizer = _tokenizer(tiny_model_dir)
     text = "def greet(name):\n    return f'héllo {name} 👋'  # ünïcödé\n"
     with_bos = tokenizer(text)["input_ids"]
     without_bos = tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -88,7 +94,7 @@ def test_plain_text_gets_one_bos_and_round_trips(tiny_model_dir: Path) -> None:
 
 
 def test_chat_template_renders_llama3_layout(tiny_model_dir: Path) -> None:
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tokenizer = _tokenizer(tiny_model_dir)
     text = tokenizer.apply_chat_template(MESSAGES, tokenize=False, add_generation_prompt=True)
     assert text == (
         "<|begin_of_text|>"
@@ -105,7 +111,7 @@ def test_chat_template_renders_llama3_layout(tiny_model_dir: Path) -> None:
 
 
 def test_chat_template_tokenizes_with_exactly_one_bos(tiny_model_dir: Path) -> None:
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tokenizer = _tokenizer(tiny_model_dir)
     ids = tokenizer.apply_chat_template(MESSAGES, add_generation_prompt=True)["input_ids"]
     assert ids[0] == tokenizer.bos_token_id
     assert ids.count(tokenizer.bos_token_id) == 1
@@ -117,13 +123,13 @@ def test_chat_template_tokenizes_with_exactly_one_bos(tiny_model_dir: Path) -> N
 
 
 def test_every_id_decodes_to_text(tiny_model_dir: Path) -> None:
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tokenizer = _tokenizer(tiny_model_dir)
     assert all(tokenizer.decode([token_id]) for token_id in range(len(tokenizer)))
 
 
 def test_greedy_generation_is_varied(tiny_model_dir: Path) -> None:
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tokenizer = _tokenizer(tiny_model_dir)
     inputs = tokenizer.apply_chat_template(MESSAGES, add_generation_prompt=True, return_tensors="pt")
     output = model.generate(**inputs, max_new_tokens=24, do_sample=False)
     new_ids = output[0, inputs["input_ids"].shape[1] :].tolist()
@@ -167,7 +173,7 @@ def test_llama_3_2_1b_config_matches_the_real_shape() -> None:
     assert sum(p.numel() for p in model.parameters()) == 1_235_814_400  # as meta-llama/Llama-3.2-1B
     assert model.lm_head.weight is model.model.embed_tokens.weight
     assert (config.num_key_value_heads, config.head_dim, config.max_position_embeddings) == (8, 64, 131_072)
-    assert config.rope_parameters["rope_theta"] == 500_000.0
+    assert config.rope_parameters == {"rope_type": "default", "rope_theta": 500_000.0}
     assert config.dtype == torch.bfloat16
 
 
@@ -179,7 +185,7 @@ def test_llama_3_2_1b_tokenizer_fills_the_whole_vocabulary() -> None:
     assert all(tokenizer.decode([token_id]) for token_id in range(len(tokenizer)))
     generator = torch.Generator().manual_seed(0)
     random_ids = torch.randint(0, 128_250, (2000,), generator=generator).tolist()
-    text = tokenizer.decode(random_ids)
+    text = str(tokenizer.decode(random_ids))
     best_s = min(_time_encode(tokenizer, text) for _ in range(5))
     assert best_s < 0.25  # ~3 ms on an idle core; generous for shared CI machines
 

@@ -20,10 +20,9 @@ from llmserve.api.params import (
 from llmserve.api.schemas import ChatCompletionRequest, ChatMessage
 from llmserve.api.state import server_state
 from llmserve.api.streaming import collect, new_id, now_s, raise_if_error, sse_response, until_disconnect
-from llmserve.engine.request import SamplingParams
 from llmserve.errors import InvalidRequestError
 from llmserve.templates import encode_chat
-from llmserve.worker import Worker
+from llmserve.worker import RequestStream, Worker
 
 
 async def create_chat_completion(request: Request) -> Response:
@@ -47,10 +46,14 @@ async def create_chat_completion(request: Request) -> Response:
     logprobs = (body.top_logprobs or 0) if body.logprobs else None
     prompts = [(prompt_ids, sampling_params(body, max_tokens, stop, seed, logprobs))
                for seed in choice_seeds(body.seed, body.n)]
+    stream = worker.submit(prompts)
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return sse_response(_stream(worker, body, prompts, include_usage))
-    response = await until_disconnect(request, _complete(worker, body, prompts))
+        return sse_response(_stream(worker, body, stream, len(prompt_ids), include_usage))
+    try:
+        response = await until_disconnect(request, _complete(worker, body, stream, len(prompt_ids)))
+    finally:
+        worker.release(stream)
     return response if response is not None else Response(status_code=499)
 
 
@@ -72,10 +75,9 @@ def template_messages(messages: list[ChatMessage]) -> list[dict[str, str]]:
     return out
 
 
-async def _complete(worker: Worker, body: ChatCompletionRequest,
-                    prompts: list[tuple[list[int], SamplingParams]]) -> JSONResponse:
-    async with worker.generate(prompts) as stream:
-        results = await collect(stream)
+async def _complete(worker: Worker, body: ChatCompletionRequest, stream: RequestStream,
+                    num_prompt: int) -> JSONResponse:
+    results = await collect(stream)
     choices = []
     for index, result in enumerate(results):
         choices.append({
@@ -84,7 +86,6 @@ async def _complete(worker: Worker, body: ChatCompletionRequest,
             "logprobs": chat_logprobs(worker.tokenizer, result.logprobs) if body.logprobs else None,
             "finish_reason": result.finish_reason,
         })
-    num_prompt = len(prompts[0][0])
     num_output = sum(r.num_output_tokens for r in results)
     return JSONResponse({
         "id": new_id("chatcmpl"),
@@ -98,7 +99,7 @@ async def _complete(worker: Worker, body: ChatCompletionRequest,
     })
 
 
-async def _stream(worker: Worker, body: ChatCompletionRequest, prompts: list[tuple[list[int], SamplingParams]],
+async def _stream(worker: Worker, body: ChatCompletionRequest, stream: RequestStream, num_prompt: int,
                   include_usage: bool) -> AsyncIterator[dict]:
     chunk_id, created = new_id("chatcmpl"), now_s()
 
@@ -109,9 +110,9 @@ async def _stream(worker: Worker, body: ChatCompletionRequest, prompts: list[tup
             out["usage"] = usage
         return out
 
-    num_output = [0] * len(prompts)
-    async with worker.generate(prompts) as stream:
-        for index in range(len(prompts)):
+    num_output = [0] * len(stream.seq_ids)
+    try:
+        for index in range(len(stream.seq_ids)):
             yield chunk([{"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
                           "finish_reason": None}])
         async for index, output in stream:
@@ -124,7 +125,8 @@ async def _stream(worker: Worker, body: ChatCompletionRequest, prompts: list[tup
             if output.finish_reason is not None:
                 yield chunk([{"index": index, "delta": {}, "logprobs": None,
                               "finish_reason": output.finish_reason}])
+    finally:
+        worker.release(stream)
     if include_usage:
-        num_prompt = len(prompts[0][0])
         yield chunk([], {"prompt_tokens": num_prompt, "completion_tokens": sum(num_output),
                          "total_tokens": num_prompt + sum(num_output)})

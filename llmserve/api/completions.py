@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 from starlette.requests import Request
@@ -23,7 +24,7 @@ from llmserve.api.streaming import collect, new_id, now_s, raise_if_error, sse_r
 from llmserve.engine.request import SamplingParams
 from llmserve.errors import InvalidRequestError
 from llmserve.templates import encode_text
-from llmserve.worker import Worker
+from llmserve.worker import RequestStream, Worker
 
 DEFAULT_MAX_TOKENS = 16
 
@@ -51,10 +52,15 @@ async def create_completion(request: Request) -> Response:
         prompts += [(ids, sampling_params(body, max_tokens, stop, seed, body.logprobs))
                     for seed in choice_seeds(body.seed, body.n)]
     echoes = [texts[i // body.n] if body.echo else "" for i in range(len(prompts))]
+    usage = _Usage(sum(len(ids) for ids, _ in prompts[::body.n]))
+    stream = worker.submit(prompts)
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return sse_response(_stream(worker, body, prompts, echoes, include_usage))
-    response = await until_disconnect(request, _complete(worker, body, prompts, echoes))
+        return sse_response(_stream(worker, body, stream, echoes, usage if include_usage else None))
+    try:
+        response = await until_disconnect(request, _complete(worker, body, stream, echoes, usage))
+    finally:
+        worker.release(stream)
     return response if response is not None else Response(status_code=499)
 
 
@@ -78,15 +84,18 @@ def _prompts(prompt: Any, worker: Worker) -> tuple[list[str], list[list[int]]]:
     return texts, [list(ids) for ids in id_lists]
 
 
-def _usage(prompts: list[tuple[list[int], SamplingParams]], n: int, num_output: int) -> dict:
-    num_prompt = sum(len(ids) for ids, _ in prompts[::n])
-    return {"prompt_tokens": num_prompt, "completion_tokens": num_output, "total_tokens": num_prompt + num_output}
+@dataclass(frozen=True)
+class _Usage:
+    num_prompt_tokens: int
+
+    def render(self, num_output: int) -> dict:
+        return {"prompt_tokens": self.num_prompt_tokens, "completion_tokens": num_output,
+                "total_tokens": self.num_prompt_tokens + num_output}
 
 
-async def _complete(worker: Worker, body: CompletionRequest, prompts: list[tuple[list[int], SamplingParams]],
-                    echoes: list[str]) -> JSONResponse:
-    async with worker.generate(prompts) as stream:
-        results = await collect(stream)
+async def _complete(worker: Worker, body: CompletionRequest, stream: RequestStream, echoes: list[str],
+                    usage: _Usage) -> JSONResponse:
+    results = await collect(stream)
     choices = []
     for index, result in enumerate(results):
         logprobs = (completion_logprobs(worker.tokenizer, result.logprobs, len(echoes[index]))
@@ -99,25 +108,25 @@ async def _complete(worker: Worker, body: CompletionRequest, prompts: list[tuple
         "created": now_s(),
         "model": body.model,
         "choices": choices,
-        "usage": _usage(prompts, body.n, sum(r.num_output_tokens for r in results)),
+        "usage": usage.render(sum(r.num_output_tokens for r in results)),
         "system_fingerprint": None,
     })
 
 
-async def _stream(worker: Worker, body: CompletionRequest, prompts: list[tuple[list[int], SamplingParams]],
-                  echoes: list[str], include_usage: bool) -> AsyncIterator[dict]:
+async def _stream(worker: Worker, body: CompletionRequest, stream: RequestStream, echoes: list[str],
+                  usage: _Usage | None) -> AsyncIterator[dict]:
     chunk_id, created = new_id("cmpl"), now_s()
 
-    def chunk(choices: list[dict], usage: dict | None = None) -> dict:
+    def chunk(choices: list[dict], usage_dict: dict | None = None) -> dict:
         out: dict[str, Any] = {"id": chunk_id, "object": "text_completion", "created": created,
                                "model": body.model, "system_fingerprint": None, "choices": choices}
-        if include_usage:
-            out["usage"] = usage
+        if usage is not None:
+            out["usage"] = usage_dict
         return out
 
-    num_output = [0] * len(prompts)
+    num_output = [0] * len(echoes)
     offsets = [len(e) for e in echoes]
-    async with worker.generate(prompts) as stream:
+    try:
         for index, echo in enumerate(echoes):
             if echo:
                 yield chunk([{"index": index, "text": echo, "logprobs": None, "finish_reason": None}])
@@ -132,5 +141,7 @@ async def _stream(worker: Worker, body: CompletionRequest, prompts: list[tuple[l
                 yield chunk([{"index": index, "text": output.text, "logprobs": logprobs, "finish_reason": None}])
             if output.finish_reason is not None:
                 yield chunk([{"index": index, "text": "", "logprobs": None, "finish_reason": output.finish_reason}])
-    if include_usage:
-        yield chunk([], _usage(prompts, body.n, sum(num_output)))
+    finally:
+        worker.release(stream)
+    if usage is not None:
+        yield chunk([], usage.render(sum(num_output)))

@@ -37,7 +37,9 @@ async def ready(request: Request) -> JSONResponse:
     """200 when every worker is loaded and healthy, else 503 with each worker's state."""
     state = server_state(request)
     workers = [{"name": w.name, "models": list(w.model_names), "state": w.state.value,
-                **({"reason": w.failure} if w.failure else {})} for w in state.workers]
+                "num_running": w.num_running, "num_waiting": w.num_waiting, "num_unfinished": w.num_unfinished,
+                "num_finished": w.num_finished, **({"reason": w.failure} if w.failure else {})}
+               for w in state.workers]
     is_ready = all(w.is_ready for w in state.workers)
     return JSONResponse({"status": "ready" if is_ready else "not ready", "workers": workers},
                         status_code=200 if is_ready else 503)

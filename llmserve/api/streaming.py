@@ -79,8 +79,7 @@ async def until_disconnect(request: Request, work: Awaitable[_T]) -> _T | None:
         if not task.done():
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
-            return None
-    return task.result()
+    return None if task.cancelled() else task.result()
 
 
 async def _wait_disconnect(request: Request) -> None:

@@ -211,12 +211,13 @@ def paged_attention(
     num_splits: int | None = None,
     block_m: int | None = None,
     block_n: int | None = None,
+    num_warps: int | None = None,
 ) -> torch.Tensor:  # [T, H, D]
     """Causal attention of each sequence's new tokens over its paged cache (Triton kernels).
 
     ``num_splits`` splits each sequence's positions over that many programs (decode only by
     default: chosen from the batch and ``block_tables``' width when ``max_seqlen_q == 1``).
-    ``block_m``/``block_n`` override the tile sizes (tests use small ones).
+    ``block_m``/``block_n``/``num_warps`` override the launch configuration (tests and tuning).
     """
     num_tokens, num_heads, head_dim = query.shape
     _, page, num_kv_heads, _ = k_cache.shape
@@ -261,7 +262,7 @@ def paged_attention(
         block_tables.stride(0),
         GROUP=group, BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=head_dim, HEAD_DIM_PAD=head_dim_pad,
         PAGE=page, IS_SPLIT=is_split, PRECISION=precision,
-        num_warps=4 if block_m <= 64 else 8, num_stages=2,
+        num_warps=num_warps or (4 if block_m <= 64 else 8), num_stages=2,
     )
     # fmt: on
     if is_split:

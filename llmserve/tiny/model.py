@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 from transformers.utils import logging as hf_logging
 
 
@@ -80,9 +81,10 @@ def create_model(config: LlamaConfig, seed: int, embedding_std: float) -> LlamaF
     """
     with torch.device("meta"):
         model = LlamaForCausalLM(config)
-    model = model.to(dtype=config.dtype).to_empty(device="cpu")
+    model.to(dtype=config.dtype)  # type: ignore[call-arg]  # transformers' wrapper hides Module.to's signature
+    model.to_empty(device="cpu")
     # Non-persistent buffers (RoPE inverse frequencies) were lost on the meta device: rebuild them.
-    model.model.rotary_emb = type(model.model.rotary_emb)(config=config)
+    model.model.rotary_emb = LlamaRotaryEmbedding(config=config)
     if config.tie_word_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight
     init_weights_(model, seed=seed, std=config.initializer_range, embedding_std=embedding_std)

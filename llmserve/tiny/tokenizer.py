@@ -12,7 +12,8 @@ character decodes to U+FFFD) and special tokens to their own text (unless skippe
 BOS policy: like Llama 3, encoding plain text prepends `<|begin_of_text|>` (a post-processor
 template; `add_special_tokens=False` turns it off). The chat template writes `bos_token` itself
 and transformers tokenizes a rendered chat with `add_special_tokens=False`, so a tokenized chat
-holds exactly one BOS.
+holds exactly one BOS. The BOS rule lives in tokenizer.json's post-processor: transformers 5 does
+not save `add_bos_token`, so a loaded tokenizer reports `add_bos_token == False` yet adds BOS.
 """
 
 from __future__ import annotations
