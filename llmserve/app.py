@@ -22,6 +22,7 @@ from llmserve.api.middleware import APIKeyMiddleware, BodySizeLimitMiddleware
 from llmserve.api.state import ServerState
 from llmserve.config import Config
 from llmserve.dispatch import Dispatcher, make_policy
+from llmserve.ui import routes as ui
 from llmserve.errors import (
     LLMServeError,
     MethodNotAllowedError,
@@ -59,7 +60,7 @@ def create_app(config: Config, engine_factory: EngineFactory | None = None) -> S
             await asyncio.gather(*(w.stop() for w in workers))
 
     app = Starlette(
-        routes=_routes(),
+        routes=_routes() + (ui.ui_routes(config) if config.ui.enabled else []),
         middleware=_middleware(config),
         exception_handlers={LLMServeError: _llmserve_error, HTTPException: _http_error, Exception: _internal_error},
         lifespan=lifespan,
@@ -88,7 +89,8 @@ def _middleware(config: Config) -> list[Middleware]:
                                 allow_methods=["GET", "POST", "OPTIONS"],
                                 allow_headers=["Authorization", "Content-Type"]))
     stack.append(Middleware(BodySizeLimitMiddleware, max_bytes=server.max_request_bytes))
-    stack.append(Middleware(APIKeyMiddleware, keys=server.api_keys, open_paths=OPEN_PATHS))
+    stack.append(Middleware(APIKeyMiddleware, keys=server.api_keys, open_paths=OPEN_PATHS + ui.OPEN_PATHS,
+                            open_prefixes=ui.OPEN_PREFIXES))
     return stack
 
 

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import tomllib
 import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 from llmserve.errors import ConfigError
 
@@ -52,6 +53,8 @@ class ServerConfig:
     """Largest number of chat messages per request."""
     max_logprobs: int = 20
     """Largest `top_logprobs` (chat) / `logprobs` (completions) accepted."""
+    shutdown_timeout: float = 30.0
+    """Seconds in-flight requests may take to finish after SIGTERM before they are aborted."""
 
     def validate(self) -> None:
         _check(1 <= self.port <= 65535, "server.port", self.port, "expected 1..65535")
@@ -61,6 +64,7 @@ class ServerConfig:
             _check(len(key) >= 8, f"server.api_keys[{i}]", "***", "keys must be at least 8 characters")
         _check(self.max_request_bytes >= 1024, "server.max_request_bytes", self.max_request_bytes,
                "expected at least 1024")
+        _check(self.shutdown_timeout >= 0, "server.shutdown_timeout", self.shutdown_timeout, "expected >= 0")
         for name in ("max_n", "max_stop_sequences", "max_stop_length", "max_messages", "max_logprobs"):
             value = getattr(self, name)
             _check(value >= 1, f"server.{name}", value, "expected at least 1")

@@ -1,11 +1,24 @@
-"""Running the server process: load and check the config, then serve with uvicorn until a signal."""
+"""Running the server process: check the config, serve with uvicorn, drain gracefully on a signal.
+
+On SIGTERM or SIGINT the server stops accepting work (new requests get 503), lets in-flight
+requests finish for up to `shutdown_timeout` seconds, ends the rest with finish_reason
+"abort", then shuts down and exits 0. A second SIGINT skips the wait.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from types import FrameType
 
 import uvicorn
 
+from llmserve.api.state import ServerState
 from llmserve.app import create_app
 from llmserve.config import Config, load_config, with_overrides
 from llmserve.loading import check_weights, resolve_device
@@ -20,12 +33,65 @@ def preflight(config: Config) -> None:
         check_weights(worker.model_path, worker.allow_pickle, f"workers[{i}].model_path")
 
 
+class DrainingServer(uvicorn.Server):
+    """uvicorn's server with a drain phase before shutdown and exit code 0 after a signal."""
+
+    def __init__(self, config: uvicorn.Config, state: ServerState) -> None:
+        super().__init__(config)
+        self.state = state
+        self._drain_task: asyncio.Task | None = None
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        loop = asyncio.get_running_loop()
+
+        def on_signal(sig: int, frame: FrameType | None) -> None:
+            loop.call_soon_threadsafe(self._on_signal, sig)
+
+        originals = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in originals.items():
+                signal.signal(sig, handler)
+
+    def _on_signal(self, sig: int) -> None:
+        if self._drain_task is not None:
+            if sig == signal.SIGINT:
+                self.should_exit = True
+            return
+        log.info("received %s: draining (up to %.0f s)", signal.Signals(sig).name,
+                 self.state.config.server.shutdown_timeout)
+        self._drain_task = asyncio.get_running_loop().create_task(self._drain())
+
+    async def _drain(self) -> None:
+        self.state.is_draining = True
+        deadline = time.monotonic() + self.state.config.server.shutdown_timeout
+        while any(w.num_unfinished for w in self.state.workers) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        left = sum(w.num_unfinished for w in self.state.workers)
+        if left:
+            log.warning("shutdown timeout: aborting %d unfinished sequences", left)
+            for worker in self.state.workers:
+                worker.abort_all()
+            for _ in range(100):  # let the aborted streams send their last chunks
+                if not any(w.num_unfinished for w in self.state.workers):
+                    break
+                await asyncio.sleep(0.02)
+            await asyncio.sleep(0.1)
+        self.should_exit = True
+
+
 def serve(config_path: str, host: str | None = None, port: int | None = None, log_level: str = "info") -> int:
     """Serve until SIGINT/SIGTERM; returns the exit code."""
     config = with_overrides(load_config(config_path), host=host, port=port)
     preflight(config)
     app = create_app(config)
     log.info("llmserve listening on http://%s:%d", config.server.host, config.server.port)
-    uvicorn.run(app, host=config.server.host, port=config.server.port, log_level=log_level,
-                access_log=False, timeout_graceful_shutdown=30)
+    uv_config = uvicorn.Config(app, host=config.server.host, port=config.server.port, log_level=log_level,
+                               access_log=False, timeout_graceful_shutdown=5)
+    DrainingServer(uv_config, app.state.server).run()
     return 0

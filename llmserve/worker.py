@@ -159,6 +159,11 @@ class Worker:
         if not stream.is_finished:
             self._inbox.put(_Abort(sorted(stream.unfinished)))
 
+    def abort_all(self) -> None:
+        """Abort every unfinished sequence (shutdown after the drain timeout)."""
+        if self._streams:
+            self._inbox.put(_Abort(sorted(self._streams)))
+
     @asynccontextmanager
     async def generate(self, prompts: list[tuple[list[int], SamplingParams]]) -> AsyncIterator[RequestStream]:
         """`submit()` and `release()` around a block: leaving it early aborts the request."""

@@ -37,7 +37,7 @@ async def create_chat_completion(request: Request) -> Response:
     if body.top_logprobs and not body.logprobs:
         raise InvalidRequestError("top_logprobs requires logprobs to be true", param="top_logprobs")
     stop = stop_strings(body, limits)
-    worker: Worker = state.dispatcher.choose(body.model)  # type: ignore[assignment]
+    worker = state.choose_worker(body.model)
     prompt_ids = encode_chat(worker.tokenizer, template_messages(body.messages))
     max_tokens = resolve_max_tokens(
         body.max_completion_tokens or body.max_tokens, None, len(prompt_ids), worker.max_model_len,

@@ -43,7 +43,7 @@ async def create_completion(request: Request) -> Response:
     if body.echo and body.logprobs is not None:
         raise InvalidRequestError("echo together with logprobs is not supported", param="echo")
     stop = stop_strings(body, limits)
-    worker: Worker = state.dispatcher.choose(body.model)  # type: ignore[assignment]
+    worker = state.choose_worker(body.model)
     texts, prompt_ids = _prompts(body.prompt, worker)
     prompts: list[tuple[list[int], SamplingParams]] = []
     for ids in prompt_ids:

@@ -8,6 +8,7 @@ from starlette.requests import Request
 
 from llmserve.config import Config
 from llmserve.dispatch import Dispatcher
+from llmserve.errors import ServiceUnavailableError
 from llmserve.worker import Worker
 
 
@@ -18,6 +19,16 @@ class ServerState:
     config: Config
     workers: list[Worker]
     dispatcher: Dispatcher
+    is_draining: bool = False  # set on SIGTERM: new work gets 503 while in-flight requests finish
+
+
+    def choose_worker(self, model: str) -> Worker:
+        """The worker for a new request; 503 while the server drains for shutdown."""
+        if self.is_draining:
+            raise ServiceUnavailableError("the server is shutting down", retry_after_s=5)
+        worker = self.dispatcher.choose(model)
+        assert isinstance(worker, Worker)
+        return worker
 
 
 def server_state(request: Request) -> ServerState:

@@ -1,0 +1,82 @@
+"""The UI's routes: three pages, their static files, and the vote and leaderboard endpoints.
+
+Pages and static files hold no data, so they are open even when API keys are set
+(`OPEN_PATHS`, `OPEN_PREFIXES`); the JSON endpoints do work and need a key like `/v1`.
+Everything here is built per app by `ui_routes(config)`: no module-level state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict
+from pathlib import Path
+
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from llmserve.api.params import read_body
+from llmserve.api.state import server_state
+from llmserve.config import Config
+from llmserve.ui.leaderboard import compute_leaderboard
+from llmserve.ui.votes import VoteRequest, VoteStore, make_vote
+
+STATIC_DIR = Path(__file__).parent / "static"
+PAGES = {"/": "index.html", "/arena": "arena.html", "/leaderboard": "leaderboard.html"}
+OPEN_PATHS = tuple(PAGES)
+OPEN_PREFIXES = ("/ui/static/",)
+
+# The pages load only their own scripts and styles and talk only to this server.
+PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+                               "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-cache",
+}
+
+
+def ui_routes(config: Config) -> list[BaseRoute]:
+    """Routes of the browser UI for one app."""
+    handlers = UIHandlers(VoteStore(Path(config.ui.votes_path)))
+    routes: list[BaseRoute] = [Route(path, _page(name), methods=["GET"]) for path, name in PAGES.items()]
+    routes += [
+        Mount("/ui/static", app=StaticFiles(directory=STATIC_DIR), name="ui-static"),
+        Route("/ui/api/vote", handlers.vote, methods=["POST"]),
+        Route("/ui/api/leaderboard", handlers.leaderboard, methods=["GET"]),
+    ]
+    return routes
+
+
+def _page(name: str) -> Callable[[Request], Awaitable[FileResponse]]:
+    """An endpoint serving one HTML page with its security headers."""
+    path = STATIC_DIR / name
+
+    async def page(request: Request) -> FileResponse:
+        return FileResponse(path, media_type="text/html; charset=utf-8", headers=PAGE_HEADERS)
+
+    return page
+
+
+class UIHandlers:
+    """The endpoints that do work, sharing one vote store."""
+
+    def __init__(self, store: VoteStore) -> None:
+        self.store = store
+
+    async def vote(self, request: Request) -> JSONResponse:
+        """POST /ui/api/vote: validate, then append one line to the votes file."""
+        body = await read_body(request, VoteRequest)
+        served = server_state(request).dispatcher.all_model_names()
+        vote = make_vote(body, served, time.time())
+        await asyncio.to_thread(self.store.append, vote)
+        return JSONResponse({"object": "vote", **asdict(vote)})
+
+    async def leaderboard(self, request: Request) -> JSONResponse:
+        """GET /ui/api/leaderboard: ratings from the anonymous (battle) votes."""
+        votes = [v for v in await asyncio.to_thread(self.store.read_all) if v.anonymous]
+        rows = compute_leaderboard(votes)
+        return JSONResponse({"object": "list", "num_votes": len(votes), "data": [asdict(r) for r in rows]})
