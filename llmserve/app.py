@@ -22,7 +22,6 @@ from llmserve.api.middleware import APIKeyMiddleware, BodySizeLimitMiddleware
 from llmserve.api.state import ServerState
 from llmserve.config import Config
 from llmserve.dispatch import Dispatcher, make_policy
-from llmserve.ui import routes as ui
 from llmserve.errors import (
     LLMServeError,
     MethodNotAllowedError,
@@ -30,6 +29,7 @@ from llmserve.errors import (
     error_body,
     render_error,
 )
+from llmserve.ui import routes as ui
 from llmserve.worker import Worker
 
 log = logging.getLogger(__name__)

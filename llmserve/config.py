@@ -98,6 +98,8 @@ class WorkerConfig:
     """Share of the GPU's memory the worker may use for weights, activations and KV cache."""
     enable_prefix_caching: bool = True
     """Reuse cached KV blocks of identical prompt prefixes across requests."""
+    cuda_graphs: bool = True
+    """Replay decode steps from captured CUDA graphs (CUDA with Triton only); false runs every step eagerly."""
     max_waiting: int = 1024
     """Most requests queued behind the running batch; beyond it requests get 503."""
     stream_interval: int = 1

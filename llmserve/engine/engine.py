@@ -108,8 +108,7 @@ class LLMEngine:
         if not scheduled:
             return []
         self.last_scheduled = [item.seq.seq_id for item in scheduled]
-        inputs = self.runner.prepare(scheduled)
-        logits = self.runner.forward(inputs)
+        logits = self.runner.execute(scheduled)
         sampling = [item.seq for item in scheduled if item.samples]
         result = self._sample(logits, sampling) if sampling else None
         return self._postprocess(scheduled, sampling, result)

@@ -56,7 +56,7 @@ def paged_attention_forward(
     k_cache, v_cache = meta.kv_cache.layer(module.layer_idx)
     scale = scaling if scaling is not None else q.shape[-1] ** -0.5
     backend = _triton_backend() if meta.use_triton else torch_attention
-    torch_attention.write_kv(k, v, k_cache, v_cache, meta.slot_mapping)
+    backend.write_kv(k, v, k_cache, v_cache, meta.slot_mapping)
     out = backend.paged_attention(
         q, k_cache, v_cache, meta.cu_seqlens_q, meta.context_lens, meta.block_tables, scale, meta.max_seqlen_q
     )

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
+from llmserve.engine.cuda_graphs import DecodeBatch, DecodeGraphs
 from llmserve.engine.hf_attention import META_KWARG, AttentionMetadata
 from llmserve.engine.kv_cache import KVCache
 from llmserve.engine.scheduler import ScheduledSeq
@@ -27,14 +28,44 @@ class StepInputs:
 
 
 class ModelRunner:
-    """Runs a Hugging Face causal LM over the paged cache."""
+    """Runs a Hugging Face causal LM over the paged cache: decode steps from CUDA graphs, the rest eagerly."""
 
-    def __init__(self, model: torch.nn.Module, kv_cache: KVCache, device: torch.device) -> None:
+    def __init__(self, model: torch.nn.Module, kv_cache: KVCache, device: torch.device,
+                 max_num_seqs: int = 1, max_model_len: int = 0, use_cuda_graphs: bool = False) -> None:
         self.model = model
         self.kv_cache = kv_cache
         self.device = device
         self.block_size = kv_cache.spec.block_size
         self.use_triton = device.type == "cuda" and _triton_available()
+        self.graphs: DecodeGraphs | None = None
+        if use_cuda_graphs and self.use_triton:
+            max_blocks = -(-max_model_len // self.block_size)
+            self.graphs = DecodeGraphs(model, kv_cache, max_num_seqs, max_blocks, device)
+            self.graphs.capture()
+
+    def execute(self, scheduled: list[ScheduledSeq]) -> torch.Tensor:
+        """Logits [S, V] of the sequences that sample this step, in schedule order."""
+        if self.graphs is not None and self._is_graphable(scheduled):
+            return self.graphs.run(self._decode_batch(scheduled))
+        return self.forward(self.prepare(scheduled))
+
+    def _is_graphable(self, scheduled: list[ScheduledSeq]) -> bool:
+        assert self.graphs is not None
+        is_decode = all(item.num_new_tokens == 1 and item.samples for item in scheduled)
+        return is_decode and self.graphs.bucket_for(len(scheduled)) is not None
+
+    def _decode_batch(self, scheduled: list[ScheduledSeq]) -> DecodeBatch:
+        bs = self.block_size
+        batch = DecodeBatch([], [], [], [], [])
+        for item in scheduled:
+            seq = item.seq
+            pos = seq.num_computed_tokens
+            batch.token_ids.append(seq.token_at(pos))
+            batch.positions.append(pos)
+            batch.slots.append(seq.block_table[pos // bs] * bs + pos % bs)
+            batch.context_lens.append(pos + 1)
+            batch.block_tables.append(seq.block_table)
+        return batch
 
     def prepare(self, scheduled: list[ScheduledSeq]) -> StepInputs:
         """Pack the step's tokens and cache addresses (built on the host, copied once each)."""

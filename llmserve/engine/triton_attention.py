@@ -25,8 +25,8 @@ import triton
 import triton.language as tl
 
 _LOG2E = 1.4426950408889634
-_MIN_TOKENS_PER_SPLIT = 256  # below this a split's partial results cost more than they save
-_MAX_SPLITS = 32
+_MIN_TOKENS_PER_SPLIT = 64  # shorter splits cost more in partial results than they gain
+_MAX_SPLITS = 64
 
 # Kernel signatures and launches keep their arguments grouped by role (pointers, strides, constexprs)
 # instead of one per line, so ruff format is switched off around them.
@@ -61,15 +61,29 @@ def _attend_tile(
 
 
 @triton.jit
+def _tile_rows(tile, kv_head, qlen, GROUP: tl.constexpr, BLOCK_M: tl.constexpr):
+    """A tile's rows: token index within the sequence, query head, and whether the row is real."""
+    TOKENS: tl.constexpr = BLOCK_M // GROUP
+    rows = tl.arange(0, BLOCK_M)
+    tok = tile * TOKENS + rows // GROUP
+    head = kv_head * GROUP + rows % GROUP
+    return tok, head, (rows < TOKENS * GROUP) & (tok < qlen)
+
+
+@triton.jit
 def _paged_attention_kernel(
     q_ptr, k_ptr, v_ptr, out_ptr, part_acc_ptr, part_m_ptr, part_l_ptr,
-    cu_ptr, ctx_ptr, bt_ptr, qk_scale, num_heads, num_splits,
+    cu_ptr, ctx_ptr, bt_ptr, qk_scale, num_heads, num_splits, split_len,
     stride_qt, stride_qh, stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
     stride_ot, stride_oh, stride_bt,
     GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
     HEAD_DIM_PAD: tl.constexpr, PAGE: tl.constexpr, IS_SPLIT: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    """Grid: (query tiles x splits, sequences, KV heads)."""
+    """Grid: (query tiles x splits, sequences, KV heads).
+
+    Split ``s`` covers key positions ``[s * split_len, (s + 1) * split_len)`` of the tile's range; a
+    tile whose range fits one split writes the output itself, others leave partial sums to merge.
+    """
     TOKENS: tl.constexpr = BLOCK_M // GROUP
     tile = tl.program_id(0) // num_splits
     split = tl.program_id(0) % num_splits
@@ -77,24 +91,20 @@ def _paged_attention_kernel(
     kv_head = tl.program_id(2)
     q_start = tl.load(cu_ptr + seq)
     qlen = tl.load(cu_ptr + seq + 1) - q_start
-    if tile * TOKENS >= qlen:
-        return
     ctx = tl.load(ctx_ptr + seq)
-    rows = tl.arange(0, BLOCK_M)
-    tok = tile * TOKENS + rows // GROUP
-    head = kv_head * GROUP + rows % GROUP
-    row_ok = (rows < TOKENS * GROUP) & (tok < qlen)
+    lo = ctx - qlen + tile * TOKENS  # every row sees all keys below lo
+    hi = tl.minimum(ctx, lo + TOKENS)  # no row sees a key at or above hi
+    num_used = tl.maximum((hi + split_len - 1) // split_len, 1)
+    if (tile * TOKENS >= qlen) | (split >= num_used):
+        return
+    tok, head, row_ok = _tile_rows(tile, kv_head, qlen, GROUP, BLOCK_M)
     d = tl.arange(0, HEAD_DIM_PAD)
     d_ok = d < HEAD_DIM
     q = tl.load(q_ptr + ((q_start + tok) * stride_qt + head * stride_qh)[:, None] + d[None, :],
                 mask=row_ok[:, None] & d_ok[None, :], other=0.0)
     pos = ctx - qlen + tok  # [BLOCK_M] each row's position; it sees keys 0..pos
-    lo = ctx - qlen + tile * TOKENS  # every row sees all keys below lo
-    hi = tl.minimum(ctx, lo + TOKENS)  # no row sees a key at or above hi
-    num_tiles = (hi + BLOCK_N - 1) // BLOCK_N
-    tiles_per_split = (num_tiles + num_splits - 1) // num_splits
-    start = split * tiles_per_split * BLOCK_N
-    end = tl.minimum(hi, start + tiles_per_split * BLOCK_N)
+    start = split * split_len
+    end = tl.minimum(hi, start + split_len)
     lo_aligned = (lo // BLOCK_N) * BLOCK_N
     acc = tl.zeros([BLOCK_M, HEAD_DIM_PAD], dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -114,40 +124,55 @@ def _paged_attention_kernel(
             qk_scale, stride_kb, stride_ks, stride_vb, stride_vs,
             True, BLOCK_N, PAGE, PRECISION,
         )
+    is_direct = num_used == 1
+    result = acc / tl.where(l_i > 0.0, l_i, 1.0)[:, None]  # rows that see nothing stay 0
+    tl.store(out_ptr + ((q_start + tok) * stride_ot + head * stride_oh)[:, None] + d[None, :],
+             result.to(out_ptr.dtype.element_ty), mask=(row_ok & is_direct)[:, None] & d_ok[None, :])
     if IS_SPLIT:
         part = ((q_start + tok) * num_heads + head) * num_splits + split  # [BLOCK_M]
-        tl.store(part_acc_ptr + part[:, None] * HEAD_DIM_PAD + d[None, :], acc, mask=row_ok[:, None])
-        tl.store(part_m_ptr + part, m_i, mask=row_ok)
-        tl.store(part_l_ptr + part, l_i, mask=row_ok)
-    else:
-        result = acc / tl.where(l_i > 0.0, l_i, 1.0)[:, None]  # rows that see nothing stay 0
-        tl.store(out_ptr + ((q_start + tok) * stride_ot + head * stride_oh)[:, None] + d[None, :],
-                 result.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
+        is_part = row_ok & (num_used > 1)
+        tl.store(part_acc_ptr + part[:, None] * HEAD_DIM_PAD + d[None, :], acc, mask=is_part[:, None])
+        tl.store(part_m_ptr + part, m_i, mask=is_part)
+        tl.store(part_l_ptr + part, l_i, mask=is_part)
 
 
 @triton.jit
 def _merge_splits_kernel(
-    part_acc_ptr, part_m_ptr, part_l_ptr, out_ptr, cu_ptr, num_seqs, num_heads, num_splits,
+    part_acc_ptr, part_m_ptr, part_l_ptr, out_ptr, cu_ptr, ctx_ptr, num_heads, num_splits, split_len,
     stride_ot, stride_oh,
-    HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, SPLITS_PAD: tl.constexpr,
+    GROUP: tl.constexpr, BLOCK_M: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr,
 ):
-    """Grid: (query rows, query heads). Rescales each split's partial sums to a common maximum."""
-    row = tl.program_id(0)
-    head = tl.program_id(1)
-    if row >= tl.load(cu_ptr + num_seqs):
+    """Grid: (query tiles, sequences, KV heads), as the attention kernel's. Rescales the partial
+    sums of the tile's used splits to a common maximum; tiles written directly are skipped."""
+    TOKENS: tl.constexpr = BLOCK_M // GROUP
+    tile = tl.program_id(0)
+    seq = tl.program_id(1)
+    q_start = tl.load(cu_ptr + seq)
+    qlen = tl.load(cu_ptr + seq + 1) - q_start
+    ctx = tl.load(ctx_ptr + seq)
+    hi = tl.minimum(ctx, ctx - qlen + (tile + 1) * TOKENS)
+    num_used = (hi + split_len - 1) // split_len
+    if (tile * TOKENS >= qlen) | (num_used <= 1):
         return
-    split = tl.arange(0, SPLITS_PAD)
-    split_ok = split < num_splits
-    part = (row * num_heads + head) * num_splits + split  # [SPLITS_PAD]
-    m = tl.load(part_m_ptr + part, mask=split_ok, other=float("-inf"))
-    l_s = tl.load(part_l_ptr + part, mask=split_ok, other=0.0)
-    weight = tl.exp2(m - tl.max(m, 0))  # [SPLITS_PAD]
-    denom = tl.sum(weight * l_s, 0)
+    tok, head, row_ok = _tile_rows(tile, tl.program_id(2), qlen, GROUP, BLOCK_M)
     d = tl.arange(0, HEAD_DIM_PAD)
-    acc = tl.load(part_acc_ptr + part[:, None] * HEAD_DIM_PAD + d[None, :], mask=split_ok[:, None], other=0.0)
-    result = tl.sum(acc * weight[:, None], 0) / tl.where(denom > 0.0, denom, 1.0)
-    tl.store(out_ptr + row * stride_ot + head * stride_oh + d, result.to(out_ptr.dtype.element_ty),
-             mask=d < HEAD_DIM)
+    part = ((q_start + tok) * num_heads + head) * num_splits  # [BLOCK_M], split 0
+    acc = tl.zeros([BLOCK_M, HEAD_DIM_PAD], dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    m_i = tl.full([BLOCK_M], -1.0e30, dtype=tl.float32)
+    for split in range(0, num_used):
+        m_s = tl.load(part_m_ptr + part + split, mask=row_ok, other=-1.0e30)
+        l_s = tl.load(part_l_ptr + part + split, mask=row_ok, other=0.0)
+        acc_s = tl.load(part_acc_ptr + (part + split)[:, None] * HEAD_DIM_PAD + d[None, :],
+                        mask=row_ok[:, None], other=0.0)
+        m_new = tl.maximum(m_i, m_s)
+        keep, take = tl.exp2(m_i - m_new), tl.exp2(m_s - m_new)
+        acc = acc * keep[:, None] + acc_s * take[:, None]
+        l_i = l_i * keep + l_s * take
+        m_i = m_new
+    result = acc / tl.where(l_i > 0.0, l_i, 1.0)[:, None]
+    tl.store(out_ptr + ((q_start + tok) * stride_ot + head * stride_oh)[:, None] + d[None, :],
+             result.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & (d < HEAD_DIM)[None, :])
 
 
 @triton.jit
@@ -222,6 +247,7 @@ def paged_attention(
     num_tokens, num_heads, head_dim = query.shape
     _, page, num_kv_heads, _ = k_cache.shape
     num_seqs, max_blocks = block_tables.shape
+    max_context = max_blocks * page
     _check_inputs(query, k_cache, v_cache, num_kv_heads)
     group = num_heads // num_kv_heads
     is_decode = max_seqlen_q <= 1
@@ -238,25 +264,24 @@ def paged_attention(
     if block_n is None:
         block_n = 64 if head_dim <= 128 else 32
     if num_splits is None:
-        num_splits = (
-            _choose_num_splits(query.device, num_seqs, num_kv_heads, max_blocks * page) if is_decode else 1
-        )
+        num_splits = _choose_num_splits(query.device, num_seqs, num_kv_heads, max_context) if is_decode else 1
     num_q_tiles = triton.cdiv(max(max_seqlen_q, 1), block_m // group)
     head_dim_pad = max(16, triton.next_power_of_2(head_dim))
     is_split = num_splits > 1
+    # Positions per split, from shapes only; without splits, one split spans any context.
+    split_len = triton.cdiv(triton.cdiv(max_context, block_n), num_splits) * block_n if is_split else 2**30
     if is_split:
-        part_acc = torch.empty(
-            num_tokens, num_heads, num_splits, head_dim_pad, device=query.device, dtype=torch.float32
-        )
-        part_m = torch.empty(num_tokens, num_heads, num_splits, device=query.device, dtype=torch.float32)
+        part_acc = query.new_empty(num_tokens, num_heads, num_splits, head_dim_pad, dtype=torch.float32)
+        part_m = query.new_empty(num_tokens, num_heads, num_splits, dtype=torch.float32)
         part_l = torch.empty_like(part_m)
     else:
         part_acc = part_m = part_l = out  # unused placeholders
     precision = "ieee" if query.dtype == torch.float32 else "tf32"
+    grid = (num_q_tiles, num_seqs, num_kv_heads)
     # fmt: off
     _paged_attention_kernel[(num_q_tiles * num_splits, num_seqs, num_kv_heads)](
         query, k_cache, v_cache, out, part_acc, part_m, part_l,
-        cu_seqlens_q, context_lens, block_tables, scale * _LOG2E, num_heads, num_splits,
+        cu_seqlens_q, context_lens, block_tables, scale * _LOG2E, num_heads, num_splits, split_len,
         query.stride(0), query.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), out.stride(0), out.stride(1),
         block_tables.stride(0),
@@ -264,24 +289,26 @@ def paged_attention(
         PAGE=page, IS_SPLIT=is_split, PRECISION=precision,
         num_warps=num_warps or (4 if block_m <= 64 else 8), num_stages=2,
     )
-    # fmt: on
     if is_split:
-        # fmt: off
-        _merge_splits_kernel[(num_tokens, num_heads)](
-            part_acc, part_m, part_l, out, cu_seqlens_q, num_seqs, num_heads, num_splits,
+        _merge_splits_kernel[grid](
+            part_acc, part_m, part_l, out, cu_seqlens_q, context_lens, num_heads, num_splits, split_len,
             out.stride(0), out.stride(1),
-            HEAD_DIM=head_dim, HEAD_DIM_PAD=head_dim_pad, SPLITS_PAD=max(2, triton.next_power_of_2(num_splits)),
+            GROUP=group, BLOCK_M=block_m, HEAD_DIM=head_dim, HEAD_DIM_PAD=head_dim_pad,
         )
-        # fmt: on
+    # fmt: on
     return out
 
 
 def _choose_num_splits(device: torch.device, num_seqs: int, num_kv_heads: int, max_context: int) -> int:
-    """Enough splits to give each multiprocessor ~2 programs, each split >= 256 positions long."""
+    """Splits per sequence for decode: none once sequences x KV heads fill the multiprocessors, else
+    about 4 programs per multiprocessor (measured best on an H100), each split >= 64 positions."""
     if device.type != "cuda":
         return 1
     num_sms = torch.cuda.get_device_properties(device).multi_processor_count
-    wanted = math.ceil(2 * num_sms / (num_seqs * num_kv_heads))
+    num_programs = num_seqs * num_kv_heads
+    if num_programs >= num_sms:
+        return 1
+    wanted = math.ceil(4 * num_sms / num_programs)
     return max(1, min(wanted, max_context // _MIN_TOKENS_PER_SPLIT, _MAX_SPLITS))
 
 

@@ -1,15 +1,19 @@
 """The Triton kernels against the same float64 reference as the torch path.
 
-Without CUDA they run under Triton's interpreter (``TRITON_INTERPRET=1``, CPU tensors), which must be
-set before the kernels are defined, so this module sets it before importing them. The interpreter
-cannot do bfloat16 ``tl.dot`` (it multiplies the raw bit patterns: triton-lang/triton#11584), so
-bfloat16 runs only on CUDA; ``benchmarks/gpu_attention_check.py`` covers it on realistic shapes.
+On CUDA they run here. Without CUDA they run under Triton's interpreter (CPU tensors), which needs
+``TRITON_INTERPRET=1`` before triton itself is imported (triton reads it when any kernel, its own
+library's included, is defined), and by then this session has imported triton (``torch._dynamo``
+does when triton is installed): so ``test_kernels_under_interpreter`` reruns this file in a child
+pytest with the variable set. The interpreter cannot do bfloat16 ``tl.dot`` (it multiplies the raw
+bit patterns: triton-lang/triton#11584), so bfloat16 runs only on CUDA;
+``benchmarks/gpu_attention_check.py`` covers it on realistic shapes.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import os
+import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -22,14 +26,29 @@ if importlib.util.find_spec("triton") is None:
     pytest.skip("triton is not installed: the Triton attention kernels are untested", allow_module_level=True)
 
 ON_CUDA = torch.cuda.is_available()
-if not ON_CUDA:
-    if "triton" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1":  # pragma: no cover
-        pytest.skip("triton was imported before TRITON_INTERPRET=1 could be set", allow_module_level=True)
-    # Read when the kernels are defined, so before the import below, and again by triton's lazy
-    # imports later: it stays set for the rest of this (CPU-only) test session.
-    os.environ["TRITON_INTERPRET"] = "1"
+RUNS_HERE = ON_CUDA or os.environ.get("TRITON_INTERPRET") == "1"
+if RUNS_HERE:
+    from llmserve.engine import triton_attention
 
-from llmserve.engine import triton_attention  # noqa: E402
+requires_kernels = pytest.mark.skipif(
+    not RUNS_HERE, reason="runs in the child of test_kernels_under_interpreter"
+)
+
+
+@pytest.mark.skipif(RUNS_HERE, reason="the kernels run in this process")
+def test_kernels_under_interpreter() -> None:
+    """Every test below, in a child pytest on CPU tensors with ``TRITON_INTERPRET=1``."""
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(Path(__file__))],
+        cwd=Path(__file__).resolve().parents[2],
+        env={**os.environ, "TRITON_INTERPRET": "1"},
+        capture_output=True,
+        text=True,
+        timeout=280,
+    )
+    assert result.returncode == 0 and " passed" in result.stdout, (
+        result.stdout[-6000:] + result.stderr[-3000:]
+    )
 
 
 def _load_sibling(name: str) -> ModuleType:
@@ -74,6 +93,7 @@ def _run(batch: Any, **options: int) -> torch.Tensor:  # [T, H, D] on the CPU
     return out.cpu()
 
 
+@requires_kernels
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize(
     ("name", "specs", "heads", "kv_heads", "head_dim", "block_size"),
@@ -99,6 +119,7 @@ def test_kernels_match_reference(
         torch.testing.assert_close(out.double(), want, atol=shared.tolerance(dtype), rtol=0, msg=str(options))
 
 
+@requires_kernels
 @pytest.mark.parametrize("num_splits", [1, 2, 5])
 def test_decode_splits(num_splits: int) -> None:
     """Decode batches, split over more programs than some sequences have tiles (empty splits)."""
@@ -109,6 +130,7 @@ def test_decode_splits(num_splits: int) -> None:
     assert torch.equal(out[3], torch.zeros_like(out[3]))  # the padding sequence
 
 
+@requires_kernels
 def test_non_contiguous_query_and_output() -> None:
     """Query in the [H, T, D]-transposed layout transformers hands over; output the same."""
     batch = shared.make_batch([(5, 3), (9, 1)], 4, 2, 16, 4)
@@ -135,6 +157,7 @@ def test_non_contiguous_query_and_output() -> None:
     torch.testing.assert_close(out.cpu().double(), shared.reference_attention(batch), atol=1e-5, rtol=0)
 
 
+@requires_kernels
 def test_rejects_mismatched_dtypes() -> None:
     batch = shared.make_batch([(2, 1)], 4, 2, 16, 4)
     with pytest.raises(ValueError, match="dtype"):

@@ -1,0 +1,119 @@
+"""The GPU serving benchmark of issue 3, in one go, on a machine with one NVIDIA GPU and no network.
+
+Starts `llmserve run` on the given model (bf16, CUDA graphs, Triton attention), then with
+`llmserve bench` (streaming, `ignore_eos` so lengths are exact):
+  - latency: one stream of 256 output tokens after a 512-token prompt, a few times;
+  - throughput: 512 requests, prompts of 64-512 tokens, 256 output tokens, max concurrency 256;
+  - extra concurrencies (1, 16, 64) on a shorter workload.
+Writes every report as JSON and prints a markdown table.
+
+    python benchmarks/gpu_serve_bench.py --model-path /tmp/llama-1b --out-dir $OUT
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+from llmserve.bench import BenchOptions, report_to_dict, run_bench  # noqa: E402
+
+CONFIG = """[server]
+port = {port}
+[[workers]]
+model_path = "{model}"
+model_names = ["bench"]
+device = "cuda"
+dtype = "bfloat16"
+max_num_seqs = {max_num_seqs}
+max_model_len = 2048
+max_num_batched_tokens = {budget}
+gpu_memory_utilization = 0.85
+cuda_graphs = {graphs}
+"""
+
+
+def start_server(model: str, port: int, log_path: Path, max_num_seqs: int, budget: int,
+                 graphs: bool) -> subprocess.Popen:
+    config = Path(tempfile.mkdtemp()) / "bench.toml"
+    config.write_text(CONFIG.format(port=port, model=model, max_num_seqs=max_num_seqs, budget=budget,
+                                    graphs=str(graphs).lower()))
+    log = log_path.open("w")
+    proc = subprocess.Popen([sys.executable, "-m", "llmserve", "run", str(config)], stdout=log,
+                            stderr=subprocess.STDOUT, cwd=REPO_ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    deadline = time.monotonic() + 300
+    while True:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"server did not start; see {log_path}")
+        time.sleep(0.5)
+
+
+def bench(port: int, tokenizer: str, name: str, **kw) -> dict:
+    options = BenchOptions(base_url=f"http://127.0.0.1:{port}/v1", model="bench", endpoint="completions",
+                           tokenizer=tokenizer, show_progress=False, **kw)
+    report = report_to_dict(run_bench(options))
+    report["scenario"] = name
+    m = report["metrics"]
+    print(f"{name}: {m['output_tokens_per_s']:.0f} out tok/s, {m['requests_per_s']:.2f} req/s, "
+          f"TTFT p50 {m['ttft']['median_ms']:.1f} ms, TPOT p50 {m['tpot']['median_ms']:.2f} ms, "
+          f"failed {m['num_failed']}", flush=True)
+    return report
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model-path", required=True)
+    parser.add_argument("--out-dir", type=Path, default=Path("."))
+    parser.add_argument("--port", type=int, default=8123)
+    parser.add_argument("--max-num-seqs", type=int, default=256)
+    parser.add_argument("--budget", type=int, default=2048, help="max_num_batched_tokens")
+    parser.add_argument("--no-graphs", action="store_true")
+    parser.add_argument("--quick", action="store_true", help="fewer requests (smoke run)")
+    args = parser.parse_args()
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    proc = start_server(args.model_path, args.port, args.out_dir / "server.log", args.max_num_seqs,
+                        args.budget, not args.no_graphs)
+    reports = []
+    try:
+        tok = args.model_path
+        bench(args.port, tok, "warmup", num_prompts=8, input_len=128, output_len=16, max_concurrency=8)
+        reports.append(bench(args.port, tok, "latency c=1 in=512 out=256", num_prompts=3 if args.quick else 5,
+                             input_len=512, output_len=256, max_concurrency=1))
+        for conc in (16, 64):
+            reports.append(bench(args.port, tok, f"c={conc} in=256 out=256", num_prompts=conc * 2,
+                                 input_len=256, output_len=256, max_concurrency=conc))
+        reports.append(bench(args.port, tok, "throughput 512 req in=64-512 out=256 c=256",
+                             num_prompts=128 if args.quick else 512, input_len=288, range_ratio=0.77,
+                             output_len=256, max_concurrency=256))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    (args.out_dir / "serve_bench.json").write_text(json.dumps(reports, indent=2))
+    print("| scenario | out tok/s | req/s | TTFT p50 ms | TTFT p99 ms | TPOT p50 ms | ITL p50 ms | failed |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for r in reports:
+        m = r["metrics"]
+        print(f"| {r['scenario']} | {m['output_tokens_per_s']:.0f} | {m['requests_per_s']:.2f} | "
+              f"{m['ttft']['median_ms']:.1f} | {m['ttft']['p99_ms']:.1f} | {m['tpot']['median_ms']:.2f} | "
+              f"{m['itl']['median_ms']:.2f} | {m['num_failed']} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
