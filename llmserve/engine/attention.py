@@ -60,11 +60,13 @@ def gather_kv(
     num_positions: int,
 ) -> torch.Tensor:  # [N, Hkv, num_positions, D]
     """The first ``num_positions`` cache entries of each of ``N`` block tables, head-major."""
-    block_size = cache.shape[1]
+    num_seqs, block_size = block_tables.shape[0], cache.shape[1]
     num_blocks = -(-num_positions // block_size)
-    blocks = block_tables[:, :num_blocks].to(dtype=torch.long)  # [N, num_blocks]
-    gathered = cache[blocks]  # [N, num_blocks, block_size, Hkv, D]
-    gathered = gathered.flatten(1, 2)[:, :num_positions]  # [N, num_positions, Hkv, D]
+    blocks = block_tables[:, :num_blocks].reshape(-1).to(dtype=torch.long)  # [N * num_blocks]
+    gathered = cache.index_select(
+        0, blocks
+    )  # [N * num_blocks, block_size, Hkv, D]; faster than cache[2-D index]
+    gathered = gathered.view(num_seqs, num_blocks * block_size, *cache.shape[2:])[:, :num_positions]
     return gathered.transpose(1, 2)
 
 

@@ -27,6 +27,7 @@ def build_engine(config: WorkerConfig, index: int) -> LLMEngine:
     pool = BlockPool(spec.num_blocks, spec.block_size, config.enable_prefix_caching)
     scheduler = Scheduler(SchedulerConfig(config.max_num_seqs, config.max_num_batched_tokens), pool)
     runner = ModelRunner(loaded.model, kv_cache, loaded.device, max_num_seqs=config.max_num_seqs,
+                         max_num_batched_tokens=config.max_num_batched_tokens,
                          max_model_len=loaded.max_model_len, use_cuda_graphs=config.cuda_graphs)
     log.info(
         "%s: %s on %s, %s, %.1fM parameters, %.2f GiB weights, KV cache %d tokens (%d blocks of %d), "

@@ -9,8 +9,9 @@ query heads that share the KV head, so every K/V tile is read once per group (GQ
 sequence's cache in tiles of ``BLOCK_N`` positions through the block table, with an online softmax
 accumulated in fp32: first the tiles every row of the tile sees in full (no mask), then the causal
 edge. Decode batches (``max_seqlen_q == 1``) launch it with ``BLOCK_M`` = the group padded to 16 and,
-when sequences x KV heads leave the GPU idle, split each sequence's positions over several programs
-(flash-decoding); a second kernel merges the partial results.
+when sequences x KV heads leave the GPU idle, cut each sequence's positions into spans of a fixed
+length (from the block table's width) handled by separate programs (flash-decoding): a sequence that
+fits one span is written directly, the partial sums of longer ones are merged by a second kernel.
 
 Everything is CUDA-graph capturable: no host syncs, grids and scratch sizes come from tensor shapes
 and Python ints only. ``write_kv`` here is a graph-safe store (negative slots skipped in-kernel).
@@ -19,6 +20,7 @@ and Python ints only. ``write_kv`` here is a graph-safe store (negative slots sk
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import triton
@@ -72,7 +74,7 @@ def _tile_rows(tile, kv_head, qlen, GROUP: tl.constexpr, BLOCK_M: tl.constexpr):
 
 @triton.jit
 def _paged_attention_kernel(
-    q_ptr, k_ptr, v_ptr, out_ptr, part_acc_ptr, part_m_ptr, part_l_ptr,
+    q_ptr, k_ptr, v_ptr, out_ptr, part_acc_ptr, part_m_ptr, part_l_ptr, part_count_ptr,
     cu_ptr, ctx_ptr, bt_ptr, qk_scale, num_heads, num_splits, split_len,
     stride_qt, stride_qh, stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
     stride_ot, stride_oh, stride_bt,
@@ -82,7 +84,8 @@ def _paged_attention_kernel(
     """Grid: (query tiles x splits, sequences, KV heads).
 
     Split ``s`` covers key positions ``[s * split_len, (s + 1) * split_len)`` of the tile's range; a
-    tile whose range fits one split writes the output itself, others leave partial sums to merge.
+    tile whose range fits one split writes the output itself, others leave partial sums to merge and
+    split 0 records how many splits each row used.
     """
     TOKENS: tl.constexpr = BLOCK_M // GROUP
     tile = tl.program_id(0) // num_splits
@@ -124,55 +127,46 @@ def _paged_attention_kernel(
             qk_scale, stride_kb, stride_ks, stride_vb, stride_vs,
             True, BLOCK_N, PAGE, PRECISION,
         )
-    is_direct = num_used == 1
+    used = tl.zeros([BLOCK_M], dtype=tl.int32) + num_used  # per row: the interpreter rejects scalar masks
     result = acc / tl.where(l_i > 0.0, l_i, 1.0)[:, None]  # rows that see nothing stay 0
     tl.store(out_ptr + ((q_start + tok) * stride_ot + head * stride_oh)[:, None] + d[None, :],
-             result.to(out_ptr.dtype.element_ty), mask=(row_ok & is_direct)[:, None] & d_ok[None, :])
+             result.to(out_ptr.dtype.element_ty), mask=(row_ok & (used == 1))[:, None] & d_ok[None, :])
     if IS_SPLIT:
         part = ((q_start + tok) * num_heads + head) * num_splits + split  # [BLOCK_M]
-        is_part = row_ok & (num_used > 1)
+        is_part = row_ok & (used > 1)
         tl.store(part_acc_ptr + part[:, None] * HEAD_DIM_PAD + d[None, :], acc, mask=is_part[:, None])
         tl.store(part_m_ptr + part, m_i, mask=is_part)
         tl.store(part_l_ptr + part, l_i, mask=is_part)
+        is_first = (tl.zeros([BLOCK_M], dtype=tl.int32) + split) == 0
+        tl.store(part_count_ptr + (q_start + tok) * num_heads + head, used, mask=row_ok & is_first)
 
 
 @triton.jit
 def _merge_splits_kernel(
-    part_acc_ptr, part_m_ptr, part_l_ptr, out_ptr, cu_ptr, ctx_ptr, num_heads, num_splits, split_len,
+    part_acc_ptr, part_m_ptr, part_l_ptr, part_count_ptr, out_ptr, cu_ptr, num_seqs, num_heads, num_splits,
     stride_ot, stride_oh,
-    GROUP: tl.constexpr, BLOCK_M: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr,
+    HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, SPLITS_PAD: tl.constexpr,
 ):
-    """Grid: (query tiles, sequences, KV heads), as the attention kernel's. Rescales the partial
-    sums of the tile's used splits to a common maximum; tiles written directly are skipped."""
-    TOKENS: tl.constexpr = BLOCK_M // GROUP
-    tile = tl.program_id(0)
-    seq = tl.program_id(1)
-    q_start = tl.load(cu_ptr + seq)
-    qlen = tl.load(cu_ptr + seq + 1) - q_start
-    ctx = tl.load(ctx_ptr + seq)
-    hi = tl.minimum(ctx, ctx - qlen + (tile + 1) * TOKENS)
-    num_used = (hi + split_len - 1) // split_len
-    if (tile * TOKENS >= qlen) | (num_used <= 1):
+    """Grid: (query rows, query heads). Rescales a row's partial sums to a common maximum; rows
+    written directly (one split used) and rows past the last sequence are skipped."""
+    row = tl.program_id(0)
+    head = tl.program_id(1)
+    if row >= tl.load(cu_ptr + num_seqs):
         return
-    tok, head, row_ok = _tile_rows(tile, tl.program_id(2), qlen, GROUP, BLOCK_M)
+    num_used = tl.load(part_count_ptr + row * num_heads + head)
+    if num_used <= 1:
+        return
+    split = tl.arange(0, SPLITS_PAD)
+    split_ok = split < num_used
+    part = (row * num_heads + head) * num_splits + split  # [SPLITS_PAD]
+    m = tl.load(part_m_ptr + part, mask=split_ok, other=float("-inf"))
+    weight = tl.exp2(m - tl.max(m, 0))  # [SPLITS_PAD]
+    denom = tl.sum(weight * tl.load(part_l_ptr + part, mask=split_ok, other=0.0), 0)
     d = tl.arange(0, HEAD_DIM_PAD)
-    part = ((q_start + tok) * num_heads + head) * num_splits  # [BLOCK_M], split 0
-    acc = tl.zeros([BLOCK_M, HEAD_DIM_PAD], dtype=tl.float32)
-    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-    m_i = tl.full([BLOCK_M], -1.0e30, dtype=tl.float32)
-    for split in range(0, num_used):
-        m_s = tl.load(part_m_ptr + part + split, mask=row_ok, other=-1.0e30)
-        l_s = tl.load(part_l_ptr + part + split, mask=row_ok, other=0.0)
-        acc_s = tl.load(part_acc_ptr + (part + split)[:, None] * HEAD_DIM_PAD + d[None, :],
-                        mask=row_ok[:, None], other=0.0)
-        m_new = tl.maximum(m_i, m_s)
-        keep, take = tl.exp2(m_i - m_new), tl.exp2(m_s - m_new)
-        acc = acc * keep[:, None] + acc_s * take[:, None]
-        l_i = l_i * keep + l_s * take
-        m_i = m_new
-    result = acc / tl.where(l_i > 0.0, l_i, 1.0)[:, None]
-    tl.store(out_ptr + ((q_start + tok) * stride_ot + head * stride_oh)[:, None] + d[None, :],
-             result.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & (d < HEAD_DIM)[None, :])
+    acc = tl.load(part_acc_ptr + part[:, None] * HEAD_DIM_PAD + d[None, :], mask=split_ok[:, None], other=0.0)
+    result = tl.sum(acc * weight[:, None], 0) / tl.where(denom > 0.0, denom, 1.0)
+    tl.store(out_ptr + row * stride_ot + head * stride_oh + d, result.to(out_ptr.dtype.element_ty),
+             mask=d < HEAD_DIM)
 
 
 @triton.jit
@@ -247,10 +241,7 @@ def paged_attention(
     num_tokens, num_heads, head_dim = query.shape
     _, page, num_kv_heads, _ = k_cache.shape
     num_seqs, max_blocks = block_tables.shape
-    max_context = max_blocks * page
     _check_inputs(query, k_cache, v_cache, num_kv_heads)
-    group = num_heads // num_kv_heads
-    is_decode = max_seqlen_q <= 1
     if out is None:
         out = torch.empty_like(query)
     elif out.shape != query.shape or out.dtype != query.dtype or out.stride(-1) != 1:
@@ -258,45 +249,86 @@ def paged_attention(
     query = _unit_last_stride(query)
     if num_tokens == 0 or num_seqs == 0:
         return out
-    if block_m is None:
-        block_m = 16 if is_decode else (128 if head_dim <= 64 else 64)
-    block_m = max(block_m, triton.next_power_of_2(group))
-    if block_n is None:
-        block_n = 64 if head_dim <= 128 else 32
-    if num_splits is None:
-        num_splits = _choose_num_splits(query.device, num_seqs, num_kv_heads, max_context) if is_decode else 1
-    num_q_tiles = triton.cdiv(max(max_seqlen_q, 1), block_m // group)
+    plan = plan_launch(
+        query.device, num_seqs, num_heads, num_kv_heads, head_dim, max_blocks * page, max_seqlen_q,
+        num_splits=num_splits, block_m=block_m, block_n=block_n, num_warps=num_warps,
+    )  # fmt: skip
+    is_split = plan.num_splits > 1
     head_dim_pad = max(16, triton.next_power_of_2(head_dim))
-    is_split = num_splits > 1
-    # Positions per split, from shapes only; without splits, one split spans any context.
-    split_len = triton.cdiv(triton.cdiv(max_context, block_n), num_splits) * block_n if is_split else 2**30
+    part_acc = part_m = part_l = part_count = out  # placeholders, unused without splits
     if is_split:
-        part_acc = query.new_empty(num_tokens, num_heads, num_splits, head_dim_pad, dtype=torch.float32)
-        part_m = query.new_empty(num_tokens, num_heads, num_splits, dtype=torch.float32)
+        part_acc = query.new_empty(num_tokens, num_heads, plan.num_splits, head_dim_pad, dtype=torch.float32)
+        part_m = query.new_empty(num_tokens, num_heads, plan.num_splits, dtype=torch.float32)
         part_l = torch.empty_like(part_m)
-    else:
-        part_acc = part_m = part_l = out  # unused placeholders
-    precision = "ieee" if query.dtype == torch.float32 else "tf32"
-    grid = (num_q_tiles, num_seqs, num_kv_heads)
+        part_count = query.new_empty(num_tokens, num_heads, dtype=torch.int32)
     # fmt: off
-    _paged_attention_kernel[(num_q_tiles * num_splits, num_seqs, num_kv_heads)](
-        query, k_cache, v_cache, out, part_acc, part_m, part_l,
-        cu_seqlens_q, context_lens, block_tables, scale * _LOG2E, num_heads, num_splits, split_len,
+    _paged_attention_kernel[(plan.num_q_tiles * plan.num_splits, num_seqs, num_kv_heads)](
+        query, k_cache, v_cache, out, part_acc, part_m, part_l, part_count,
+        cu_seqlens_q, context_lens, block_tables, scale * _LOG2E, num_heads, plan.num_splits, plan.split_len,
         query.stride(0), query.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), out.stride(0), out.stride(1),
         block_tables.stride(0),
-        GROUP=group, BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=head_dim, HEAD_DIM_PAD=head_dim_pad,
-        PAGE=page, IS_SPLIT=is_split, PRECISION=precision,
-        num_warps=num_warps or (4 if block_m <= 64 else 8), num_stages=2,
+        GROUP=num_heads // num_kv_heads, BLOCK_M=plan.block_m, BLOCK_N=plan.block_n, HEAD_DIM=head_dim,
+        HEAD_DIM_PAD=head_dim_pad, PAGE=page, IS_SPLIT=is_split,
+        PRECISION="ieee" if query.dtype == torch.float32 else "tf32",
+        num_warps=plan.num_warps, num_stages=2,
     )
     if is_split:
-        _merge_splits_kernel[grid](
-            part_acc, part_m, part_l, out, cu_seqlens_q, context_lens, num_heads, num_splits, split_len,
+        _merge_splits_kernel[(num_tokens, num_heads)](
+            part_acc, part_m, part_l, part_count, out, cu_seqlens_q, num_seqs, num_heads, plan.num_splits,
             out.stride(0), out.stride(1),
-            GROUP=group, BLOCK_M=block_m, HEAD_DIM=head_dim, HEAD_DIM_PAD=head_dim_pad,
+            HEAD_DIM=head_dim, HEAD_DIM_PAD=head_dim_pad, SPLITS_PAD=max(2, triton.next_power_of_2(plan.num_splits)),
         )
     # fmt: on
     return out
+
+
+@dataclass(frozen=True)
+class LaunchPlan:
+    """Tile sizes and splits of one :func:`paged_attention` launch: a function of shapes only."""
+
+    block_m: int  # query rows per program: tokens x the heads of one KV group
+    block_n: int  # cache positions per inner step
+    num_splits: int  # programs per (query tile, sequence, KV head) along the positions
+    split_len: int  # positions per split; 2**30 (any context) when unsplit
+    num_q_tiles: int  # query tiles of the longest sequence
+    num_warps: int
+
+
+def plan_launch(
+    device: torch.device,
+    num_seqs: int,
+    num_heads: int,
+    num_kv_heads: int,
+    head_dim: int,
+    max_context: int,
+    max_seqlen_q: int,
+    *,
+    num_splits: int | None = None,
+    block_m: int | None = None,
+    block_n: int | None = None,
+    num_warps: int | None = None,
+) -> LaunchPlan:
+    """Defaults measured on an H100 (``benchmarks/gpu_attention_check.py --sweep``); overrides win."""
+    group = num_heads // num_kv_heads
+    is_decode = max_seqlen_q <= 1
+    block_m = max(
+        block_m or (16 if is_decode else 128 if head_dim <= 64 else 64), triton.next_power_of_2(group)
+    )
+    block_n = block_n or (64 if head_dim <= 128 else 32)
+    if num_splits is None:
+        num_splits = _choose_num_splits(device, num_seqs, num_kv_heads, max_context) if is_decode else 1
+    split_len = 2**30
+    if num_splits > 1:
+        split_len = triton.cdiv(triton.cdiv(max_context, block_n), num_splits) * block_n
+    return LaunchPlan(
+        block_m=block_m,
+        block_n=block_n,
+        num_splits=num_splits,
+        split_len=split_len,
+        num_q_tiles=triton.cdiv(max(max_seqlen_q, 1), block_m // group),
+        num_warps=num_warps or (4 if block_m <= 64 else 8),
+    )
 
 
 def _choose_num_splits(device: torch.device, num_seqs: int, num_kv_heads: int, max_context: int) -> int:

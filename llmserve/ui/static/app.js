@@ -79,17 +79,18 @@ function messageView(message, index) {
   view.append(el("div", "msg-role", who));
   const body = el("div", "msg-body markdown");
   body.innerHTML = renderMarkdown(message.content);
-  view.append(body, el("div", "msg-meta", metaText(message)));
+  view.append(body);
   if (message.error) view.append(el("p", "msg-error", message.error));
-  if (message.state !== "streaming") {
-    const actions = el("div", "msg-actions");
-    const copy = el("button", "ghost small copy-message", "Copy");
+  const foot = el("div", "msg-foot");
+  foot.append(el("span", "msg-meta", metaText(message)));
+  if (message.state !== "streaming" && message.content) {
+    const copy = el("button", "link copy-message", "Copy");
     copy.type = "button";
     copy.addEventListener("click", () =>
       copyText(message.content).then(() => flash(copy, "Copied"), () => flash(copy, "Copy failed")));
-    actions.append(copy);
-    view.append(actions);
+    foot.append(copy);
   }
+  view.append(foot);
   return view;
 }
 

@@ -20,6 +20,7 @@ const ui = {
   stop: $("#arena-stop"),
   votes: [...document.querySelectorAll("#votes button")],
   voteResult: $("#vote-result"),
+  question: $("#arena-question"),
   panes: { left: $("#pane-left"), right: $("#pane-right") },
 };
 
@@ -72,6 +73,7 @@ function paneView(side) {
 function resetPane(side) {
   const view = paneView(side);
   view.pane.dataset.state = "streaming";
+  view.pane.classList.remove("won");
   view.body.replaceChildren();
   view.meta.textContent = "generating...";
   view.name.textContent = round.anonymous ? "" : round.models[side];
@@ -119,6 +121,9 @@ async function send() {
   const next = newRound(prompt);
   if (!next) return;
   round = next;
+  ui.prompt.value = "";
+  ui.question.textContent = prompt;
+  ui.question.hidden = false;
   showBanner("");
   ui.voteResult.textContent = "";
   SIDES.forEach(resetPane);
@@ -152,7 +157,11 @@ async function vote(winner) {
     return;
   }
   round.voted = true;
-  for (const side of SIDES) paneView(side).name.textContent = round.models[side];
+  for (const side of SIDES) {
+    const view = paneView(side);
+    view.name.textContent = round.models[side];
+    view.pane.classList.toggle("won", winner === side);
+  }
   ui.voteResult.textContent = `Vote recorded: ${WINNER_TEXT[winner]}. Model A was ${left}, model B was ${right}. ` +
     "Send another prompt for a new round.";
   updateControls();

@@ -1,0 +1,50 @@
+"""`llmserve chat`: build the backend (in-process engine or remote server), the UI, and chat."""
+
+from __future__ import annotations
+
+import sys
+
+from llmserve.chat.backends import ChatBackend, ChatError
+from llmserve.chat.loop import ChatLoop
+from llmserve.chat.options import ChatOptions, worker_config
+from llmserve.chat.session import Conversation
+from llmserve.chat.ui import make_ui
+from llmserve.errors import ConfigError
+
+
+def run_chat(options: ChatOptions) -> int:
+    """Chat until the user quits; 0 then, 1 when the model or server cannot be reached, 2 for bad flags."""
+    try:
+        backend = open_backend(options)
+    except ConfigError as exc:
+        print(f"llmserve chat: {exc}", file=sys.stderr)
+        return 2
+    except ChatError as exc:
+        print(f"llmserve chat: {exc}", file=sys.stderr)
+        return 1
+    try:
+        ui = make_ui(options.style, options.multiline)
+        conversation = Conversation(options.system, keep_history=options.keep_history)
+        return ChatLoop(backend, ui, conversation, options.params, is_debug=options.is_debug).run()
+    finally:
+        backend.close()
+
+
+def open_backend(options: ChatOptions) -> ChatBackend:
+    """Connect to the server, or load the model in this process."""
+    if options.is_remote:
+        from llmserve.chat.remote import RemoteBackend
+
+        assert options.base_url is not None
+        return RemoteBackend.connect(options.base_url, options.model, options.api_key, options.seed)
+    config = worker_config(options)
+    from llmserve.chat.local import LocalBackend
+
+    try:
+        backend = LocalBackend.load(config)
+    except (OSError, ValueError) as exc:  # missing folder, unreadable checkpoint, bad template
+        raise ChatError(f"cannot load {config.model_path}: {exc}") from None
+    if options.params.max_new_tokens >= backend.max_model_len:
+        raise ConfigError(f"--max-new-tokens {options.params.max_new_tokens}: must be below the context "
+                          f"length of {backend.max_model_len} tokens")
+    return backend

@@ -1,0 +1,1 @@
+"""Tests of llmserve/chat/ and `llmserve chat`."""

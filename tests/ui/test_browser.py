@@ -1,0 +1,285 @@
+"""The UI in a real headless Chromium, driven by Selenium, against a live server with two tiny models.
+
+Needs Debian's `chromium` and `chromium-driver`; skipped (with the reason) where they are missing.
+The tests share one browser and one server and run in file order: the chat tests leave a
+conversation behind for the screenshot, the arena test leaves one vote for the leaderboard.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .live import API_KEY, MODELS, LiveServer, live_server, ui_config
+
+webdriver = pytest.importorskip("selenium.webdriver")
+from selenium.webdriver.chrome.options import Options  # noqa: E402
+from selenium.webdriver.chrome.service import Service  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.remote.webdriver import WebDriver  # noqa: E402
+from selenium.webdriver.remote.webelement import WebElement  # noqa: E402
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+DOCS = Path(__file__).resolve().parents[2] / "docs"
+LONG_MAX_TOKENS = 3000  # ~10 s of tokens on two CPU cores: plenty of time to press Stop
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    votes = tmp_path_factory.mktemp("ui") / "votes.jsonl"
+    with live_server(ui_config(tiny_model_dir, votes, api_keys=[API_KEY])) as live:
+        yield live
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[WebDriver]:
+    if not (Path(CHROMIUM).is_file() and Path(CHROMEDRIVER).is_file()):
+        pytest.skip("needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)")
+    options = Options()
+    options.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                "--window-size=1280,1000", "--no-first-run", "--disable-extensions", "--lang=en-US"):
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    # An explicit driver path keeps Selenium Manager from looking for (or downloading) a driver.
+    driver = webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
+    driver.set_script_timeout(10)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def wait_for(driver: WebDriver, condition: Callable[[WebDriver], Any], timeout_s: float = 15.0) -> Any:
+    return WebDriverWait(driver, timeout_s, poll_frequency=0.05).until(condition)
+
+
+def console_errors(driver: WebDriver) -> list[str]:
+    """SEVERE browser-console entries since the last call (reading the log clears it)."""
+    return [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+
+
+def find(driver: WebDriver, css: str) -> WebElement:
+    return driver.find_element(By.CSS_SELECTOR, css)
+
+
+def set_value(driver: WebDriver, css: str, value: str) -> None:
+    driver.execute_script("arguments[0].value = arguments[1]", find(driver, css), value)
+
+
+def model_options(driver: WebDriver, css: str = "#model") -> list[str]:
+    """Read in one script: the page may replace the options between two WebDriver calls."""
+    return driver.execute_script("return [...document.querySelectorAll(arguments[0])].map(o => o.value)",
+                                 f"{css} option")
+
+
+def last_answer(driver: WebDriver) -> dict[str, str]:
+    """The last answer's state and texts, read in one script (the page re-renders messages often)."""
+    return driver.execute_script("""const all = document.querySelectorAll('article.msg-assistant');
+        const a = all[all.length - 1]; if (!a) return {};
+        const text = (css) => { const e = a.querySelector(css); return e ? e.innerText : ''; };
+        return {state: a.dataset.state, role: text('.msg-role'), body: text('.msg-body'), meta: text('.msg-meta'),
+                error: text('.msg-error'), count: String(all.length)};""")
+
+
+def test_chat_page_asks_for_the_key_then_loads_without_console_errors(browser: WebDriver, server: LiveServer) -> None:
+    browser.get(server.url + "/")
+    panel = find(browser, "#key-panel")
+    wait_for(browser, lambda d: panel.is_displayed())
+    assert "needs an API key" in find(browser, "#key-message").text
+    find(browser, "#key-input").send_keys(API_KEY)
+    find(browser, "#key-form button[type=submit]").click()
+    wait_for(browser, lambda d: model_options(d) == list(MODELS))
+    assert all("v1/models" in e and "401" in e for e in console_errors(browser))
+
+    browser.refresh()  # the key is in localStorage now: a clean load
+    wait_for(browser, lambda d: model_options(d) == list(MODELS))
+    assert not find(browser, "#key-panel").is_displayed()
+    assert console_errors(browser) == []
+
+
+def test_a_message_streams_a_reply_with_stats(browser: WebDriver, server: LiveServer) -> None:
+    find(browser, "#clear").click()
+    set_value(browser, "#max-tokens", "40")
+    set_value(browser, "#system", "You are a concise assistant.")
+    set_value(browser, "#prompt", 'Print **hello** in `Python`:\n```python\nprint("hello, world")\n```')
+    find(browser, "#send").click()
+    wait_for(browser, lambda d: last_answer(d)["state"] == "done")
+    answer = last_answer(browser)
+    assert answer["body"].strip() and answer["role"] in MODELS
+    meta = answer["meta"]
+    assert "tokens" in meta and "TTFT" in meta and "tok/s" in meta and "~" not in meta  # exact usage counts
+    question = find(browser, "article.msg-user .msg-body")
+    assert question.find_element(By.CSS_SELECTOR, "strong").text == "hello"
+    assert question.find_element(By.CSS_SELECTOR, "pre code.language-python").text == 'print("hello, world")'
+    saved = browser.execute_script("return JSON.parse(localStorage.getItem('llmserve.chat.conversation'))")
+    assert [m["role"] for m in saved] == ["user", "assistant"] and saved[1]["state"] == "done"
+
+    set_value(browser, "#prompt", "And a list of three colours, please.")
+    find(browser, "#send").click()
+    wait_for(browser, lambda d: last_answer(d)["count"] == "2" and last_answer(d)["state"] == "done")
+    DOCS.mkdir(exist_ok=True)
+    browser.save_screenshot(str(DOCS / "ui-chat.png"))
+    assert console_errors(browser) == []
+
+
+def test_stop_aborts_the_request_on_the_server(browser: WebDriver, server: LiveServer) -> None:
+    set_value(browser, "#max-tokens", str(LONG_MAX_TOKENS))
+    set_value(browser, "#prompt", "Write a very long story.")
+    find(browser, "#send").click()
+    wait_for(browser, lambda d: last_answer(d)["state"] == "streaming"
+             and len(last_answer(d)["body"]) > 20)
+    assert server.num_unfinished() == 1
+    find(browser, "#stop").click()
+    wait_for(browser, lambda d: last_answer(d)["state"] == "stopped", timeout_s=5)
+    deadline = time.monotonic() + 5
+    while server.num_unfinished() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert server.num_unfinished() == 0
+    assert last_answer(browser)["meta"].startswith("stopped")
+    assert console_errors(browser) == []
+
+
+def test_errors_show_as_readable_messages(browser: WebDriver, server: LiveServer) -> None:
+    set_value(browser, "#max-tokens", "100000")  # past the context: a 400 from the server
+    set_value(browser, "#prompt", "Too long")
+    find(browser, "#send").click()
+    wait_for(browser, lambda d: last_answer(d)["state"] == "error")
+    assert "maximum context length" in last_answer(browser)["error"]
+
+    browser.execute_script("""const s = document.querySelector('#model');
+        s.append(new Option('gone-model', 'gone-model')); s.value = 'gone-model';""")
+    set_value(browser, "#max-tokens", "8")
+    find(browser, "#regenerate").click()
+    wait_for(browser, lambda d: last_answer(d)["state"] == "error")
+    error = last_answer(browser)["error"]
+    assert "The model 'gone-model' does not exist" in error and "pick another model" in error
+    wait_for(browser, lambda d: model_options(d) == list(MODELS))  # the list was refreshed
+    assert all("chat/completions" in e for e in console_errors(browser))  # only the two failed requests
+
+
+MARKDOWN_CASES = {
+    "<script>alert(1)</script>": "<p>&lt;script&gt;alert(1)&lt;/script&gt;</p>",
+    "[a](javascript:alert(1)) [b](https://x.org/?q=1&r=2)":
+        '<p>[a](javascript:alert(1)) <a href="https://x.org/?q=1&amp;r=2" target="_blank" '
+        'rel="noopener noreferrer">b</a></p>',
+    "**bold** *it* `a<b>` snake_case": "<p><strong>bold</strong> <em>it</em> <code>a&lt;b&gt;</code> snake_case</p>",
+    "- one\n- two\n\n3. three": '<ul><li>one</li><li>two</li></ul>\n<ol start="3"><li>three</li></ol>',
+    "```js\nlet x = '<i>';": '<div class="code-block"><div class="code-head"><span>js</span><button type="button" '
+                            'class="copy-code">Copy</button></div><pre><code class="language-js">let x = &#39;'
+                            '&lt;i&gt;&#39;;</code></pre></div>',
+}
+
+
+def test_markdown_renderer_escapes_html_and_unsafe_links(browser: WebDriver, server: LiveServer) -> None:
+    rendered = browser.execute_async_script("""const [sources, done] = arguments;
+        import('./ui/static/markdown.js').then(m => done(sources.map(m.renderMarkdown)));""",
+                                            list(MARKDOWN_CASES))
+    assert dict(zip(MARKDOWN_CASES, rendered, strict=True)) == MARKDOWN_CASES
+
+
+STREAM_CASES = [  # (SSE pieces, then the body fails?, HTTP status, headers) -> what streamChat says
+    (['data: {"choices":[{"delta":{"content":"Hel"}}]}\n\ndata: {"choi', 'ces":[{"delta":{"content":"lo"},'
+      '"finish_reason":"stop"}]}\n\n: ping\n\ndata: {"choices":[],"usage":{"completion_tokens":2}}\r\n\r\n',
+      "data: [DONE]\n\n"], False, 200, {}),
+    (['data: {"choices":[{"delta":{"content":"a"}}]}\n\n',
+      'data: {"error":{"message":"boom","type":"internal_error"}}\n\ndata: [DONE]\n\n'], False, 200, {}),
+    (['data: {"choices":[{"delta":{"content":"a"}}]}\n\n'], True, 200, {}),
+    (['data: {"choices":[{"delta":{"content":"a"}}]}\n\n'], False, 200, {}),
+    (['{"error":{"message":"worker-0 is overloaded","type":"service_unavailable"}}'], False, 503,
+     {"Retry-After": "3"}),
+    (['{"error":{"message":"Incorrect API key provided","type":"authentication_error"}}'], False, 401, {}),
+    (["<html>Bad gateway</html>"], False, 502, {}),
+]
+STREAM_OUTCOMES = [
+    "ok: Hello, 2 tokens, stop",
+    "The server failed while answering: boom",
+    "The connection dropped in the middle of the answer.",
+    "The connection closed before the answer finished.",
+    "The server is busy or not ready: worker-0 is overloaded. Try again in 3 s.",
+    "The API key was refused (Incorrect API key provided). Enter a valid key.",
+    "The server failed: 502",
+    "Could not reach the server: it may be down or the connection dropped.",
+]
+
+
+def test_stream_failures_become_readable_messages(browser: WebDriver, server: LiveServer) -> None:
+    """Error events, dropped and cut connections, HTTP errors: fed to streamChat through a stand-in fetch."""
+    outcomes = browser.execute_async_script("""const [cases, done] = arguments;
+        const api = await import('./ui/static/api.js');
+        const realFetch = window.fetch;
+        const body = (pieces, fails) => new ReadableStream({start(c) {
+            for (const p of pieces) c.enqueue(new TextEncoder().encode(p));
+            if (fails) c.error(new TypeError('network error')); else c.close(); }});
+        const outcomes = [];
+        const run = async () => {
+            try {
+                const r = await api.streamChat({model: 'm', messages: []});
+                outcomes.push(`ok: ${r.text}, ${r.usage.completion_tokens} tokens, ${r.finishReason}`);
+            } catch (err) { outcomes.push(err.message); }
+        };
+        for (const [pieces, fails, status, headers] of cases) {
+            window.fetch = async () => new Response(body(pieces, fails), {status, headers});
+            await run();
+        }
+        window.fetch = async () => { throw new TypeError('Failed to fetch'); };
+        await run();
+        window.fetch = realFetch;
+        done(outcomes);""", STREAM_CASES)
+    assert outcomes == STREAM_OUTCOMES
+
+
+def test_pages_fit_a_phone_width_screen(browser: WebDriver, server: LiveServer) -> None:
+    browser.set_window_size(390, 844)
+    try:
+        for path in ("/", "/arena", "/leaderboard"):
+            browser.get(server.url + path)
+            wait_for(browser, lambda d: d.execute_script("return document.readyState") == "complete")
+            assert browser.execute_script("return document.documentElement.scrollWidth <= window.innerWidth")
+            assert find(browser, "#key-button").is_displayed()
+    finally:
+        browser.set_window_size(1280, 1000)
+    console_errors(browser)
+
+
+def test_arena_battle_vote_lands_in_file_and_leaderboard(browser: WebDriver, server: LiveServer) -> None:
+    browser.get(server.url + "/arena")
+    wait_for(browser, lambda d: model_options(d, "#model-left") == list(MODELS))
+    prompt = "Which is bigger, a whale or a mouse?"
+    set_value(browser, "#arena-max-tokens", "48")
+    set_value(browser, "#arena-prompt", prompt)
+    find(browser, "#arena-send").click()
+    panes = [find(browser, "#pane-left"), find(browser, "#pane-right")]
+    wait_for(browser, lambda d: all(p.get_attribute("data-state") == "done" for p in panes))
+    for pane in panes:
+        assert pane.find_element(By.CSS_SELECTOR, ".pane-body").text.strip()
+        assert "tok/s" in pane.find_element(By.CSS_SELECTOR, ".pane-meta").text
+        assert pane.find_element(By.CSS_SELECTOR, ".pane-name").text == ""  # hidden until the vote
+    find(browser, "#votes button[data-winner=left]").click()
+    wait_for(browser, lambda d: "Vote recorded" in find(d, "#vote-result").text)
+    left, right = (p.find_element(By.CSS_SELECTOR, ".pane-name").text for p in panes)
+    assert {left, right} == set(MODELS)
+    browser.save_screenshot(str(DOCS / "ui-arena.png"))
+
+    [line] = server.votes_path.read_text().splitlines()
+    vote = json.loads(line)
+    assert vote == {"left": left, "right": right, "winner": "left", "anonymous": True,
+                    "prompt_sha256": hashlib.sha256(prompt.encode()).hexdigest(), "time_s": vote["time_s"]}
+    assert abs(vote["time_s"] - time.time()) < 60
+
+    browser.get(server.url + "/leaderboard")
+    wait_for(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#board tbody tr")) == 2)
+    rows = [[td.text for td in tr.find_elements(By.TAG_NAME, "td")]
+            for tr in browser.find_elements(By.CSS_SELECTOR, "#board tbody tr")]
+    assert rows == [["1", left, "1016.0", "1", "1", "0", "0"], ["2", right, "984.0", "1", "0", "1", "0"]]
+    assert find(browser, "#board-summary").text == "1 vote from anonymous battles."
+    assert console_errors(browser) == []

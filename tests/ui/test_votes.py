@@ -1,0 +1,79 @@
+"""Votes: validation of a posted vote, and the JSON-lines store under concurrent appends."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+from pathlib import Path
+
+import pytest
+
+from llmserve.errors import InvalidRequestError
+from llmserve.ui.votes import Vote, VoteRequest, VoteStore, make_vote
+
+SERVED = ("tiny-a", "tiny-b")
+
+
+def request(**changes: object) -> VoteRequest:
+    fields: dict[str, object] = {"left": "tiny-a", "right": "tiny-b", "winner": "tie", "prompt": "Hi there"}
+    return VoteRequest(**{**fields, **changes})
+
+
+def test_make_vote_keeps_the_prompt_hash_only() -> None:
+    vote = make_vote(request(), SERVED, 12.5)
+    assert vote == Vote(left="tiny-a", right="tiny-b", winner="tie",
+                        prompt_sha256=hashlib.sha256(b"Hi there").hexdigest(), time_s=12.5, anonymous=True)
+    assert "Hi there" not in vote.to_json()
+
+
+@pytest.mark.parametrize(("changes", "param", "message"), [
+    ({"left": "gone"}, "left", "the model 'gone' is not served here"),
+    ({"right": "gone"}, "right", "the model 'gone' is not served here"),
+    ({"right": "tiny-a"}, "right", "left and right must be two different models"),
+])
+def test_make_vote_rejects(changes: dict, param: str, message: str) -> None:
+    with pytest.raises(InvalidRequestError) as info:
+        make_vote(request(**changes), SERVED, 0.0)
+    assert (info.value.param, info.value.message) == (param, message)
+
+
+def test_store_round_trip_and_missing_file(tmp_path: Path) -> None:
+    store = VoteStore(tmp_path / "sub" / "votes.jsonl")
+    assert store.read_all() == []
+    votes = [make_vote(request(winner=w), SERVED, float(i)) for i, w in enumerate(("left", "right", "both_bad"))]
+    for vote in votes:
+        store.append(vote)
+    assert store.read_all() == votes
+    first = json.loads(store.path.read_text().splitlines()[0])
+    assert first == {"left": "tiny-a", "right": "tiny-b", "winner": "left", "anonymous": True, "time_s": 0.0,
+                     "prompt_sha256": hashlib.sha256(b"Hi there").hexdigest()}
+
+
+def test_malformed_lines_are_skipped_with_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    store = VoteStore(tmp_path / "votes.jsonl")
+    good = make_vote(request(), SERVED, 1.0)
+    store.path.write_text("not json\n[1]\n" + good.to_json() + "\n\n" + '{"left": "a"}\n'
+                          + good.to_json().replace('"tie"', '"great"') + "\n")
+    with caplog.at_level(logging.WARNING, logger="llmserve.ui.votes"):
+        assert store.read_all() == [good]
+    assert [r.getMessage().split(": skipping")[0][-2:] for r in caplog.records] == [":1", ":2", ":5", ":6"]
+
+
+def test_concurrent_appends_never_interleave(tmp_path: Path) -> None:
+    store = VoteStore(tmp_path / "votes.jsonl")
+    swapped = make_vote(request(left="tiny-b", right="tiny-a", prompt="x" * 1000), SERVED, 0.0)
+
+    def cast(n: int) -> None:
+        for i in range(n):
+            store.append(swapped if i % 2 else make_vote(request(), SERVED, float(i)))
+
+    threads = [threading.Thread(target=cast, args=(50,)) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    lines = store.path.read_text().splitlines()
+    assert len(lines) == 400
+    assert len(store.read_all()) == 400
