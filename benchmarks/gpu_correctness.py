@@ -62,8 +62,9 @@ def reference(model, prompts: list[list[int]], max_tokens: int) -> list[dict]:
                                  min_new_tokens=max_tokens, do_sample=False, output_scores=True,
                                  return_dict_in_generate=True)
             tokens = gen.sequences[0, len(ids):].tolist()
-            logprobs = [torch.log_softmax(s[0].float(), -1)[t].item() for s, t in zip(gen.scores, tokens)]
-            out.append({"tokens": tokens, "logprobs": logprobs})
+            rows = [torch.log_softmax(s[0].float(), -1) for s in gen.scores]
+            logprobs = [row[t].item() for row, t in zip(rows, tokens, strict=True)]
+            out.append({"tokens": tokens, "logprobs": logprobs, "rows": rows})
     return out
 
 
@@ -91,13 +92,21 @@ def check(model_path: str, dtype: str, num_prompts: int, max_tokens: int) -> dic
             while same < max_tokens and got["tokens"][same] == want["tokens"][same]:
                 same += 1
             diffs = [abs(a - b) for a, b in zip(got["logprobs"][:same], want["logprobs"][:same], strict=True)]
-            rows.append({"matching_prefix": same, "max_logprob_diff": max(diffs, default=0.0)})
+            # At the first divergence: how far apart the reference put its token and ours.
+            gap = None
+            if same < max_tokens:
+                ref_row = want["rows"][same]
+                gap = (ref_row[want["tokens"][same]] - ref_row[got["tokens"][same]]).item()
+            rows.append({"matching_prefix": same, "max_logprob_diff": max(diffs, default=0.0),
+                         "reference_gap_at_divergence": gap})
     exact = sum(r["matching_prefix"] == max_tokens for r in rows)
     return {
         "dtype": dtype, "num_prompts": len(rows), "max_tokens": max_tokens,
         "token_identical": exact, "prefix_cache_hit_tokens": hits, "engine_s": round(engine_s, 2),
         "first32_match": sum(r["matching_prefix"] >= min(32, max_tokens) for r in rows),
         "max_logprob_diff_over_matching_prefix": max(r["max_logprob_diff"] for r in rows),
+        "max_reference_gap_at_divergence": max((r["reference_gap_at_divergence"] for r in rows
+                                                if r["reference_gap_at_divergence"] is not None), default=None),
         "rows": rows,
     }
 
@@ -116,7 +125,7 @@ def main() -> int:
         print(f"{c['dtype']}: {c['token_identical']}/{c['num_prompts']} token-identical over {c['max_tokens']} "
               f"tokens, first-32 match {c['first32_match']}/{c['num_prompts']}, max |dlogprob| "
               f"{c['max_logprob_diff_over_matching_prefix']:.4f}, prefix-cache hits {c['prefix_cache_hit_tokens']} "
-              f"tokens")
+              f"tokens, largest reference logprob gap where tokens diverged: {c['max_reference_gap_at_divergence']}")
     if args.out:
         args.out.write_text(json.dumps(results, indent=2))
     fp32 = results["checks"][0]
