@@ -29,6 +29,7 @@ from llmserve.errors import (
     error_body,
     render_error,
 )
+from llmserve.metrics import ServerMetrics
 from llmserve.ui import routes as ui
 from llmserve.worker import Worker
 
@@ -46,8 +47,10 @@ def create_app(config: Config, engine_factory: EngineFactory | None = None) -> S
         from llmserve.engine.builder import build_engine
 
         engine_factory = build_engine
-    workers = [Worker(wc, i, engine_factory) for i, wc in enumerate(config.workers)]
-    state = ServerState(config, workers, Dispatcher(workers, make_policy(config.server.dispatch)))
+    metrics = ServerMetrics()
+    workers = [Worker(wc, i, engine_factory, metrics) for i, wc in enumerate(config.workers)]
+    metrics.watch_workers(workers)
+    state = ServerState(config, workers, Dispatcher(workers, make_policy(config.server.dispatch)), metrics)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -74,6 +77,7 @@ def _routes() -> list[Route]:
     return [
         Route("/health", models.health, methods=["GET"]),
         Route("/ready", models.ready, methods=["GET"]),
+        Route("/metrics", models.metrics, methods=["GET"]),
         Route("/v1/models", models.list_models, methods=["GET"]),
         Route("/v1/models/{model:path}", models.retrieve_model, methods=["GET"]),
         Route("/v1/chat/completions", chat.create_chat_completion, methods=["POST"]),
@@ -89,7 +93,8 @@ def _middleware(config: Config) -> list[Middleware]:
                                 allow_methods=["GET", "POST", "OPTIONS"],
                                 allow_headers=["Authorization", "Content-Type"]))
     stack.append(Middleware(BodySizeLimitMiddleware, max_bytes=server.max_request_bytes))
-    stack.append(Middleware(APIKeyMiddleware, keys=server.api_keys, open_paths=OPEN_PATHS + ui.OPEN_PATHS,
+    open_paths = OPEN_PATHS + ui.OPEN_PATHS + (() if server.metrics_require_key else ("/metrics",))
+    stack.append(Middleware(APIKeyMiddleware, keys=server.api_keys, open_paths=open_paths,
                             open_prefixes=ui.OPEN_PREFIXES))
     return stack
 
@@ -103,8 +108,13 @@ async def _start_workers(workers: list[Worker]) -> None:
             log.error("%s failed to load %s: %s", worker.name, worker.config.model_path, exc)
 
 
+def _count_error(request: Request, error_type: str, status: int) -> None:
+    request.app.state.server.metrics.errors.labels(error_type, str(status)).inc()
+
+
 async def _llmserve_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, LLMServeError)
+    _count_error(request, exc.error_type, exc.status_code)
     return JSONResponse(render_error(exc), status_code=exc.status_code, headers=exc.headers())
 
 
@@ -115,10 +125,13 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     elif exc.status_code == 405:
         err = MethodNotAllowedError(f"method {request.method} not allowed on {request.url.path}")
     else:
+        _count_error(request, "invalid_request_error", exc.status_code)
         return JSONResponse(error_body(str(exc.detail), "invalid_request_error"), status_code=exc.status_code)
+    _count_error(request, err.error_type, err.status_code)
     return JSONResponse(render_error(err), status_code=err.status_code)
 
 
 async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    _count_error(request, "internal_error", 500)
     return JSONResponse(error_body("internal server error", "internal_error"), status_code=500)

@@ -55,6 +55,10 @@ class ServerConfig:
     """Largest `top_logprobs` (chat) / `logprobs` (completions) accepted."""
     shutdown_timeout: float = 30.0
     """Seconds in-flight requests may take to finish after SIGTERM before they are aborted."""
+    metrics_require_key: bool = False
+    """With api_keys set, require the key on /metrics too (it is open otherwise)."""
+    log_requests: bool = False
+    """Log each request's prompt (off: only ids, counts and timings are logged)."""
 
     def validate(self) -> None:
         _check(1 <= self.port <= 65535, "server.port", self.port, "expected 1..65535")

@@ -7,7 +7,6 @@ is a `MessageCheckError` with a one-line reason.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 

@@ -23,6 +23,7 @@ from llmserve.config import WorkerConfig
 from llmserve.engine.engine import LLMEngine, SequenceOutput
 from llmserve.engine.request import SamplingParams
 from llmserve.errors import ServiceUnavailableError, WorkerDeadError
+from llmserve.metrics import ServerMetrics
 
 log = logging.getLogger(__name__)
 
@@ -48,11 +49,17 @@ class _Abort:
 class RequestStream:
     """The outputs of one request's choices, as (choice index, output) pairs in arrival order."""
 
-    def __init__(self, seq_ids: list[int]) -> None:
+    def __init__(self, seq_ids: list[int], request_id: str = "") -> None:
         self.seq_ids = seq_ids
+        self.request_id = request_id
         self.index = {seq_id: i for i, seq_id in enumerate(seq_ids)}
         self.queue: asyncio.Queue[SequenceOutput] = asyncio.Queue()
         self.unfinished = set(seq_ids)
+        # Bookkeeping of the routing side (metrics and the end-of-request log line).
+        self.submitted_s = time.monotonic()
+        self.first_token_s: float | None = None
+        self.last_event_s: dict[int, float] = {}
+        self.finished_outputs: list[SequenceOutput] = []
 
     @property
     def is_finished(self) -> bool:
@@ -69,7 +76,8 @@ class RequestStream:
 class Worker:
     """Owns one engine; async `generate()` gives a request's stream of outputs."""
 
-    def __init__(self, config: WorkerConfig, index: int, engine_factory: Any) -> None:
+    def __init__(self, config: WorkerConfig, index: int, engine_factory: Any,
+                 metrics: ServerMetrics | None = None) -> None:
         self.config = config
         self.index = index
         self.name = f"worker-{index}"
@@ -78,6 +86,7 @@ class Worker:
         self.engine: LLMEngine | None = None
         self.max_model_len = 0
         self._engine_factory = engine_factory
+        self._metrics = metrics
         self._inbox: queue.SimpleQueue[_Add | _Abort | None] = queue.SimpleQueue()
         self._streams: dict[int, RequestStream] = {}
         self.num_finished = 0  # sequences finished since start, for /ready and metrics
@@ -111,6 +120,11 @@ class Worker:
         return self.num_unfinished - self.num_waiting
 
     @property
+    def kv_cache_usage(self) -> float:
+        """Share of KV-cache blocks held by live sequences (0 before loading)."""
+        return self.engine.pool.usage if self.engine is not None else 0.0
+
+    @property
     def tokenizer(self) -> Any:
         assert self.engine is not None
         return self.engine.tokenizer
@@ -141,14 +155,14 @@ class Worker:
         self._thread = None
         self.state = WorkerState.STOPPED
 
-    def submit(self, prompts: list[tuple[list[int], SamplingParams]]) -> RequestStream:
+    def submit(self, prompts: list[tuple[list[int], SamplingParams]], request_id: str = "") -> RequestStream:
         """Queue one request, a sequence per (prompt, params) choice; counts at once for dispatch.
 
         The caller must `release()` the stream when done with it (or use `generate()`).
         """
         self._check_can_accept(len(prompts))
         seq_ids = [next(self._seq_ids) for _ in prompts]
-        stream = RequestStream(seq_ids)
+        stream = RequestStream(seq_ids, request_id)
         for seq_id in seq_ids:
             self._streams[seq_id] = stream
         self._inbox.put(_Add(seq_ids, prompts))
@@ -240,14 +254,46 @@ class Worker:
     # ---- event loop side -------------------------------------------------------------------
 
     def _route(self, outputs: list[SequenceOutput]) -> None:
+        now = time.monotonic()
         for output in outputs:
             stream = self._streams.get(output.seq_id)
             if stream is None:
                 continue
+            self._observe(stream, output, now)
             if output.finish_reason is not None:
                 del self._streams[output.seq_id]
                 self.num_finished += 1
+                stream.finished_outputs.append(output)
+                if len(stream.finished_outputs) == len(stream.seq_ids):
+                    self._log_request(stream, now)
             stream.queue.put_nowait(output)
+
+    def _observe(self, stream: RequestStream, output: SequenceOutput, now: float) -> None:
+        metrics, model = self._metrics, self.model_names[0]
+        if metrics is None:
+            return
+        if output.token_ids:
+            last = stream.last_event_s.get(output.seq_id)
+            if last is None:
+                if stream.first_token_s is None:
+                    stream.first_token_s = now
+                    metrics.ttft.labels(model).observe(now - stream.submitted_s)
+            else:
+                metrics.itl.labels(model).observe((now - last) / len(output.token_ids))
+            stream.last_event_s[output.seq_id] = now
+        if output.finish_reason is not None:
+            metrics.e2e.labels(model).observe(now - stream.submitted_s)
+            metrics.prompt_tokens.labels(model).inc(output.num_prompt_tokens)
+            metrics.generation_tokens.labels(model).inc(output.num_output_tokens)
+            metrics.requests_finished.labels(model, output.finish_reason).inc()
+
+    def _log_request(self, stream: RequestStream, now: float) -> None:
+        outs = stream.finished_outputs
+        ttft_ms = (stream.first_token_s - stream.submitted_s) * 1000 if stream.first_token_s else float("nan")
+        log.info("request %s model=%s worker=%s prompt_tokens=%d output_tokens=%d ttft_ms=%.1f "
+                 "duration_ms=%.1f finish=%s", stream.request_id or "-", self.model_names[0], self.name,
+                 sum(o.num_prompt_tokens for o in outs), sum(o.num_output_tokens for o in outs), ttft_ms,
+                 (now - stream.submitted_s) * 1000, ",".join(sorted({o.finish_reason or "?" for o in outs})))
 
     def _fail_all(self, message: str) -> None:
         for seq_id, stream in list(self._streams.items()):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -23,6 +24,8 @@ from llmserve.api.streaming import collect, new_id, now_s, raise_if_error, sse_r
 from llmserve.errors import InvalidRequestError
 from llmserve.templates import encode_chat
 from llmserve.worker import RequestStream, Worker
+
+log = logging.getLogger(__name__)
 
 
 async def create_chat_completion(request: Request) -> Response:
@@ -46,7 +49,9 @@ async def create_chat_completion(request: Request) -> Response:
     logprobs = (body.top_logprobs or 0) if body.logprobs else None
     prompts = [(prompt_ids, sampling_params(body, max_tokens, stop, seed, logprobs))
                for seed in choice_seeds(body.seed, body.n)]
-    stream = worker.submit(prompts)
+    stream = worker.submit(prompts, new_id("chatcmpl"))
+    if limits.log_requests:
+        log.info("request %s prompt: %r", stream.request_id, worker.tokenizer.decode(prompts[0][0]))
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return sse_response(_stream(worker, body, stream, len(prompt_ids), include_usage))
@@ -88,7 +93,7 @@ async def _complete(worker: Worker, body: ChatCompletionRequest, stream: Request
         })
     num_output = sum(r.num_output_tokens for r in results)
     return JSONResponse({
-        "id": new_id("chatcmpl"),
+        "id": stream.request_id,
         "object": "chat.completion",
         "created": now_s(),
         "model": body.model,
@@ -101,7 +106,7 @@ async def _complete(worker: Worker, body: ChatCompletionRequest, stream: Request
 
 async def _stream(worker: Worker, body: ChatCompletionRequest, stream: RequestStream, num_prompt: int,
                   include_usage: bool) -> AsyncIterator[dict]:
-    chunk_id, created = new_id("chatcmpl"), now_s()
+    chunk_id, created = stream.request_id, now_s()
 
     def chunk(choices: list[dict], usage: dict | None = None) -> dict:
         out: dict[str, Any] = {"id": chunk_id, "object": "chat.completion.chunk", "created": created,

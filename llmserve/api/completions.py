@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +26,8 @@ from llmserve.engine.request import SamplingParams
 from llmserve.errors import InvalidRequestError
 from llmserve.templates import encode_text
 from llmserve.worker import RequestStream, Worker
+
+log = logging.getLogger(__name__)
 
 DEFAULT_MAX_TOKENS = 16
 
@@ -53,7 +56,9 @@ async def create_completion(request: Request) -> Response:
                     for seed in choice_seeds(body.seed, body.n)]
     echoes = [texts[i // body.n] if body.echo else "" for i in range(len(prompts))]
     usage = _Usage(sum(len(ids) for ids, _ in prompts[::body.n]))
-    stream = worker.submit(prompts)
+    stream = worker.submit(prompts, new_id("cmpl"))
+    if limits.log_requests:
+        log.info("request %s prompt: %r", stream.request_id, worker.tokenizer.decode(prompts[0][0]))
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return sse_response(_stream(worker, body, stream, echoes, usage if include_usage else None))
@@ -103,7 +108,7 @@ async def _complete(worker: Worker, body: CompletionRequest, stream: RequestStre
         choices.append({"index": index, "text": echoes[index] + result.text, "logprobs": logprobs,
                         "finish_reason": result.finish_reason})
     return JSONResponse({
-        "id": new_id("cmpl"),
+        "id": stream.request_id,
         "object": "text_completion",
         "created": now_s(),
         "model": body.model,
@@ -115,7 +120,7 @@ async def _complete(worker: Worker, body: CompletionRequest, stream: RequestStre
 
 async def _stream(worker: Worker, body: CompletionRequest, stream: RequestStream, echoes: list[str],
                   usage: _Usage | None) -> AsyncIterator[dict]:
-    chunk_id, created = new_id("cmpl"), now_s()
+    chunk_id, created = stream.request_id, now_s()
 
     def chunk(choices: list[dict], usage_dict: dict | None = None) -> dict:
         out: dict[str, Any] = {"id": chunk_id, "object": "text_completion", "created": created,

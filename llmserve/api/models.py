@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 
 from llmserve.api.state import server_state
 from llmserve.errors import ModelNotFoundError
@@ -43,3 +44,8 @@ async def ready(request: Request) -> JSONResponse:
     is_ready = all(w.is_ready for w in state.workers)
     return JSONResponse({"status": "ready" if is_ready else "not ready", "workers": workers},
                         status_code=200 if is_ready else 503)
+
+
+async def metrics(request: Request) -> Response:
+    """Prometheus text format."""
+    return Response(server_state(request).metrics.render(), media_type=CONTENT_TYPE_LATEST)

@@ -9,6 +9,7 @@ from starlette.requests import Request
 from llmserve.config import Config
 from llmserve.dispatch import Dispatcher
 from llmserve.errors import ServiceUnavailableError
+from llmserve.metrics import ServerMetrics
 from llmserve.worker import Worker
 
 
@@ -19,6 +20,7 @@ class ServerState:
     config: Config
     workers: list[Worker]
     dispatcher: Dispatcher
+    metrics: ServerMetrics
     is_draining: bool = False  # set on SIGTERM: new work gets 503 while in-flight requests finish
 
 

@@ -134,18 +134,23 @@ def test_a_message_streams_a_reply_with_stats(browser: WebDriver, server: LiveSe
 
 def test_stop_aborts_the_request_on_the_server(browser: WebDriver, server: LiveServer) -> None:
     set_value(browser, "#max-tokens", str(LONG_MAX_TOKENS))
-    set_value(browser, "#prompt", "Write a very long story.")
-    find(browser, "#send").click()
-    wait_for(browser, lambda d: last_answer(d)["state"] == "streaming"
-             and len(last_answer(d)["body"]) > 20)
-    assert server.num_unfinished() == 1
-    find(browser, "#stop").click()
-    wait_for(browser, lambda d: last_answer(d)["state"] == "stopped", timeout_s=5)
+    # A random model samples its end-of-sequence token now and then (~1 answer in 15 before 300 tokens):
+    # an answer that ends on its own before Stop is pressed proves nothing, so ask again.
+    for _ in range(4):
+        set_value(browser, "#prompt", "Write a very long story.")
+        find(browser, "#send").click()
+        wait_for(browser, lambda d: last_answer(d)["state"] != "streaming" or len(last_answer(d)["body"]) > 20)
+        num_running = server.num_unfinished()
+        browser.execute_script("document.querySelector('#stop').click()")  # a no-op if it just ended
+        wait_for(browser, lambda d: last_answer(d)["state"] != "streaming", timeout_s=5)
+        if last_answer(browser)["state"] == "stopped":
+            break
+    assert last_answer(browser)["state"] == "stopped" and num_running == 1
     deadline = time.monotonic() + 5
     while server.num_unfinished() and time.monotonic() < deadline:
         time.sleep(0.02)
     assert server.num_unfinished() == 0
-    assert last_answer(browser)["meta"].startswith("stopped")
+    assert last_answer(browser)["meta"].startswith("stopped ·")
     assert console_errors(browser) == []
 
 

@@ -1,0 +1,80 @@
+"""Prometheus metrics of one server, in a registry of its own (never the global one).
+
+Counters and histograms are fed on the event loop as outputs are routed; gauges (running and
+waiting sequences, KV-cache usage) are read from the workers at scrape time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Protocol
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+_LATENCY_BUCKETS_S = (0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0)
+_ITL_BUCKETS_S = (0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5)
+
+
+class WorkerGauges(Protocol):
+    """What the scrape-time collector reads from a worker."""
+
+    name: str
+
+    @property
+    def model_names(self) -> tuple[str, ...]: ...
+    @property
+    def num_running(self) -> int: ...
+    @property
+    def num_waiting(self) -> int: ...
+    @property
+    def kv_cache_usage(self) -> float: ...
+    @property
+    def is_ready(self) -> bool: ...
+
+
+class ServerMetrics:
+    """Every metric llmserve exports."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.prompt_tokens = Counter("llmserve_prompt_tokens", "Prompt tokens processed", ["model"], registry=r)
+        self.generation_tokens = Counter("llmserve_generation_tokens", "Tokens generated", ["model"], registry=r)
+        self.requests_finished = Counter("llmserve_sequences_finished", "Sequences finished, by finish reason",
+                                         ["model", "finish_reason"], registry=r)
+        self.errors = Counter("llmserve_errors", "Error responses, by OpenAI error type and status",
+                              ["type", "status"], registry=r)
+        self.ttft = Histogram("llmserve_time_to_first_token_seconds", "Time to first token", ["model"],
+                              buckets=_LATENCY_BUCKETS_S, registry=r)
+        self.itl = Histogram("llmserve_inter_token_latency_seconds", "Time between output events per token",
+                             ["model"], buckets=_ITL_BUCKETS_S, registry=r)
+        self.e2e = Histogram("llmserve_e2e_request_latency_seconds", "Sequence latency from submit to finish",
+                             ["model"], buckets=_LATENCY_BUCKETS_S, registry=r)
+
+    def watch_workers(self, workers: Iterable[WorkerGauges]) -> None:
+        """Export the workers' live gauges at scrape time."""
+        self.registry.register(_WorkerCollector(list(workers)))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _WorkerCollector(Collector):
+    def __init__(self, workers: list[WorkerGauges]) -> None:
+        self.workers = workers
+
+    def collect(self) -> Iterator[Metric]:
+        labels = ["worker", "model"]
+        running = GaugeMetricFamily("llmserve_num_requests_running", "Sequences in the running batch", labels=labels)
+        waiting = GaugeMetricFamily("llmserve_num_requests_waiting", "Sequences queued", labels=labels)
+        usage = GaugeMetricFamily("llmserve_kv_cache_usage_ratio", "Share of KV-cache blocks in use", labels=labels)
+        healthy = GaugeMetricFamily("llmserve_worker_ready", "1 when the worker serves requests", labels=labels)
+        for w in self.workers:
+            values = [w.name, w.model_names[0]]
+            running.add_metric(values, w.num_running)
+            waiting.add_metric(values, w.num_waiting)
+            usage.add_metric(values, w.kv_cache_usage)
+            healthy.add_metric(values, 1.0 if w.is_ready else 0.0)
+        yield from (running, waiting, usage, healthy)
