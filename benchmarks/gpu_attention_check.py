@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from llmserve.engine import attention, triton_attention  # noqa: E402
 
 NUM_HEADS, NUM_KV_HEADS, HEAD_DIM, BLOCK_SIZE = 32, 8, 64, 16
 MAX_REL_ERR = {torch.bfloat16: 2e-2, torch.float32: 1e-4}
+SWEEP_SHAPES = [(1, 512), (1, 2048), (1, 8192), (8, 512), (8, 2048), (32, 1024), (64, 2048), (256, 512)]
 
 
 @dataclass(frozen=True)
@@ -163,6 +165,20 @@ def bench_ms(fn: Any) -> float:
     return float(triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median"))
 
 
+def capture(fn: Callable[[], object]) -> torch.cuda.CUDAGraph:
+    """``fn`` captured in a CUDA graph, after warm-up runs (compilation) on a side stream."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(2):
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return graph
+
+
 def graph_ms(x: Inputs) -> tuple[float, bool]:
     """A decode step's write_kv + attention captured in one CUDA graph: replay time, replay == eager."""
     out = torch.empty_like(x.query)
@@ -171,15 +187,7 @@ def graph_ms(x: Inputs) -> tuple[float, bool]:
         triton_attention.write_kv(x.new_key, x.new_value, x.k_cache, x.v_cache, x.slot_mapping)
         run_triton(x, out=out)
 
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(3):
-            step()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        step()
+    graph = capture(step)
     eager = run_triton(x).clone()
     out.fill_(float("nan"))
     graph.replay()
@@ -196,51 +204,36 @@ def time_workload(name: str, x: Inputs) -> dict[str, Any]:
     record["write_kv_ms"] = bench_ms(
         lambda: triton_attention.write_kv(x.new_key, x.new_value, x.k_cache, x.v_cache, x.slot_mapping)
     )
-    if x.max_seqlen_q == 1:
-        record["graph_step_ms"], record["graph_matches_eager"] = graph_ms(x)
     record["kv_gb_per_s"] = x.kv_bytes / record["triton_ms"] / 1e6
+    if x.max_seqlen_q == 1:  # eager decode times are mostly launch overhead; the graph shows the GPU's
+        record["graph_step_ms"], record["graph_matches_eager"] = graph_ms(x)
+        record["graph_kv_gb_per_s"] = x.kv_bytes / record["graph_step_ms"] / 1e6
     return record
 
 
-def _default_graph_ms(x: Inputs, out: torch.Tensor) -> float:
-    graph = torch.cuda.CUDAGraph()
-    run_triton(x, out=out)
-    torch.cuda.synchronize()
-    with torch.cuda.graph(graph):
-        run_triton(x, out=out)
-    return bench_ms(graph.replay)
+def sweep_shape(batch: int, ctx: int) -> dict[str, Any]:
+    """Every (splits, block_n, num_warps) for one decode shape, timed as a replayed CUDA graph."""
+    x = make_inputs([(ctx - 1, 1)] * batch, torch.bfloat16)
+    out = torch.empty_like(x.query)
+    results = []
+    for splits in [1, 2, 4, 8, 16, 32, 64] if batch < 64 else [1, 2, 4]:
+        for block_n, warps in [(32, 2), (64, 2), (64, 4), (128, 4), (128, 8)]:
+            options = {"num_splits": splits, "block_n": block_n, "num_warps": warps}
+            graph = capture(lambda options=options: run_triton(x, out=out, **options))
+            results.append({**options, "graph_ms": bench_ms(graph.replay)})
+    default_ms = bench_ms(capture(lambda: run_triton(x, out=out)).replay)
+    return {"batch": batch, "ctx": ctx, "default_graph_ms": default_ms, "results": results}
 
 
 def sweep(report: dict[str, Any]) -> None:
-    """Decode launch configurations, each timed as a replayed CUDA graph of the attention call alone."""
+    """Decode launch configurations against the defaults, attention call alone."""
     report["sweep"] = []
-    for batch, ctx in [
-        (1, 512),
-        (1, 2048),
-        (1, 8192),
-        (8, 512),
-        (8, 2048),
-        (32, 1024),
-        (64, 2048),
-        (256, 512),
-    ]:
-        x = make_inputs([(ctx - 1, 1)] * batch, torch.bfloat16)
-        out = torch.empty_like(x.query)
-        results = []
-        for splits in [1, 2, 4, 8, 16, 32, 64] if batch < 64 else [1, 2, 4]:
-            for block_n, warps in [(32, 2), (64, 2), (64, 4), (128, 4), (128, 8)]:
-                options = {"num_splits": splits, "block_n": block_n, "num_warps": warps}
-                graph = torch.cuda.CUDAGraph()
-                run_triton(x, out=out, **options)  # compile outside the capture
-                torch.cuda.synchronize()
-                with torch.cuda.graph(graph):
-                    run_triton(x, out=out, **options)
-                results.append({**options, "graph_ms": bench_ms(graph.replay)})
-        report["sweep"].append({"batch": batch, "ctx": ctx, "results": results})
-        print(f"sweep b={batch} ctx={ctx}: default {_default_graph_ms(x, out):.4f} ms")
-        for r in sorted(results, key=lambda r: r["graph_ms"])[:4]:
-            print(f"    {r}")
-        del x
+    for batch, ctx in SWEEP_SHAPES:
+        record = sweep_shape(batch, ctx)
+        report["sweep"].append(record)
+        print(f"sweep b={batch} ctx={ctx}: default {record['default_graph_ms'] * 1e3:.1f} us; best:")
+        for result in sorted(record["results"], key=lambda r: r["graph_ms"])[:3]:
+            print(f"    {result}")
         torch.cuda.empty_cache()
 
 
@@ -281,7 +274,7 @@ def main() -> int:
                 print(
                     f"time  {name:42} triton {timing['triton_ms']:.4f} ms (no split {timing['triton_no_split_ms']:.4f}) "
                     f"graph {timing.get('graph_step_ms', float('nan')):.4f} ms  torch {timing['torch_path_ms']:.3f} ms  "
-                    f"write_kv {timing['write_kv_ms']:.4f} ms  {timing['kv_gb_per_s']:.0f} GB/s",
+                    f"write_kv {timing['write_kv_ms']:.4f} ms  {timing.get('graph_kv_gb_per_s', timing['kv_gb_per_s']):.0f} GB/s",
                     flush=True,
                 )
             del x

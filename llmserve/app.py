@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from llmserve.api import chat, completions, models
+from llmserve.api import chat, completions, embeddings, models, tokenize
 from llmserve.api.middleware import APIKeyMiddleware, BodySizeLimitMiddleware
 from llmserve.api.state import ServerState
 from llmserve.config import Config
@@ -44,9 +44,9 @@ EngineFactory = Callable[..., Any]
 def create_app(config: Config, engine_factory: EngineFactory | None = None) -> Starlette:
     """The whole server for one config; workers load in the background once it starts."""
     if engine_factory is None:
-        from llmserve.engine.builder import build_engine
+        from llmserve.engine.builder import build_worker_engine
 
-        engine_factory = build_engine
+        engine_factory = build_worker_engine
     metrics = ServerMetrics()
     workers = [Worker(wc, i, engine_factory, metrics) for i, wc in enumerate(config.workers)]
     metrics.watch_workers(workers)
@@ -82,6 +82,11 @@ def _routes() -> list[Route]:
         Route("/v1/models/{model:path}", models.retrieve_model, methods=["GET"]),
         Route("/v1/chat/completions", chat.create_chat_completion, methods=["POST"]),
         Route("/v1/completions", completions.create_completion, methods=["POST"]),
+        Route("/v1/embeddings", embeddings.create_embedding, methods=["POST"]),
+        Route("/v1/engines/{model:path}/embeddings", embeddings.create_embedding, methods=["POST"]),
+        Route("/v1/tokenize", tokenize.tokenize, methods=["POST"]),
+        Route("/v1/detokenize", tokenize.detokenize, methods=["POST"]),
+        Route("/api/v1/token_check", tokenize.token_check, methods=["POST"]),
     ]
 
 

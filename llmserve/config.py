@@ -24,7 +24,10 @@ from llmserve.errors import ConfigError
 
 DISPATCH_POLICIES = ("shortest_queue", "lottery")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+TASKS = ("auto", "generate", "embed")
 _DEVICE_RE = re.compile(r"^(cpu|mps|cuda(:\d+)?)$")
+_MEMORY_RE = re.compile(r"^(\d+(?:\.\d+)?)\s*(GiB|MiB|GB|MB)$")
+_MEMORY_UNITS = {"GiB": 1024**3, "MiB": 1024**2, "GB": 10**9, "MB": 10**6}
 
 
 @dataclass(frozen=True)
@@ -118,6 +121,20 @@ class WorkerConfig:
     """Allow loading pickle (.bin) weights; safetensors only otherwise."""
     revision: str = ""
     """Hub revision (branch, tag or commit) when model_path is a hub id."""
+    task: str = "auto"
+    """"generate" (chat/completions), "embed" (/v1/embeddings) or "auto" (embed for embedding models)."""
+    truncate: bool = False
+    """Embedding workers: cut inputs longer than the model's limit instead of answering 400."""
+    num_gpus: int = 1
+    """GPUs to spread the model over, from `device`'s index on (accelerate's balanced device map)."""
+    max_gpu_memory: str = ""
+    """Most memory per GPU for weights, e.g. "13GiB" (GiB, MiB, GB or MB); empty: what is free."""
+    load_8bit: bool = False
+    """8-bit weights through bitsandbytes (CUDA only; needs the `quant` extra)."""
+    load_4bit: bool = False
+    """4-bit NF4 weights through bitsandbytes (CUDA only; needs the `quant` extra)."""
+    cpu_offloading: bool = False
+    """With load_8bit: weights that do not fit the GPU(s) stay in CPU memory."""
 
     def validate(self, path: str) -> None:
         _check(bool(self.model_path), f"{path}.model_path", self.model_path, "a model folder or hub id is required")
@@ -139,6 +156,35 @@ class WorkerConfig:
                "expected 1..64")
         for i, name in enumerate(self.model_names):
             _check(bool(name.strip()), f"{path}.model_names[{i}]", name, "names must not be empty")
+        self._validate_loading(path)
+
+    def _validate_loading(self, path: str) -> None:
+        """The loading options that contradict each other, whatever the machine."""
+        _check(self.task in TASKS, f"{path}.task", self.task, f"expected one of {', '.join(TASKS)}")
+        _check(1 <= self.num_gpus <= 64, f"{path}.num_gpus", self.num_gpus, "expected 1..64")
+        _check(not self.max_gpu_memory or _MEMORY_RE.match(self.max_gpu_memory) is not None,
+               f"{path}.max_gpu_memory", self.max_gpu_memory,
+               'expected a size like "13GiB" (a number and GiB, MiB, GB or MB)')
+        _check(not (self.load_8bit and self.load_4bit), f"{path}.load_4bit", True,
+               "load_8bit and load_4bit exclude each other; pick one")
+        _check(not self.cpu_offloading or self.load_8bit, f"{path}.cpu_offloading", True,
+               "needs load_8bit = true (only 8-bit weights spill to CPU memory)")
+        is_cuda = self.device.startswith("cuda")
+        _check(self.num_gpus == 1 or is_cuda, f"{path}.num_gpus", self.num_gpus,
+               f'more than one GPU needs device = "cuda" or "cuda:N", not "{self.device}"')
+        for key in ("load_8bit", "load_4bit"):
+            _check(not getattr(self, key) or is_cuda, f"{path}.{key}", True,
+                   f'bitsandbytes quantization needs a CUDA device, not "{self.device}"')
+        _check(not self.max_gpu_memory or is_cuda, f"{path}.max_gpu_memory", self.max_gpu_memory,
+               f'applies to CUDA devices only, not "{self.device}"')
+
+    @property
+    def max_gpu_memory_bytes(self) -> int | None:
+        """`max_gpu_memory` in bytes, None when unset."""
+        match = _MEMORY_RE.match(self.max_gpu_memory)
+        if match is None:
+            return None
+        return int(float(match.group(1)) * _MEMORY_UNITS[match.group(2)])
 
     @property
     def served_names(self) -> tuple[str, ...]:
@@ -214,6 +260,8 @@ def _check(ok: bool, path: str, value: object, reason: str) -> None:
 
 
 def _show(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
     return f'"{value}"' if isinstance(value, str) else repr(value)
 
 

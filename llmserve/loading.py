@@ -1,13 +1,19 @@
 """Loading a worker's model and tokenizer, and sizing its KV cache.
 
 Safety defaults: safetensors only unless `allow_pickle`, no remote code unless
-`trust_remote_code`, hub ids resolved from the local cache (HF_HUB_OFFLINE is respected).
+`trust_remote_code`. A `model_path` that is not a folder is a Hugging Face hub id read from the
+local cache only (`local_files_only`): nothing is downloaded at start-up, so `HF_HUB_OFFLINE`
+holds whatever it is set to. `check_worker` runs every check that needs the machine or the model
+files, so `preflight` can fail with one line before any worker loads.
 """
 
 from __future__ import annotations
 
+import json
 import logging
-from dataclasses import dataclass
+import re
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -15,13 +21,26 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
 from llmserve.config import WorkerConfig
+from llmserve.embedding.pooling import detect_embedding_model
 from llmserve.engine.kv_cache import KVCacheSpec
 from llmserve.errors import ConfigError
+from llmserve.placement import (
+    check_bitsandbytes,
+    check_gpus,
+    describe_placement,
+    keep_hidden_states_on,
+    layer_devices,
+    plan_placement,
+    weight_bytes_by_device,
+)
 
 log = logging.getLogger(__name__)
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _CPU_KV_BUDGET_BYTES = 1024**3
+_HUB_ID_RE = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
+# Options an embedding worker (one device, full precision) cannot honour.
+_GENERATE_ONLY = ("load_8bit", "load_4bit", "cpu_offloading")
 
 
 @dataclass
@@ -37,6 +56,14 @@ class LoadedModel:
     vocab_size: int
     num_parameters: int
     weight_bytes: int
+    layer_devices: list[torch.device] = field(default_factory=list)
+    """Execution device of each layer (where its KV cache lives); empty means all on `device`."""
+    placement: str = ""
+    """One-line summary of where the layers run, for the start-up log."""
+    quantization: str | None = None
+    """"8-bit" / "4-bit NF4" when bitsandbytes quantized the weights."""
+    uses_device_map: bool = False
+    """Loaded through an accelerate device map: run eagerly, torch attention only."""
 
 
 def resolve_device(device: str, path: str = "device") -> torch.device:
@@ -62,50 +89,151 @@ def resolve_dtype(dtype: str, device: torch.device, checkpoint_dtype: torch.dtyp
     return checkpoint_dtype
 
 
-def check_weights(model_path: str, allow_pickle: bool, path: str = "model_path") -> None:
-    """A local folder must hold weights in a format we are allowed to load."""
+def resolve_model_dir(model_path: str, revision: str = "", path: str = "model_path") -> Path:
+    """The local folder of a model: `model_path` itself, or a hub id's snapshot in the local cache."""
+    folder = Path(model_path).expanduser()
+    if folder.is_dir():
+        return folder
+    if folder.exists():
+        raise ConfigError(f'{path} = "{model_path}": not a folder')
+    if not _HUB_ID_RE.match(model_path):
+        raise ConfigError(f'{path} = "{model_path}": no such folder')
+    from huggingface_hub import constants, snapshot_download
+
+    try:
+        return Path(snapshot_download(model_path, revision=revision or None, local_files_only=True))
+    except (OSError, ValueError):
+        at = f" at revision \"{revision}\"" if revision else ""
+        raise ConfigError(
+            f'{path} = "{model_path}": no such folder, and no such model{at} in the local Hugging Face '
+            f"cache ({constants.HF_HUB_CACHE}); download it first (hf download {model_path}) or fix the path"
+        ) from None
+
+
+def check_weights(model_path: str | Path, allow_pickle: bool, path: str = "model_path") -> None:
+    """A local folder must hold weights in a format we are allowed to load, and a config.json."""
     folder = Path(model_path)
-    if not folder.exists():
-        return  # a hub id: the loader resolves it from the local cache
     if not folder.is_dir():
         raise ConfigError(f'{path} = "{model_path}": not a folder')
-    if any(folder.glob("*.safetensors")):
-        return
-    if any(folder.glob("*.bin")) or any(folder.glob("*.pt")):
-        if allow_pickle:
-            return
-        raise ConfigError(f'{path} = "{model_path}": only pickle weights (.bin) found; set allow_pickle = true to load them')
-    raise ConfigError(f'{path} = "{model_path}": no model weights (*.safetensors) in this folder')
+    if not any(folder.glob("*.safetensors")):
+        if any(folder.glob("*.bin")) or any(folder.glob("*.pt")):
+            if not allow_pickle:
+                raise ConfigError(f'{path} = "{model_path}": only pickle weights (.bin) found; '
+                                  "set allow_pickle = true to load them")
+        else:
+            raise ConfigError(f'{path} = "{model_path}": no model weights (*.safetensors) in this folder')
+    if not (folder / "config.json").is_file():
+        raise ConfigError(f'{path} = "{model_path}": no config.json in this folder')
+
+
+def resolve_task(config: WorkerConfig, model_dir: Path, path: str = "workers[0]") -> str:
+    """"generate" or "embed": the configured task, or for "auto" what the model folder holds."""
+    is_embedding_model = detect_embedding_model(model_dir)
+    if config.task == "auto":
+        return "embed" if is_embedding_model else "generate"
+    if config.task == "generate" and is_embedding_model:
+        architectures = json.loads((model_dir / "config.json").read_text(encoding="utf-8")).get("architectures")
+        raise ConfigError(f'{path}.task = "generate": {config.model_path} is an embedding model '
+                          f'({", ".join(architectures or ["no language-model head"])}); use task = "embed"')
+    return config.task
+
+
+def worker_task(config: WorkerConfig, path: str = "workers[0]") -> str:
+    """The task of a worker ("generate" or "embed"), resolving "auto" from its model folder."""
+    model_dir = resolve_model_dir(config.model_path, config.revision, f"{path}.model_path")
+    return resolve_task(config, model_dir, path)
+
+
+def check_worker(config: WorkerConfig, path: str) -> str:
+    """Every start-up check that needs the machine or the model files; returns the worker's task.
+
+    Static contradictions (e.g. load_8bit with load_4bit) are caught by `WorkerConfig.validate`.
+    """
+    device = resolve_device(config.device, f"{path}.device")
+    check_gpus(config, device, path)
+    check_bitsandbytes(config, path)
+    model_dir = resolve_model_dir(config.model_path, config.revision, f"{path}.model_path")
+    check_weights(model_dir, config.allow_pickle, f"{path}.model_path")
+    task = resolve_task(config, model_dir, path)
+    if task == "embed":
+        for key in _GENERATE_ONLY:
+            if getattr(config, key):
+                raise ConfigError(f"{path}.{key} = true: not supported by embedding workers (task \"embed\")")
+        if config.num_gpus != 1:
+            raise ConfigError(f"{path}.num_gpus = {config.num_gpus}: embedding workers run on one device")
+    return task
 
 
 def load_model(config: WorkerConfig, path: str = "workers[0]") -> LoadedModel:
-    """Load model and tokenizer onto the configured device and dtype."""
+    """Load model and tokenizer onto the configured device(s), dtype and quantization."""
     device = resolve_device(config.device, f"{path}.device")
-    check_weights(config.model_path, config.allow_pickle, f"{path}.model_path")
+    check_gpus(config, device, path)
+    model_dir = resolve_model_dir(config.model_path, config.revision, f"{path}.model_path")
+    check_weights(model_dir, config.allow_pickle, f"{path}.model_path")
     common: dict[str, Any] = {"trust_remote_code": config.trust_remote_code}
-    if config.revision:
-        common["revision"] = config.revision
-    hf_config = AutoConfig.from_pretrained(config.model_path, **common)
+    hf_config = AutoConfig.from_pretrained(model_dir, **common)
     dtype = resolve_dtype(config.dtype, device, getattr(hf_config, "dtype", None))
-    tokenizer = AutoTokenizer.from_pretrained(config.model_path, **common)
-    model = AutoModelForCausalLM.from_pretrained(
-        config.model_path, dtype=dtype, use_safetensors=not config.allow_pickle, **common
-    )
-    model.to(device)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, **common)
+    placement = plan_placement(config, device, dtype)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            model_dir, dtype=dtype, use_safetensors=None if config.allow_pickle else True,
+            **placement.load_kwargs, **common,
+        )
+    except ValueError as exc:  # bitsandbytes refuses a map that spills without cpu_offloading
+        if placement.uses_device_map and "offload" in str(exc):
+            raise ConfigError(_does_not_fit(config, path)) from None
+        raise
+    if not placement.uses_device_map:
+        model.to(device)
+    _check_offloading(getattr(model, "hf_device_map", None), config, path)
     model.eval()
+    main = placement.main_device
+    devices = layer_devices(model, hf_config.num_hidden_layers, main)
+    keep_hidden_states_on(model, main)
     model_len = int(getattr(hf_config, "max_position_embeddings", 0) or 4096)
     max_model_len = min(config.max_model_len, model_len) if config.max_model_len else model_len
+    num_parameters = getattr(model, "num_parameters", None)
+    by_device = weight_bytes_by_device(model)
     return LoadedModel(
         model=model,
         tokenizer=tokenizer,
-        device=device,
+        device=main,
         dtype=dtype,
         max_model_len=max_model_len,
-        stop_token_ids=stop_token_ids(config.model_path, tokenizer),
+        stop_token_ids=stop_token_ids(str(model_dir), tokenizer),
         vocab_size=int(model.get_output_embeddings().weight.shape[0]),
-        num_parameters=sum(p.numel() for p in model.parameters()),
-        weight_bytes=sum(p.numel() * p.element_size() for p in model.parameters()),
+        num_parameters=int(num_parameters()) if callable(num_parameters) else sum(p.numel() for p in model.parameters()),
+        weight_bytes=sum(by_device.values()),
+        layer_devices=devices,
+        placement=_placement_summary(devices, getattr(model, "hf_device_map", None), by_device),
+        quantization=placement.quantization,
+        uses_device_map=placement.uses_device_map,
     )
+
+
+def _placement_summary(devices: list[torch.device], device_map: Any, by_device: dict[str, int]) -> str:
+    text = describe_placement(devices, device_map)
+    if len(by_device) > 1:
+        text += " [weights " + ", ".join(f"{d} {n / 1024**3:.2f} GiB" for d, n in sorted(by_device.items())) + "]"
+    return text
+
+
+def _check_offloading(device_map: dict | None, config: WorkerConfig, path: str) -> None:
+    """accelerate spills what does not fit to CPU, then disk; only CPU, and only when asked for, is fine."""
+    offloaded = {str(v) for v in (device_map or {}).values()} & {"cpu", "disk"}
+    if "disk" in offloaded or (offloaded and not config.cpu_offloading):
+        raise ConfigError(_does_not_fit(config, path))
+
+
+def _does_not_fit(config: WorkerConfig, path: str) -> str:
+    where = f"{config.num_gpus} GPU(s)" + (f" x {config.max_gpu_memory}" if config.max_gpu_memory else "")
+    if config.max_gpu_memory:
+        return (f'{path}.max_gpu_memory = "{config.max_gpu_memory}": the weights do not fit on {where}; '
+                "raise max_gpu_memory or num_gpus" + ("" if config.cpu_offloading else
+                                                      ", or offload to CPU (load_8bit + cpu_offloading)"))
+    return (f"{path}.num_gpus = {config.num_gpus}: the weights do not fit in the free memory of {where}; "
+            "use more GPUs, quantize (load_8bit / load_4bit) or offload (cpu_offloading)")
 
 
 def stop_token_ids(model_path: str, tokenizer: Any) -> frozenset[int]:
@@ -135,9 +263,7 @@ def kv_cache_spec(loaded: LoadedModel, config: WorkerConfig) -> KVCacheSpec:
     if config.kv_cache_tokens:
         num_tokens = config.kv_cache_tokens
     elif loaded.device.type == "cuda":
-        free, total = torch.cuda.mem_get_info(loaded.device)
-        reserve = total * (1 - config.gpu_memory_utilization)
-        num_tokens = int(max(0.0, free - reserve - _activation_bytes(loaded, config)) // probe.bytes_per_token)
+        num_tokens = _gpu_kv_tokens(loaded, config, probe.bytes_per_token // hf.num_hidden_layers)
     else:
         wanted = config.max_num_seqs * loaded.max_model_len
         num_tokens = min(wanted, _CPU_KV_BUDGET_BYTES // probe.bytes_per_token)
@@ -153,6 +279,19 @@ def kv_cache_spec(loaded: LoadedModel, config: WorkerConfig) -> KVCacheSpec:
             "lower max_model_len or give the cache more memory (kv_cache_tokens / gpu_memory_utilization)"
         )
     return spec
+
+
+def _gpu_kv_tokens(loaded: LoadedModel, config: WorkerConfig, bytes_per_token_per_layer: int) -> int:
+    """Tokens whose keys and values fit on every GPU that runs layers, each GPU keeping
+    (1 - gpu_memory_utilization) of its memory and one step's activations free."""
+    devices = loaded.layer_devices or [loaded.device] * loaded.model.config.num_hidden_layers
+    activation = _activation_bytes(loaded, config)
+    fits = []
+    for device, num_layers in Counter(devices).items():
+        free, total = torch.cuda.mem_get_info(device)
+        room = max(0.0, free - total * (1 - config.gpu_memory_utilization) - activation)
+        fits.append(int(room // (bytes_per_token_per_layer * num_layers)))
+    return min(fits)
 
 
 def _activation_bytes(loaded: LoadedModel, config: WorkerConfig) -> int:

@@ -7,7 +7,7 @@ waiting sequences, KV-cache usage) are read from the workers at scrape time.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from typing import Protocol
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -53,12 +53,36 @@ class ServerMetrics:
         self.e2e = Histogram("llmserve_e2e_request_latency_seconds", "Sequence latency from submit to finish",
                              ["model"], buckets=_LATENCY_BUCKETS_S, registry=r)
 
+    def for_model(self, model: str) -> ModelSeries:
+        """The labelled series of one model, resolved once (label lookups cost on the hot path)."""
+        return ModelSeries(self, model)
+
     def watch_workers(self, workers: Iterable[WorkerGauges]) -> None:
         """Export the workers' live gauges at scrape time."""
         self.registry.register(_WorkerCollector(list(workers)))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class ModelSeries:
+    """One model's children of the labelled metrics."""
+
+    def __init__(self, metrics: ServerMetrics, model: str) -> None:
+        self._metrics = metrics
+        self._model = model
+        self.prompt_tokens = metrics.prompt_tokens.labels(model)
+        self.generation_tokens = metrics.generation_tokens.labels(model)
+        self.ttft = metrics.ttft.labels(model)
+        self.itl = metrics.itl.labels(model)
+        self.e2e = metrics.e2e.labels(model)
+        self._finished: dict[str, Any] = {}
+
+    def finished(self, reason: str) -> Any:
+        child = self._finished.get(reason)
+        if child is None:
+            child = self._finished[reason] = self._metrics.requests_finished.labels(self._model, reason)
+        return child
 
 
 class _WorkerCollector(Collector):

@@ -21,16 +21,23 @@ import uvicorn
 from llmserve.api.state import ServerState
 from llmserve.app import create_app
 from llmserve.config import Config, load_config, with_overrides
-from llmserve.loading import check_weights, resolve_device
+from llmserve.errors import ConfigError
+from llmserve.loading import check_worker
 
 log = logging.getLogger(__name__)
 
 
 def preflight(config: Config) -> None:
     """Fail with one clear line on impossible settings, before any worker loads."""
+    task_of_name: dict[str, tuple[str, int]] = {}
     for i, worker in enumerate(config.workers):
-        resolve_device(worker.device, f"workers[{i}].device")
-        check_weights(worker.model_path, worker.allow_pickle, f"workers[{i}].model_path")
+        task = check_worker(worker, f"workers[{i}]")
+        for name in worker.served_names:
+            other_task, other = task_of_name.setdefault(name, (task, i))
+            if other_task != task:
+                raise ConfigError(f'workers[{i}].model_names: "{name}" is served by workers[{other}] '
+                                  f'(task "{other_task}") and by this worker (task "{task}"); '
+                                  "one name serves one task")
 
 
 class DrainingServer(uvicorn.Server):

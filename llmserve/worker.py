@@ -66,11 +66,27 @@ class RequestStream:
         return not self.unfinished
 
     async def __aiter__(self) -> AsyncIterator[tuple[int, SequenceOutput]]:
+        """Outputs in order; whatever queued up while the consumer was busy comes merged per choice,
+        so a slow client gets fewer, larger chunks instead of falling further behind."""
         while self.unfinished:
-            output = await self.queue.get()
-            if output.finish_reason is not None:
-                self.unfinished.discard(output.seq_id)
-            yield self.index[output.seq_id], output
+            merged: dict[int, SequenceOutput] = {}
+            output: SequenceOutput | None = await self.queue.get()
+            while output is not None:
+                previous = merged.get(output.seq_id)
+                merged[output.seq_id] = output if previous is None else _merge(previous, output)
+                output = self.queue.get_nowait() if not self.queue.empty() else None
+            for seq_id, out in merged.items():
+                if out.finish_reason is not None:
+                    self.unfinished.discard(seq_id)
+                yield self.index[seq_id], out
+
+
+def _merge(first: SequenceOutput, second: SequenceOutput) -> SequenceOutput:
+    """Two consecutive outputs of one sequence as one."""
+    second.text = first.text + second.text
+    second.token_ids = first.token_ids + second.token_ids
+    second.logprobs = first.logprobs + second.logprobs
+    return second
 
 
 class Worker:
@@ -86,7 +102,7 @@ class Worker:
         self.engine: LLMEngine | None = None
         self.max_model_len = 0
         self._engine_factory = engine_factory
-        self._metrics = metrics
+        self._series = metrics.for_model(self.model_names[0]) if metrics is not None else None
         self._inbox: queue.SimpleQueue[_Add | _Abort | None] = queue.SimpleQueue()
         self._streams: dict[int, RequestStream] = {}
         self.num_finished = 0  # sequences finished since start, for /ready and metrics
@@ -122,7 +138,13 @@ class Worker:
     @property
     def kv_cache_usage(self) -> float:
         """Share of KV-cache blocks held by live sequences (0 before loading)."""
-        return self.engine.pool.usage if self.engine is not None else 0.0
+        pool = getattr(self.engine, "pool", None)  # embedding engines keep no KV cache
+        return pool.usage if pool is not None else 0.0
+
+    @property
+    def task(self) -> str:
+        """"generate" or "embed" (an embedding engine); known once the engine has loaded."""
+        return str(getattr(self.engine, "task", "generate"))
 
     @property
     def tokenizer(self) -> Any:
@@ -269,7 +291,7 @@ class Worker:
             stream.queue.put_nowait(output)
 
     def _observe(self, stream: RequestStream, output: SequenceOutput, now: float) -> None:
-        metrics, model = self._metrics, self.model_names[0]
+        metrics = self._series
         if metrics is None:
             return
         if output.token_ids:
@@ -277,15 +299,15 @@ class Worker:
             if last is None:
                 if stream.first_token_s is None:
                     stream.first_token_s = now
-                    metrics.ttft.labels(model).observe(now - stream.submitted_s)
+                    metrics.ttft.observe(now - stream.submitted_s)
             else:
-                metrics.itl.labels(model).observe((now - last) / len(output.token_ids))
+                metrics.itl.observe((now - last) / len(output.token_ids))
             stream.last_event_s[output.seq_id] = now
         if output.finish_reason is not None:
-            metrics.e2e.labels(model).observe(now - stream.submitted_s)
-            metrics.prompt_tokens.labels(model).inc(output.num_prompt_tokens)
-            metrics.generation_tokens.labels(model).inc(output.num_output_tokens)
-            metrics.requests_finished.labels(model, output.finish_reason).inc()
+            metrics.e2e.observe(now - stream.submitted_s)
+            metrics.prompt_tokens.inc(output.num_prompt_tokens)
+            metrics.generation_tokens.inc(output.num_output_tokens)
+            metrics.finished(output.finish_reason).inc()
 
     def _log_request(self, stream: RequestStream, now: float) -> None:
         outs = stream.finished_outputs

@@ -8,9 +8,16 @@ from starlette.requests import Request
 
 from llmserve.config import Config
 from llmserve.dispatch import Dispatcher
-from llmserve.errors import ServiceUnavailableError
+from llmserve.errors import InvalidRequestError, ServiceUnavailableError
 from llmserve.metrics import ServerMetrics
 from llmserve.worker import Worker
+
+_WRONG_TASK = {
+    "generate": "The model '{model}' is an embedding model: it serves POST /v1/embeddings, "
+                "not chat or text completions",
+    "embed": "The model '{model}' generates text and serves no embeddings; to embed with a causal LM, "
+             'serve it in a worker with task = "embed" (last-token pooling)',
+}
 
 
 @dataclass
@@ -24,12 +31,18 @@ class ServerState:
     is_draining: bool = False  # set on SIGTERM: new work gets 503 while in-flight requests finish
 
 
-    def choose_worker(self, model: str) -> Worker:
-        """The worker for a new request; 503 while the server drains for shutdown."""
+    def choose_worker(self, model: str, task: str | None = "generate") -> Worker:
+        """The worker for a new request; 503 while the server drains for shutdown.
+
+        `task` is what the route needs ("generate" or "embed"; None for either): asking a
+        model for what it does not serve is a 400 naming the route it does serve.
+        """
         if self.is_draining:
             raise ServiceUnavailableError("the server is shutting down", retry_after_s=5)
         worker = self.dispatcher.choose(model)
         assert isinstance(worker, Worker)
+        if task is not None and worker.task != task:
+            raise InvalidRequestError(_WRONG_TASK[task].format(model=model), param="model")
         return worker
 
 

@@ -89,18 +89,23 @@ async def _wait_disconnect(request: Request) -> None:
             return
 
 
+def _event(data: dict) -> bytes:
+    """One SSE event, encoded once (cheaper than building an event object per chunk)."""
+    return b"data: " + json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
+
+
 def sse_response(chunks: AsyncIterator[dict]) -> EventSourceResponse:
     """An SSE response of JSON chunks, an error event if one is raised, then `[DONE]`."""
 
-    async def events() -> AsyncIterator[dict]:
+    async def events() -> AsyncIterator[bytes]:
         try:
             async for chunk in chunks:
-                yield {"data": json.dumps(chunk, ensure_ascii=False, separators=(",", ":"))}
+                yield _event(chunk)
         except LLMServeError as exc:
-            yield {"data": json.dumps(render_error(exc))}
+            yield _event(render_error(exc))
         except Exception:
             log.exception("stream failed")
-            yield {"data": json.dumps(error_body("internal server error", "internal_error"))}
-        yield {"data": "[DONE]"}
+            yield _event(error_body("internal server error", "internal_error"))
+        yield b"data: [DONE]\n\n"
 
     return EventSourceResponse(events(), ping=15, sep="\n", headers={"Cache-Control": "no-cache"})

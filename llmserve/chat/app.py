@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 
 from llmserve.chat.backends import ChatBackend, ChatError
@@ -11,23 +12,33 @@ from llmserve.chat.session import Conversation
 from llmserve.chat.ui import make_ui
 from llmserve.errors import ConfigError
 
+# The key paths build_engine and WorkerConfig.validate put in their messages.
+_CONFIG_KEY_RE = re.compile(r"\b(?:workers\[0\]|chat)\.(\w+)")
+
 
 def run_chat(options: ChatOptions) -> int:
     """Chat until the user quits; 0 then, 1 when the model or server cannot be reached, 2 for bad flags."""
     try:
         backend = open_backend(options)
     except ConfigError as exc:
-        print(f"llmserve chat: {exc}", file=sys.stderr)
+        print(f"llmserve chat: {as_flags(str(exc))}", file=sys.stderr)
         return 2
     except ChatError as exc:
         print(f"llmserve chat: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C while the model loads
+        return 130
     try:
         ui = make_ui(options.style, options.multiline)
         conversation = Conversation(options.system, keep_history=options.keep_history)
         return ChatLoop(backend, ui, conversation, options.params, is_debug=options.is_debug).run()
     finally:
         backend.close()
+
+
+def as_flags(message: str) -> str:
+    """A config error in the words of the command line: `workers[0].model_path` becomes `--model-path`."""
+    return _CONFIG_KEY_RE.sub(lambda m: "--" + m.group(1).replace("_", "-"), message)
 
 
 def open_backend(options: ChatOptions) -> ChatBackend:

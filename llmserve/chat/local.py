@@ -31,6 +31,8 @@ class LocalBackend:
         from llmserve.engine.builder import build_engine
 
         engine = build_engine(config, 0)
+        if not isinstance(engine, LLMEngine):  # an embedding model: nothing to chat with
+            raise ChatError(f"{config.model_path} is an embedding model; it cannot chat")
         name = describe_template(config.chat_template, engine.tokenizer.chat_template, config.model_path)
         return cls(engine, name)
 

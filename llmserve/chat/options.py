@@ -98,25 +98,35 @@ def options_from_args(args: argparse.Namespace) -> ChatOptions:
 
 
 def worker_config(options: ChatOptions) -> WorkerConfig:
-    """The WorkerConfig of a one-sequence engine for local chat; ConfigError/ChatError if invalid."""
-    assert options.model_path is not None
-    fields = {f.name for f in dataclasses.fields(WorkerConfig)}
-    hints = typing.get_type_hints(WorkerConfig)
-    extra: dict[str, Any] = {}
-    for flag, value in options.loading:
-        field = dict(LOADING_FLAGS)[flag]
-        if field not in fields:
-            raise ChatError(f"{flag} is not supported by this version of llmserve yet "
-                            f"(the worker config has no '{field}' field)")
-        extra[field] = _convert(value, hints[field], flag)
-    config = WorkerConfig(
-        model_path=options.model_path, device=resolve_auto_device(options.device), dtype=options.dtype,
-        max_num_seqs=1, max_waiting=0, max_model_len=options.max_model_len,
-        chat_template=options.chat_template, trust_remote_code=options.trust_remote_code,
-        seed=options.seed or 0, **extra,
-    )
+    """The validated WorkerConfig of a one-sequence engine for local chat; ConfigError or ChatError."""
+    config = WorkerConfig(**worker_fields(options))
     config.validate("chat")
     return config
+
+
+def worker_fields(options: ChatOptions) -> dict[str, Any]:
+    """WorkerConfig fields from the options; ChatError for a loading flag the config lacks a field for."""
+    assert options.model_path is not None
+    names = {f.name for f in dataclasses.fields(WorkerConfig)}
+    hints = typing.get_type_hints(WorkerConfig)
+    fields: dict[str, Any] = {
+        "model_path": options.model_path,
+        "device": resolve_auto_device(options.device),
+        "dtype": options.dtype,
+        "max_num_seqs": 1,
+        "max_waiting": 0,
+        "max_model_len": options.max_model_len,
+        "chat_template": options.chat_template,
+        "trust_remote_code": options.trust_remote_code,
+        "seed": options.seed or 0,
+    }
+    for flag, value in options.loading:
+        name = dict(LOADING_FLAGS)[flag]
+        if name not in names:
+            raise ChatError(f"{flag} is not supported by this version of llmserve yet "
+                            f"(the worker config has no '{name}' field)")
+        fields[name] = _convert(value, hints[name], flag)
+    return fields
 
 
 def resolve_auto_device(device: str) -> str:

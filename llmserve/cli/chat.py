@@ -18,7 +18,9 @@ def register(subparsers: Any) -> None:
     """Add the `chat` subcommand."""
     parser = subparsers.add_parser(
         "chat", help="chat with a model in the terminal (in-process, or with a running server)",
-        description=__doc__.splitlines()[0].split(": ", 1)[1], epilog=_EPILOG,
+        description="Chat in the terminal with a model loaded in this process (--model-path) or served by "
+                    "an OpenAI-compatible server (--base-url), answers streaming as they are written.",
+        epilog=_EPILOG,
     )
     target = parser.add_mutually_exclusive_group(required=True)
     target.add_argument("--model-path", help="model folder or hub id to load in this process")

@@ -171,6 +171,19 @@ class Embedder:
         return self._max_input_tokens
 
     @property
+    def vocab_size(self) -> int:
+        """Number of token ids the model's embedding table has (valid ids are 0 .. vocab_size - 1)."""
+        return int(self.model.get_input_embeddings().num_embeddings)
+
+    @property
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+    @property
+    def weight_bytes(self) -> int:
+        return sum(p.numel() * p.element_size() for p in self.model.parameters())
+
+    @property
     def num_dimensions(self) -> int:
         """Length of each embedding vector."""
         return int(self.model.config.hidden_size)

@@ -9,7 +9,7 @@ An implementation name that has no mask function registered gets no mask from tr
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -33,6 +33,20 @@ class AttentionMetadata:
     block_tables: torch.Tensor  # [B, max_blocks] int32
     max_seqlen_q: int
     use_triton: bool = False
+    _copies: dict[torch.device, AttentionMetadata] = field(default_factory=dict, repr=False, compare=False)
+
+    def on(self, device: torch.device) -> AttentionMetadata:
+        """This metadata with its index tensors on `device` (a model split across GPUs); copied once per step."""
+        if self.slot_mapping.device == device:
+            return self
+        copy = self._copies.get(device)
+        if copy is None:
+            copy = AttentionMetadata(
+                self.kv_cache, self.slot_mapping.to(device), self.cu_seqlens_q.to(device),
+                self.context_lens.to(device), self.block_tables.to(device), self.max_seqlen_q, self.use_triton,
+            )
+            self._copies[device] = copy
+        return copy
 
 
 def paged_attention_forward(
@@ -54,6 +68,7 @@ def paged_attention_forward(
     k = key[0].transpose(0, 1)
     v = value[0].transpose(0, 1)
     k_cache, v_cache = meta.kv_cache.layer(module.layer_idx)
+    meta = meta.on(k_cache.device)
     scale = scaling if scaling is not None else q.shape[-1] ** -0.5
     backend = _triton_backend() if meta.use_triton else torch_attention
     backend.write_kv(k, v, k_cache, v_cache, meta.slot_mapping)

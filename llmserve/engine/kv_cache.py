@@ -9,6 +9,7 @@ their hash and are only recycled when no free unhashed block is left.
 
 from __future__ import annotations
 
+import collections.abc
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -39,16 +40,31 @@ class KVCacheSpec:
 
 
 class KVCache:
-    """The key and value tensors of every layer: `[num_blocks, block_size, num_kv_heads, head_dim]` each."""
+    """The key and value tensors of every layer: `[num_blocks, block_size, num_kv_heads, head_dim]` each.
 
-    def __init__(self, spec: KVCacheSpec, device: torch.device) -> None:
+    `device` is one device, or one per layer for a model split across devices (an accelerate
+    device map): each layer's cache lives where that layer runs. On one device a single
+    `storage` tensor holds every layer; split, each layer gets its own tensor and `storage` is None.
+    """
+
+    def __init__(self, spec: KVCacheSpec, device: torch.device | collections.abc.Sequence[torch.device]) -> None:
         self.spec = spec
-        shape = (2, spec.num_layers, spec.num_blocks, spec.block_size, spec.num_kv_heads, spec.head_dim)
-        self.storage = torch.zeros(shape, dtype=spec.dtype, device=device)
+        devices = [device] * spec.num_layers if isinstance(device, torch.device) else list(device)
+        if len(devices) != spec.num_layers:
+            raise ValueError(f"{len(devices)} layer devices for {spec.num_layers} layers")
+        self.devices = devices
+        shape = (spec.num_blocks, spec.block_size, spec.num_kv_heads, spec.head_dim)
+        self.storage: torch.Tensor | None = None
+        if len(set(devices)) == 1:
+            self.storage = torch.zeros((2, spec.num_layers, *shape), dtype=spec.dtype, device=devices[0])
+            self._layers = [(self.storage[0, i], self.storage[1, i]) for i in range(spec.num_layers)]
+        else:
+            per_layer = [torch.zeros((2, *shape), dtype=spec.dtype, device=d) for d in devices]
+            self._layers = [(kv[0], kv[1]) for kv in per_layer]
 
     def layer(self, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(k_cache, v_cache) of one layer."""
-        return self.storage[0, layer_idx], self.storage[1, layer_idx]
+        """(k_cache, v_cache) of one layer, on the device that runs it."""
+        return self._layers[layer_idx]
 
 
 class BlockPool:

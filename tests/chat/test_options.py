@@ -7,8 +7,9 @@ import dataclasses
 import pytest
 
 from llmserve.chat import options as options_module
+from llmserve.chat.app import as_flags
 from llmserve.chat.backends import ChatError, GenerationParams
-from llmserve.chat.options import ChatOptions, options_from_args, worker_config
+from llmserve.chat.options import ChatOptions, options_from_args, worker_config, worker_fields
 from llmserve.cli import build_parser
 from llmserve.config import WorkerConfig
 from llmserve.errors import ConfigError
@@ -30,13 +31,16 @@ def test_flags_map_onto_options_and_a_one_sequence_worker() -> None:
 
 
 def test_loading_flags_pass_through_only_when_the_config_has_the_field() -> None:
-    options = parse("--model-path", "m", "--device", "cpu", "--load-8bit", "--num-gpus", "2")
-    if {"load_8bit", "num_gpus"} <= {f.name for f in dataclasses.fields(WorkerConfig)}:
-        config = worker_config(options)
-        assert config.load_8bit is True and config.num_gpus == 2  # type: ignore[attr-defined]
+    options = parse("--model-path", "m", "--device", "cuda", "--load-8bit", "--num-gpus", "2",
+                    "--max-gpu-memory", "20GiB", "--cpu-offloading")
+    wanted = {"load_8bit": True, "num_gpus": 2, "max_gpu_memory": "20GiB", "cpu_offloading": True}
+    if set(wanted) <= {f.name for f in dataclasses.fields(WorkerConfig)}:
+        fields = worker_fields(options)
+        assert {name: fields[name] for name in wanted} == wanted
     else:
         with pytest.raises(ChatError, match="is not supported by this version of llmserve yet"):
-            worker_config(options)
+            worker_fields(options)
+    assert "load_4bit" not in worker_fields(parse("--model-path", "m", "--device", "cpu"))  # only flags given
 
 
 def test_a_loading_flag_becomes_its_field_with_the_field_type(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -60,6 +64,9 @@ def test_bad_flag_combinations(argv: tuple[str, ...], error: str) -> None:
         parse(*argv)
 
 
-def test_bad_device_names_the_key() -> None:
-    with pytest.raises(ConfigError, match='chat.device = "gpu"'):
+def test_config_errors_are_told_in_flags() -> None:
+    with pytest.raises(ConfigError, match='chat.device = "gpu"') as info:
         worker_config(parse("--model-path", "m", "--device", "gpu"))
+    assert as_flags(str(info.value)).startswith('--device = "gpu": expected')
+    assert as_flags('workers[0].model_path = "/x": no such folder') == '--model-path = "/x": no such folder'
+

@@ -36,7 +36,7 @@ def test_remote_chat_streams_keeps_history_and_stops_on_ctrl_c(spawn_chat, serve
         term.send(message)
         term.expect("assistant: ")
         term.expect(r"\S{4}")
-        term.child.sendintr()
+        term.interrupt()
         term.notice("answer stopped]")
         debug_lines.append(term.debug_line())
         assert wait_idle(server_url) == 0  # closing the stream aborted the request on the server

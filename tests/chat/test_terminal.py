@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import chat_env
+from .terminal import chat_env
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -69,7 +69,7 @@ def test_ctrl_c_stops_the_answer_and_keeps_the_session(spawn_chat, tiny_model_di
         term.send(message)
         term.expect("assistant: ")
         term.expect(r"\S{4}")  # the answer has begun
-        term.child.sendintr()
+        term.interrupt()
         term.notice("answer stopped]")
     term.expect("user: ")
     term.send("!!save stopped.json")
@@ -78,7 +78,7 @@ def test_ctrl_c_stops_the_answer_and_keeps_the_session(spawn_chat, tiny_model_di
     assert [m["role"] for m in saved] == ["user", "assistant", "user", "assistant"]
     assert all(m["content"] for m in saved)
     term.expect("user: ")
-    term.child.sendintr()  # Ctrl-C at the prompt quits
+    term.interrupt()  # Ctrl-C at the prompt quits
     assert term.wait_exit() == 0
 
 

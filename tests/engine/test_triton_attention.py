@@ -77,8 +77,17 @@ def _run(batch: Any, **options: int) -> torch.Tensor:  # [T, H, D] on the CPU
     want_k, want_v = shared.reference_cache(batch)
     assert torch.equal(k_cache.cpu(), want_k) and torch.equal(v_cache.cpu(), want_v)
     out = torch.full_like(batch.query, float("nan"), device=DEVICE)
-    result = triton_attention.paged_attention(
-        batch.query.to(DEVICE),
+    result = triton_attention.paged_attention(*_attention_args(batch, k_cache, v_cache), out=out, **options)
+    assert result is out
+    return out.cpu()
+
+
+def _attention_args(
+    batch: Any, k_cache: torch.Tensor, v_cache: torch.Tensor, query: Any = None
+) -> tuple[Any, ...]:
+    """The positional arguments of ``paged_attention`` for ``batch``, on ``DEVICE``."""
+    return (
+        (batch.query if query is None else query).to(DEVICE),
         k_cache,
         v_cache,
         batch.cu_seqlens_q.to(DEVICE),
@@ -86,11 +95,7 @@ def _run(batch: Any, **options: int) -> torch.Tensor:  # [T, H, D] on the CPU
         batch.block_tables.to(DEVICE),
         batch.scale,
         batch.max_seqlen_q,
-        out=out,
-        **options,
     )
-    assert result is out
-    return out.cpu()
 
 
 @requires_kernels
@@ -122,7 +127,7 @@ def test_kernels_match_reference(
 @requires_kernels
 @pytest.mark.parametrize("num_splits", [1, 2, 5])
 def test_decode_splits(num_splits: int) -> None:
-    """Decode batches, split over more programs than some sequences have tiles (empty splits)."""
+    """Decode batches split over more programs than some sequences need (those write directly)."""
     batch = shared.make_batch([(40, 1), (3, 1), (0, 1), (-1, 1), (63, 1)], 8, 2, 32, 16)
     out = _run(batch, num_splits=num_splits, block_n=16)
     assert not out.isnan().any()
@@ -143,17 +148,7 @@ def test_non_contiguous_query_and_output() -> None:
         key, batch.new_value.to(DEVICE), k_cache, v_cache, batch.slot_mapping.to(DEVICE)
     )
     out = torch.full_like(query, float("nan")).transpose(0, 1).contiguous().transpose(0, 1)
-    triton_attention.paged_attention(
-        query,
-        k_cache,
-        v_cache,
-        batch.cu_seqlens_q.to(DEVICE),
-        batch.context_lens.to(DEVICE),
-        batch.block_tables.to(DEVICE),
-        batch.scale,
-        batch.max_seqlen_q,
-        out=out,
-    )
+    triton_attention.paged_attention(*_attention_args(batch, k_cache, v_cache, query), out=out)
     torch.testing.assert_close(out.cpu().double(), shared.reference_attention(batch), atol=1e-5, rtol=0)
 
 
@@ -162,12 +157,44 @@ def test_rejects_mismatched_dtypes() -> None:
     batch = shared.make_batch([(2, 1)], 4, 2, 16, 4)
     with pytest.raises(ValueError, match="dtype"):
         triton_attention.paged_attention(
-            batch.query.half(),
-            batch.k_cache,
-            batch.v_cache,
-            batch.cu_seqlens_q,
-            batch.context_lens,
-            batch.block_tables,
-            batch.scale,
-            1,
+            *_attention_args(batch, batch.k_cache, batch.v_cache, batch.query.half())
         )
+
+
+@pytest.mark.skipif(not ON_CUDA, reason="CUDA graphs need a GPU")
+@pytest.mark.parametrize("num_splits", [None, 3])
+def test_decode_step_replays_in_cuda_graph(num_splits: int | None) -> None:
+    """write_kv + attention captured once, then replayed over another step's lengths, tables and
+    cache contents copied into the same buffers (same shapes: 7 blocks in use, at most 4 a sequence)."""
+    steps = [
+        shared.make_batch([(30, 1), (5, 1), (50, 1)], 8, 2, 64, 16, torch.bfloat16, seed=1),
+        shared.make_batch([(60, 1), (0, 1), (20, 1)], 8, 2, 64, 16, torch.bfloat16, seed=2),
+    ]
+    names = ["query", "new_key", "new_value", "slot_mapping", "k_cache", "v_cache"]
+    names += ["cu_seqlens_q", "context_lens", "block_tables"]
+    static = {name: getattr(steps[0], name).to(DEVICE) for name in names}
+    out = torch.full_like(static["query"], float("nan"))
+
+    def step() -> None:
+        triton_attention.write_kv(
+            static["new_key"],
+            static["new_value"],
+            static["k_cache"],
+            static["v_cache"],
+            static["slot_mapping"],
+        )
+        triton_attention.paged_attention(
+            static["query"], static["k_cache"], static["v_cache"], static["cu_seqlens_q"],
+            static["context_lens"], static["block_tables"], steps[0].scale, 1, out=out, num_splits=num_splits,
+        )  # fmt: skip
+
+    step()  # compile outside the capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    for batch in steps:
+        for name in names:
+            static[name].copy_(getattr(batch, name))
+        out.fill_(float("nan"))
+        graph.replay()
+        torch.testing.assert_close(out.cpu().double(), shared.reference_attention(batch), atol=2e-2, rtol=0)

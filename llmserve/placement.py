@@ -1,0 +1,189 @@
+"""Where a model's weights go, and where each layer runs.
+
+A worker's model sits on one device (`.to(device)` after loading), or, when it asks for several
+GPUs, a memory cap, CPU offloading or bitsandbytes quantization, on an accelerate device map that
+transformers builds while loading (`device_map="balanced"` capped by `max_memory` per GPU).
+Modules mapped to "cpu" still *run* on the first GPU (accelerate streams their weights in), so a
+layer's execution device, which is where its KV cache must live, is its GPU, or the first GPU for
+offloaded layers. `keep_hidden_states_on` keeps the final hidden states on the first GPU, where the
+runner's `logits_to_keep` indices are.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from llmserve.config import WorkerConfig
+from llmserve.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Placement:
+    """How `from_pretrained` is asked to place the weights."""
+
+    main_device: torch.device
+    """Where inputs go and logits come back: the device, or the first GPU of a device map."""
+    load_kwargs: dict[str, Any] = field(default_factory=dict)
+    """`device_map`, `max_memory` and `quantization_config` for `from_pretrained` (empty: load, then move)."""
+    quantization: str | None = None
+    """"8-bit" or "4-bit NF4" (bitsandbytes), None for full-precision weights."""
+
+    @property
+    def uses_device_map(self) -> bool:
+        return "device_map" in self.load_kwargs
+
+
+def gpu_indices(config: WorkerConfig, device: torch.device) -> list[int]:
+    """The GPUs a worker uses: `num_gpus` of them from the device's index on."""
+    first = device.index or 0
+    return list(range(first, first + config.num_gpus))
+
+
+def check_gpus(config: WorkerConfig, device: torch.device, path: str) -> None:
+    """`num_gpus` GPUs from the device's index on must be visible."""
+    if device.type != "cuda" or config.num_gpus == 1:
+        return
+    visible = torch.cuda.device_count()
+    last = gpu_indices(config, device)[-1]
+    if last >= visible:
+        raise ConfigError(f"{path}.num_gpus = {config.num_gpus}: GPUs {device.index or 0}..{last} asked for "
+                          f"(device \"{config.device}\"), only {visible} GPU(s) visible")
+
+
+def check_bitsandbytes(config: WorkerConfig, path: str) -> None:
+    """8/4-bit loading needs the optional bitsandbytes package."""
+    key = "load_8bit" if config.load_8bit else "load_4bit" if config.load_4bit else None
+    if key is None:
+        return
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise ConfigError(f'{path}.{key} = true: bitsandbytes is not installed '
+                          '(pip install "llmserve[quant]")') from None
+
+
+def plan_placement(config: WorkerConfig, device: torch.device, dtype: torch.dtype) -> Placement:
+    """The load arguments for a worker on `device` (already checked against the machine)."""
+    quantization = _quantization(config, dtype)
+    label = None if quantization is None else ("8-bit" if config.load_8bit else "4-bit NF4")
+    extra: dict[str, Any] = {} if quantization is None else {"quantization_config": quantization}
+    if device.type != "cuda":
+        return Placement(device)
+    gpus = gpu_indices(config, device)
+    if config.num_gpus == 1 and not config.max_gpu_memory and not config.cpu_offloading:
+        if quantization is None:
+            return Placement(device)
+        return Placement(device, {"device_map": {"": gpus[0]}, **extra}, label)
+    cap = config.max_gpu_memory_bytes
+    max_memory: dict[int | str, int] = {
+        i: cap if cap is not None else _free_bytes(i, config.gpu_memory_utilization) for i in gpus
+    }
+    if config.cpu_offloading:
+        max_memory["cpu"] = _free_cpu_bytes()
+    kwargs = {"device_map": "balanced", "max_memory": max_memory, **extra}
+    return Placement(torch.device("cuda", gpus[0]), kwargs, label)
+
+
+def _quantization(config: WorkerConfig, dtype: torch.dtype) -> Any:
+    if not (config.load_8bit or config.load_4bit):
+        return None
+    from transformers import BitsAndBytesConfig  # bitsandbytes itself is imported by transformers
+
+    if config.load_8bit:
+        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_enable_fp32_cpu_offload=config.cpu_offloading)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype)
+
+
+def _free_bytes(index: int, utilization: float) -> int:
+    free, _ = torch.cuda.mem_get_info(index)
+    return int(free * utilization)
+
+
+def _free_cpu_bytes() -> int:
+    import psutil
+
+    return int(psutil.virtual_memory().available * 0.9)
+
+
+def execution_device(value: int | str | torch.device, main_device: torch.device) -> torch.device:
+    """The device that runs a module mapped to `value` ("cpu"/"disk" modules run on the main device)."""
+    if isinstance(value, int):
+        return torch.device("cuda", value)
+    if str(value) in ("cpu", "disk") and main_device.type == "cuda":
+        return main_device
+    return torch.device(value)
+
+
+def layer_devices(model: torch.nn.Module, num_layers: int, main_device: torch.device) -> list[torch.device]:
+    """The execution device of each attention layer (by `layer_idx`), read from `model.hf_device_map`."""
+    devices = [main_device] * num_layers
+    device_map: Mapping[str, Any] | None = getattr(model, "hf_device_map", None)
+    if not device_map:
+        return devices
+    for name, module in model.named_modules():
+        index = getattr(module, "layer_idx", None)
+        if isinstance(index, int) and 0 <= index < num_layers:
+            value = device_map[_longest_prefix(name, device_map)]
+            devices[index] = execution_device(value, main_device)
+    return devices
+
+
+def _longest_prefix(name: str, device_map: Mapping[str, Any]) -> str:
+    matches = [key for key in device_map if key == "" or name == key or name.startswith(key + ".")]
+    if not matches:
+        raise ValueError(f"module {name} is missing from the device map")
+    return max(matches, key=len)
+
+
+def describe_placement(devices: list[torch.device], device_map: Mapping[str, Any] | None = None) -> str:
+    """A one-line summary: "cuda:0" or "cuda:0 (layers 0-7) + cuda:1 (layers 8-15)", plus offloading."""
+    runs: list[tuple[torch.device, int, int]] = []
+    for i, device in enumerate(devices):
+        if runs and runs[-1][0] == device:
+            runs[-1] = (device, runs[-1][1], i)
+        else:
+            runs.append((device, i, i))
+    if len({device for device, _, _ in runs}) <= 1:
+        text = str(devices[0]) if devices else "?"
+    else:
+        text = " + ".join(f"{device} (layers {a}-{b})" if a != b else f"{device} (layer {a})" for device, a, b in runs)
+    offloaded = Counter(str(v) for v in (device_map or {}).values() if str(v) in ("cpu", "disk"))
+    if offloaded:
+        text += ", " + ", ".join(f"{n} module(s) offloaded to {where}" for where, n in sorted(offloaded.items()))
+    return text
+
+
+def weight_bytes_by_device(model: torch.nn.Module) -> dict[str, int]:
+    """Bytes of parameters per device ("meta" parameters are offloaded: counted as "cpu")."""
+    totals: dict[str, int] = {}
+    for param in model.parameters():
+        where = "cpu" if param.device.type == "meta" else str(param.device)
+        totals[where] = totals.get(where, 0) + param.numel() * param.element_size()
+    return totals
+
+
+def keep_hidden_states_on(model: torch.nn.Module, main_device: torch.device) -> None:
+    """Move the base model's final hidden states to `main_device` when layers span devices.
+
+    The causal-LM head indexes them with `logits_to_keep`, a tensor on the main device; the last
+    layers (and the final norm) may have run elsewhere.
+    """
+    device_map = getattr(model, "hf_device_map", None) or {}
+    if len({str(v) for v in device_map.values()}) <= 1:
+        return
+    base = getattr(model, "base_model", model)
+    if base is model:
+        return
+
+    def to_main(module: torch.nn.Module, args: Any, output: Any) -> Any:
+        hidden = getattr(output, "last_hidden_state", None)
+        if isinstance(hidden, torch.Tensor) and hidden.device != main_device:
+            output.last_hidden_state = hidden.to(main_device)
+        return output
+
+    base.register_forward_hook(to_main)
