@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 TINY := models/tiny-llama
 CONFIG ?= config.example.toml
 
-.PHONY: setup run test lint bench tiny clean
+.PHONY: setup browser run test lint bench tiny clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -18,6 +18,11 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
+# Headless Chromium and its driver for the browser UI tests (Debian packages; needs root).
+browser:
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; fi
+
 $(TINY)/config.json: | $(STAMP)
 	$(BIN)/llmserve tiny-model $(TINY) --seed 0
 
@@ -26,7 +31,7 @@ tiny: $(TINY)/config.json
 run: setup tiny
 	$(BIN)/llmserve run $(CONFIG)
 
-test: setup
+test: setup browser
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 lint: setup
