@@ -207,3 +207,10 @@ def _time_encode(tokenizer: PreTrainedTokenizerBase, text: str) -> float:
     start_s = time.perf_counter()
     tokenizer(text)
     return time.perf_counter() - start_s
+
+
+def test_cli_preset_names_match_the_builder() -> None:
+    from llmserve.cli.tiny_model import PRESET_NAMES
+    from llmserve.tiny import PRESETS
+
+    assert sorted(PRESET_NAMES) == sorted(PRESETS)

@@ -13,7 +13,7 @@ from llmserve.chat.ui import make_ui
 from llmserve.errors import ConfigError
 
 # The key paths build_engine and WorkerConfig.validate put in their messages.
-_CONFIG_KEY_RE = re.compile(r"\b(?:workers\[0\]|chat)\.(\w+)")
+_CONFIG_KEY_RE = re.compile(r"(?<![\w.])(?:workers\[0\]|chat)\.(\w+)")
 
 
 def run_chat(options: ChatOptions) -> int:

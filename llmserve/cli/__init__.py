@@ -15,16 +15,11 @@ _SUBCOMMANDS = ("run", "tiny_model", "bench", "chat", "test_message")
 
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with every available subcommand registered."""
-    parser = argparse.ArgumentParser(prog="llmserve", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="llmserve", description="Serve Hugging Face language models behind an OpenAI-compatible API.")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in _SUBCOMMANDS:
-        try:
-            module = importlib.import_module(f"llmserve.cli.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"llmserve.cli.{name}":
-                continue  # subcommand not built yet
-            raise
-        module.register(subparsers)
+        importlib.import_module(f"llmserve.cli.{name}").register(subparsers)
     return parser
 
 

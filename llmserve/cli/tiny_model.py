@@ -6,7 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from llmserve.tiny import PRESETS, build_tiny_model, count_parameters
+# Preset names only; the builder (torch, transformers) is imported when the command runs.
+PRESET_NAMES = ("llama-3.2-1b", "tiny")
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
@@ -21,13 +22,15 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     )
     parser.add_argument("--seed", type=int, default=0, help="weight seed; same seed, same bytes (default: 0)")
     parser.add_argument(
-        "--preset", choices=sorted(PRESETS), default="tiny", help="model shape (default: tiny)"
+        "--preset", choices=PRESET_NAMES, default="tiny", help="model shape (default: tiny)"
     )
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Build the model and print its path and parameter count."""
+    from llmserve.tiny import build_tiny_model, count_parameters
+
     out_dir = build_tiny_model(args.out_dir, seed=args.seed, preset=args.preset)
     print(f"{out_dir} {count_parameters(out_dir):,} parameters")
     return 0

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 import uvicorn
+from starlette.applications import Starlette
 
 from llmserve.app import create_app
 from llmserve.config import Config, parse_config
@@ -25,10 +26,10 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def live_server(config: Config, ready_timeout_s: float = 60.0) -> Iterator[str]:
-    """Serve `config` until the block exits; yields the `/v1` base URL once every worker is ready."""
+def live_server(config: Config, ready_timeout_s: float = 60.0, app: Starlette | None = None) -> Iterator[str]:
+    """Serve `config` (or a prebuilt `app`) until the block exits; yields the `/v1` base URL once ready."""
     port = free_port()
-    app = create_app(config)
+    app = app or create_app(config)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
                                            lifespan="on", timeout_graceful_shutdown=5))
     thread = threading.Thread(target=server.run, daemon=True)

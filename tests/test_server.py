@@ -1,0 +1,102 @@
+"""Graceful shutdown of a real server process: SIGTERM drains in-flight streams, refuses new work, exits 0."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+from tests.api.conftest import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _start(tmp_path: Path, model_dir: Path, shutdown_timeout: float) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    config = tmp_path / "config.toml"
+    config.write_text(f'[server]\nport = {port}\nshutdown_timeout = {shutdown_timeout}\n[[workers]]\n'
+                      f'model_path = "{model_dir}"\nmodel_names = ["tiny"]\nkv_cache_tokens = 16384\n')
+    proc = subprocess.Popen([sys.executable, "-m", "llmserve", "run", str(config)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            if httpx.get(f"{base}/ready", timeout=1).status_code == 200:
+                return proc, base
+        except httpx.HTTPError:
+            pass
+        assert proc.poll() is None and time.monotonic() < deadline, "server did not start"
+        time.sleep(0.1)
+
+
+def _stream(base: str, max_tokens: int, results: list, started: threading.Event) -> None:
+    body = {"model": "tiny", "prompt": "drain", "max_tokens": max_tokens, "stream": True, "ignore_eos": True}
+    text, finish, done = "", None, False
+    with httpx.stream("POST", f"{base}/v1/completions", json=body, timeout=60) as response:
+        for line in response.iter_lines():
+            if not line.startswith("data: "):
+                continue
+            started.set()
+            if line == "data: [DONE]":
+                done = True
+                break
+            chunk = json.loads(line[6:])
+            for choice in chunk.get("choices", []):
+                text += choice["text"]
+                finish = choice["finish_reason"] or finish
+    results.append((finish, done))
+
+
+def _in_flight(base: str, max_tokens: int, count: int) -> tuple[list, list[threading.Thread]]:
+    results: list = []
+    threads = []
+    for _ in range(count):
+        started = threading.Event()
+        thread = threading.Thread(target=_stream, args=(base, max_tokens, results, started), daemon=True)
+        thread.start()
+        assert started.wait(30)
+        threads.append(thread)
+    return results, threads
+
+
+def test_sigterm_lets_streams_finish_refuses_new_work_and_exits_zero(tmp_path: Path, tiny_model_dir: Path) -> None:
+    proc, base = _start(tmp_path, tiny_model_dir, shutdown_timeout=60)
+    try:
+        results, threads = _in_flight(base, 400, 8)
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.2)
+        refused = httpx.post(f"{base}/v1/completions", json={"model": "tiny", "prompt": "late", "max_tokens": 2},
+                             timeout=10)
+        assert refused.status_code == 503 and refused.headers.get("retry-after")
+        for thread in threads:
+            thread.join(60)
+        output, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert results == [("length", True)] * 8
+    assert proc.returncode == 0, output
+
+
+def test_streams_past_the_timeout_end_with_abort(tmp_path: Path, tiny_model_dir: Path) -> None:
+    proc, base = _start(tmp_path, tiny_model_dir, shutdown_timeout=0.5)
+    try:
+        results, threads = _in_flight(base, 3900, 2)
+        proc.send_signal(signal.SIGTERM)
+        for thread in threads:
+            thread.join(60)
+        proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert results == [("abort", True)] * 2
+    assert proc.returncode == 0
