@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 UNIT = ROOT / "deploy" / "llmserve.service"
 
@@ -29,8 +31,7 @@ def test_unit_runs_as_a_dedicated_user_and_restarts_on_failure() -> None:
 def test_systemd_accepts_the_unit(tmp_path: Path) -> None:
     analyze = shutil.which("systemd-analyze")
     if analyze is None:
-        # The unit's syntax is still checked above; systemd itself is only on systemd machines.
-        return
+        pytest.skip("systemd-analyze is not installed on this machine")
     exe = Path(sys.executable).parent / "llmserve"
     unit = tmp_path / "llmserve.service"
     unit.write_text(UNIT.read_text().replace("/opt/llmserve/bin/llmserve", str(exe)))

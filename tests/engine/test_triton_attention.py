@@ -1,200 +1,26 @@
-"""The Triton kernels against the same float64 reference as the torch path.
+"""The Triton attention kernels, run in a child pytest (natively on CUDA, else under the interpreter).
 
-On CUDA they run here. Without CUDA they run under Triton's interpreter (CPU tensors), which needs
-``TRITON_INTERPRET=1`` before triton itself is imported (triton reads it when any kernel, its own
-library's included, is defined), and by then this session has imported triton (``torch._dynamo``
-does when triton is installed): so ``test_kernels_under_interpreter`` reruns this file in a child
-pytest with the variable set. The interpreter cannot do bfloat16 ``tl.dot`` (it multiplies the raw
-bit patterns: triton-lang/triton#11584), so bfloat16 runs only on CUDA;
-``benchmarks/gpu_attention_check.py`` covers it on realistic shapes.
+The cases live in `triton_cases.py`; see its docstring for why they need a process of their own.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
-from typing import Any
 
-import pytest
 import torch
 
-if importlib.util.find_spec("triton") is None:
-    pytest.skip("triton is not installed: the Triton attention kernels are untested", allow_module_level=True)
-
-ON_CUDA = torch.cuda.is_available()
-RUNS_HERE = ON_CUDA or os.environ.get("TRITON_INTERPRET") == "1"
-if RUNS_HERE:
-    from llmserve.engine import triton_attention
-
-requires_kernels = pytest.mark.skipif(
-    not RUNS_HERE, reason="runs in the child of test_kernels_under_interpreter"
-)
+CASES = Path(__file__).with_name("triton_cases.py")
 
 
-@pytest.mark.skipif(RUNS_HERE, reason="the kernels run in this process")
-def test_kernels_under_interpreter() -> None:
-    """Every test below, in a child pytest on CPU tensors with ``TRITON_INTERPRET=1``."""
+def test_triton_kernels_match_the_reference() -> None:
+    env = dict(os.environ)
+    if not torch.cuda.is_available():
+        env["TRITON_INTERPRET"] = "1"
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(Path(__file__))],
-        cwd=Path(__file__).resolve().parents[2],
-        env={**os.environ, "TRITON_INTERPRET": "1"},
-        capture_output=True,
-        text=True,
-        timeout=280,
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs", str(CASES)],
+        cwd=Path(__file__).resolve().parents[2], env=env, capture_output=True, text=True, timeout=280,
     )
-    assert result.returncode == 0 and " passed" in result.stdout, (
-        result.stdout[-6000:] + result.stderr[-3000:]
-    )
-
-
-def _load_sibling(name: str) -> ModuleType:
-    """The shared batch builder and reference, loaded from ``test_attention.py`` beside this file."""
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-shared = _load_sibling("test_attention")
-DEVICE = torch.device("cuda" if ON_CUDA else "cpu")
-DTYPES = [torch.float32, torch.float16] + ([torch.bfloat16] if ON_CUDA else [])
-
-
-def _run(batch: Any, **options: int) -> torch.Tensor:  # [T, H, D] on the CPU
-    """Write the batch's tokens with the Triton ``write_kv``, then attend into a NaN-poisoned output."""
-    k_cache, v_cache = batch.k_cache.to(DEVICE), batch.v_cache.to(DEVICE)
-    triton_attention.write_kv(
-        batch.new_key.to(DEVICE), batch.new_value.to(DEVICE), k_cache, v_cache, batch.slot_mapping.to(DEVICE)
-    )
-    want_k, want_v = shared.reference_cache(batch)
-    assert torch.equal(k_cache.cpu(), want_k) and torch.equal(v_cache.cpu(), want_v)
-    out = torch.full_like(batch.query, float("nan"), device=DEVICE)
-    result = triton_attention.paged_attention(*_attention_args(batch, k_cache, v_cache), out=out, **options)
-    assert result is out
-    return out.cpu()
-
-
-def _attention_args(
-    batch: Any, k_cache: torch.Tensor, v_cache: torch.Tensor, query: Any = None
-) -> tuple[Any, ...]:
-    """The positional arguments of ``paged_attention`` for ``batch``, on ``DEVICE``."""
-    return (
-        (batch.query if query is None else query).to(DEVICE),
-        k_cache,
-        v_cache,
-        batch.cu_seqlens_q.to(DEVICE),
-        batch.context_lens.to(DEVICE),
-        batch.block_tables.to(DEVICE),
-        batch.scale,
-        batch.max_seqlen_q,
-    )
-
-
-@requires_kernels
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize(
-    ("name", "specs", "heads", "kv_heads", "head_dim", "block_size"),
-    shared.CASES,
-    ids=[c[0] for c in shared.CASES],
-)
-def test_kernels_match_reference(
-    name: str,
-    specs: list[tuple[int, int]],
-    heads: int,
-    kv_heads: int,
-    head_dim: int,
-    block_size: int,
-    dtype: torch.dtype,
-) -> None:
-    """Default tiles; in float32 also small tiles (many per sequence, causal edges inside), split or not."""
-    batch = shared.make_batch(specs, heads, kv_heads, head_dim, block_size, dtype, seed=len(name))
-    want = shared.reference_attention(batch)
-    small_tiles = [{"block_m": 16, "block_n": 16}, {"block_m": 16, "block_n": 16, "num_splits": 3}]
-    for options in [{}] + (small_tiles if dtype == torch.float32 else []):
-        out = _run(batch, **options)
-        assert not out.isnan().any(), f"unwritten output with {options}"
-        torch.testing.assert_close(out.double(), want, atol=shared.tolerance(dtype), rtol=0, msg=str(options))
-
-
-@requires_kernels
-@pytest.mark.parametrize("num_splits", [1, 2, 5])
-def test_decode_splits(num_splits: int) -> None:
-    """Decode batches split over more programs than some sequences need (those write directly)."""
-    batch = shared.make_batch([(40, 1), (3, 1), (0, 1), (-1, 1), (63, 1)], 8, 2, 32, 16)
-    out = _run(batch, num_splits=num_splits, block_n=16)
-    assert not out.isnan().any()
-    torch.testing.assert_close(out.double(), shared.reference_attention(batch), atol=1e-5, rtol=0)
-    assert torch.equal(out[3], torch.zeros_like(out[3]))  # the padding sequence
-
-
-@requires_kernels
-def test_non_contiguous_query_and_output() -> None:
-    """Query in the [H, T, D]-transposed layout transformers hands over; output the same."""
-    batch = shared.make_batch([(5, 3), (9, 1)], 4, 2, 16, 4)
-    query = (
-        batch.query.to(DEVICE).transpose(0, 1).contiguous().transpose(0, 1)
-    )  # [T, H, D], strides (D, T*D, 1)
-    k_cache, v_cache = batch.k_cache.to(DEVICE), batch.v_cache.to(DEVICE)
-    key = batch.new_key.to(DEVICE).transpose(0, 1).contiguous().transpose(0, 1)  # [T, Hkv, D], same layout
-    triton_attention.write_kv(
-        key, batch.new_value.to(DEVICE), k_cache, v_cache, batch.slot_mapping.to(DEVICE)
-    )
-    out = torch.full_like(query, float("nan")).transpose(0, 1).contiguous().transpose(0, 1)
-    triton_attention.paged_attention(*_attention_args(batch, k_cache, v_cache, query), out=out)
-    torch.testing.assert_close(out.cpu().double(), shared.reference_attention(batch), atol=1e-5, rtol=0)
-
-
-@requires_kernels
-def test_rejects_mismatched_dtypes() -> None:
-    batch = shared.make_batch([(2, 1)], 4, 2, 16, 4)
-    with pytest.raises(ValueError, match="dtype"):
-        triton_attention.paged_attention(
-            *_attention_args(batch, batch.k_cache, batch.v_cache, batch.query.half())
-        )
-
-
-@pytest.mark.skipif(not ON_CUDA, reason="CUDA graphs need a GPU")
-@pytest.mark.parametrize("num_splits", [None, 3])
-def test_decode_step_replays_in_cuda_graph(num_splits: int | None) -> None:
-    """write_kv + attention captured once, then replayed over another step's lengths, tables and
-    cache contents copied into the same buffers (same shapes: 7 blocks in use, at most 4 a sequence)."""
-    steps = [
-        shared.make_batch([(30, 1), (5, 1), (50, 1)], 8, 2, 64, 16, torch.bfloat16, seed=1),
-        shared.make_batch([(60, 1), (0, 1), (20, 1)], 8, 2, 64, 16, torch.bfloat16, seed=2),
-    ]
-    names = ["query", "new_key", "new_value", "slot_mapping", "k_cache", "v_cache"]
-    names += ["cu_seqlens_q", "context_lens", "block_tables"]
-    static = {name: getattr(steps[0], name).to(DEVICE) for name in names}
-    out = torch.full_like(static["query"], float("nan"))
-
-    def step() -> None:
-        triton_attention.write_kv(
-            static["new_key"],
-            static["new_value"],
-            static["k_cache"],
-            static["v_cache"],
-            static["slot_mapping"],
-        )
-        triton_attention.paged_attention(
-            static["query"], static["k_cache"], static["v_cache"], static["cu_seqlens_q"],
-            static["context_lens"], static["block_tables"], steps[0].scale, 1, out=out, num_splits=num_splits,
-        )  # fmt: skip
-
-    step()  # compile outside the capture
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        step()
-    for batch in steps:
-        for name in names:
-            static[name].copy_(getattr(batch, name))
-        out.fill_(float("nan"))
-        graph.replay()
-        torch.testing.assert_close(out.cpu().double(), shared.reference_attention(batch), atol=2e-2, rtol=0)
+    assert result.returncode == 0 and " passed" in result.stdout, result.stdout[-6000:] + result.stderr[-3000:]
