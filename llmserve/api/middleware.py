@@ -74,7 +74,6 @@ class BodySizeLimitMiddleware:
             await send_error(send, too_large)
             return
         received = 0
-        started = False
 
         async def limited_receive() -> Message:
             nonlocal received
@@ -85,16 +84,10 @@ class BodySizeLimitMiddleware:
                     raise _BodyTooLarge(too_large.message)
             return message
 
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, limited_receive, tracking_send)
-        except _BodyTooLarge:
-            if not started:
-                await send_error(send, too_large)
+        # `send` is passed through untouched: it is on the per-token path of every stream. A body
+        # that grows too large is read before any response starts, so the app's error handler
+        # renders the 413 itself.
+        await self.app(scope, limited_receive, send)
 
 
 class _BodyTooLarge(RequestTooLargeError):
