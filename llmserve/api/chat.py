@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
-from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -20,7 +19,15 @@ from llmserve.api.params import (
 )
 from llmserve.api.schemas import ChatCompletionRequest, ChatMessage
 from llmserve.api.state import server_state
-from llmserve.api.streaming import collect, new_id, now_s, raise_if_error, sse_response, until_disconnect
+from llmserve.api.streaming import (
+    ChunkFormat,
+    collect,
+    new_id,
+    now_s,
+    raise_if_error,
+    sse_response,
+    until_disconnect,
+)
 from llmserve.errors import InvalidRequestError
 from llmserve.templates import encode_chat
 from llmserve.worker import RequestStream, Worker
@@ -106,15 +113,7 @@ async def _complete(worker: Worker, body: ChatCompletionRequest, stream: Request
 
 async def _stream(worker: Worker, body: ChatCompletionRequest, stream: RequestStream, num_prompt: int,
                   include_usage: bool) -> AsyncIterator[dict]:
-    chunk_id, created = stream.request_id, now_s()
-
-    def chunk(choices: list[dict], usage: dict | None = None) -> dict:
-        out: dict[str, Any] = {"id": chunk_id, "object": "chat.completion.chunk", "created": created,
-                               "model": body.model, "system_fingerprint": None, "choices": choices}
-        if include_usage:
-            out["usage"] = usage
-        return out
-
+    chunk = ChunkFormat(stream.request_id, "chat.completion.chunk", body.model, include_usage)
     num_output = [0] * len(stream.seq_ids)
     try:
         for index in range(len(stream.seq_ids)):

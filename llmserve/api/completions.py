@@ -21,7 +21,15 @@ from llmserve.api.params import (
 )
 from llmserve.api.schemas import CompletionRequest
 from llmserve.api.state import server_state
-from llmserve.api.streaming import collect, new_id, now_s, raise_if_error, sse_response, until_disconnect
+from llmserve.api.streaming import (
+    ChunkFormat,
+    collect,
+    new_id,
+    now_s,
+    raise_if_error,
+    sse_response,
+    until_disconnect,
+)
 from llmserve.engine.request import SamplingParams
 from llmserve.errors import InvalidRequestError
 from llmserve.templates import encode_text
@@ -120,15 +128,7 @@ async def _complete(worker: Worker, body: CompletionRequest, stream: RequestStre
 
 async def _stream(worker: Worker, body: CompletionRequest, stream: RequestStream, echoes: list[str],
                   usage: _Usage | None) -> AsyncIterator[dict]:
-    chunk_id, created = stream.request_id, now_s()
-
-    def chunk(choices: list[dict], usage_dict: dict | None = None) -> dict:
-        out: dict[str, Any] = {"id": chunk_id, "object": "text_completion", "created": created,
-                               "model": body.model, "system_fingerprint": None, "choices": choices}
-        if usage is not None:
-            out["usage"] = usage_dict
-        return out
-
+    chunk = ChunkFormat(stream.request_id, "text_completion", body.model, usage is not None)
     num_output = [0] * len(echoes)
     offsets = [len(e) for e in echoes]
     try:

@@ -82,7 +82,7 @@ async def create_embedding(request: Request) -> Response:
 
 def token_ids(value: Any, tokenizer: Any, vocab_size: int) -> list[list[int]]:
     """The request's inputs as token-id lists: strings tokenized with special tokens, ids checked."""
-    items = [value] if isinstance(value, str) or (value and isinstance(value[0], int)) else list(value)
+    items: list[Any] = [value] if isinstance(value, str) or (value and isinstance(value[0], int)) else list(value)
     if not items:
         raise InvalidRequestError("input must not be empty", param="input")
     if isinstance(items[0], str):

@@ -14,7 +14,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from sse_starlette.sse import EventSourceResponse
 from starlette.requests import Request
@@ -34,6 +34,25 @@ def new_id(prefix: str) -> str:
 
 def now_s() -> int:
     return int(time.time())
+
+
+@dataclass(frozen=True)
+class ChunkFormat:
+    """Builds the chunks of one stream: same id, object and created on every chunk; `usage` is
+    present (null until the final usage chunk) only when the client asked for it."""
+
+    chunk_id: str
+    object: str
+    model: str
+    include_usage: bool
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    def __call__(self, choices: list[dict], usage: dict | None = None) -> dict:
+        out: dict[str, Any] = {"id": self.chunk_id, "object": self.object, "created": self.created,
+                               "model": self.model, "system_fingerprint": None, "choices": choices}
+        if self.include_usage:
+            out["usage"] = usage
+        return out
 
 
 @dataclass
