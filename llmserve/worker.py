@@ -136,6 +136,11 @@ class Worker:
         return self.num_unfinished - self.num_waiting
 
     @property
+    def vocab_size(self) -> int:
+        assert self.engine is not None
+        return int(self.engine.vocab_size)
+
+    @property
     def kv_cache_usage(self) -> float:
         """Share of KV-cache blocks held by live sequences (0 before loading)."""
         pool = getattr(self.engine, "pool", None)  # embedding engines keep no KV cache

@@ -12,6 +12,7 @@ from llmserve.api.logprobs import chat_logprobs
 from llmserve.api.params import (
     check_common,
     choice_seeds,
+    logit_bias,
     read_body,
     resolve_max_tokens,
     sampling_params,
@@ -54,7 +55,8 @@ async def create_chat_completion(request: Request) -> Response:
         param="max_completion_tokens" if body.max_completion_tokens else "max_tokens", prompt_param="messages",
     )
     logprobs = (body.top_logprobs or 0) if body.logprobs else None
-    prompts = [(prompt_ids, sampling_params(body, max_tokens, stop, seed, logprobs))
+    bias = logit_bias(body, worker.vocab_size)
+    prompts = [(prompt_ids, sampling_params(body, max_tokens, stop, seed, logprobs, bias))
                for seed in choice_seeds(body.seed, body.n)]
     stream = worker.submit(prompts, new_id("chatcmpl"))
     if limits.log_requests:

@@ -14,6 +14,7 @@ from llmserve.api.logprobs import completion_logprobs
 from llmserve.api.params import (
     check_common,
     choice_seeds,
+    logit_bias,
     read_body,
     resolve_max_tokens,
     sampling_params,
@@ -57,10 +58,11 @@ async def create_completion(request: Request) -> Response:
     worker = state.choose_worker(body.model)
     texts, prompt_ids = _prompts(body.prompt, worker)
     prompts: list[tuple[list[int], SamplingParams]] = []
+    bias = logit_bias(body, worker.vocab_size)
     for ids in prompt_ids:
         max_tokens = resolve_max_tokens(body.max_tokens, DEFAULT_MAX_TOKENS, len(ids), worker.max_model_len,
                                         param="max_tokens", prompt_param="prompt")
-        prompts += [(ids, sampling_params(body, max_tokens, stop, seed, body.logprobs))
+        prompts += [(ids, sampling_params(body, max_tokens, stop, seed, body.logprobs, bias))
                     for seed in choice_seeds(body.seed, body.n)]
     echoes = [texts[i // body.n] if body.echo else "" for i in range(len(prompts))]
     usage = _Usage(sum(len(ids) for ids, _ in prompts[::body.n]))
@@ -87,7 +89,7 @@ def _prompts(prompt: Any, worker: Worker) -> tuple[list[str], list[list[int]]]:
     if not prompt:
         raise InvalidRequestError("prompt must not be empty", param="prompt")
     id_lists = [prompt] if isinstance(prompt[0], int) else prompt
-    vocab = worker.engine.vocab_size if worker.engine else 0
+    vocab = worker.vocab_size
     for ids in id_lists:
         if not ids:
             raise InvalidRequestError("prompt must not be empty", param="prompt")

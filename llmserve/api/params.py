@@ -99,8 +99,21 @@ def resolve_max_tokens(requested: int | None, default: int | None, num_prompt_to
     return wanted
 
 
+def logit_bias(body: SamplingFields, vocab_size: int) -> tuple[tuple[int, float], ...]:
+    """`logit_bias` as (token id, bias) pairs; keys must be token ids of the served model."""
+    pairs = []
+    for key, value in (body.logit_bias or {}).items():
+        if not key.strip().isdigit() or int(key) >= vocab_size:
+            raise InvalidRequestError(f"logit_bias keys must be token ids in [0, {vocab_size}), got '{key[:20]}'",
+                                      param="logit_bias")
+        pairs.append((int(key), float(value)))
+    if len(pairs) > 300:
+        raise InvalidRequestError("logit_bias may hold at most 300 tokens", param="logit_bias")
+    return tuple(pairs)
+
+
 def sampling_params(body: SamplingFields, max_tokens: int, stop: tuple[str, ...], seed: int | None,
-                    logprobs: int | None) -> SamplingParams:
+                    logprobs: int | None, bias: tuple[tuple[int, float], ...] = ()) -> SamplingParams:
     """Engine sampling parameters for one choice."""
     temperature = 1.0 if body.temperature is None else body.temperature
     return SamplingParams(
@@ -117,6 +130,7 @@ def sampling_params(body: SamplingFields, max_tokens: int, stop: tuple[str, ...]
         stop_token_ids=tuple(body.stop_token_ids or ()),
         ignore_eos=body.ignore_eos,
         logprobs=logprobs,
+        logit_bias=bias,
     )
 
 

@@ -52,6 +52,7 @@ class SamplingFields(_Lenient):
     user: str | None = None
     ignore_eos: bool = False
     stop_token_ids: list[Annotated[int, Field(ge=0)]] | None = None
+    logit_bias: dict[str, Annotated[float, Field(ge=-100.0, le=100.0)]] | None = None
 
 
 class ChatCompletionRequest(SamplingFields):

@@ -25,6 +25,7 @@ class SamplingBatch:
     presence: torch.Tensor  # [B] float32
     frequency: torch.Tensor  # [B] float32
     repetition: torch.Tensor  # [B] float32
+    logit_bias: torch.Tensor | None  # [B, V] float32 added to the logits; None when no row has a bias
     output_ids: torch.Tensor | None  # [B, Lmax] int64 padded with vocab size; None without penalties
     prompt_ids: torch.Tensor | None  # [B, Pmax] int64 padded with vocab size; None without penalties
     generators: list[torch.Generator | None]
@@ -55,6 +56,7 @@ def build_sampling_batch(
         presence=column([p.presence_penalty for p in params]),
         frequency=column([p.frequency_penalty for p in params]),
         repetition=column([p.repetition_penalty for p in params]),
+        logit_bias=_bias_rows(params, vocab_size, device),
         output_ids=_pad([s.output_ids for s in seqs], vocab_size, device) if use_penalties else None,
         prompt_ids=_pad([s.prompt_ids for s in seqs], vocab_size, device) if use_penalties else None,
         generators=generators,
@@ -62,6 +64,16 @@ def build_sampling_batch(
         num_logprobs=max((p.logprobs for p in params if p.logprobs is not None), default=-1),
         all_greedy=all(p.is_greedy for p in params),
     )
+
+
+def _bias_rows(params: list[SamplingParams], vocab_size: int, device: torch.device) -> torch.Tensor | None:
+    if not any(p.logit_bias for p in params):
+        return None
+    bias = torch.zeros(len(params), vocab_size, dtype=torch.float32)
+    for row, p in enumerate(params):
+        for token_id, value in p.logit_bias:
+            bias[row, token_id] = value
+    return bias.to(device)
 
 
 def _pad(rows: list[list[int]], pad: int, device: torch.device) -> torch.Tensor:
@@ -123,6 +135,8 @@ def sample(logits: torch.Tensor, batch: SamplingBatch) -> SampleResult:
     logits = logits.float()
     raw_logprobs = torch.log_softmax(logits, dim=-1) if batch.num_logprobs >= 0 else None
     logits = apply_penalties(logits, batch)
+    if batch.logit_bias is not None:
+        logits = logits + batch.logit_bias
     greedy_ids = logits.argmax(dim=-1)
     if batch.all_greedy:
         token_ids = greedy_ids

@@ -131,3 +131,21 @@ def test_auth_errors(keyed_base_url: str) -> None:
         OpenAI(base_url=keyed_base_url, api_key="sk-wrong-key-000", max_retries=0).models.list()
     ok = OpenAI(base_url=keyed_base_url, api_key=API_KEY, max_retries=0)
     assert [m.id for m in ok.models.list().data] == [MODEL]
+
+
+def test_logit_bias_forces_and_bans_tokens(client: OpenAI, tiny_model_dir) -> None:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    forced = client.completions.create(model=MODEL, prompt="x", max_tokens=4, temperature=0,
+                                       logit_bias={"65": 100}, extra_body={"ignore_eos": True})
+    assert forced.choices[0].text == tokenizer.decode([65] * 4)
+    plain = client.completions.create(model=MODEL, prompt="x", max_tokens=1, temperature=0,
+                                      extra_body={"ignore_eos": True})
+    greedy_id = tokenizer.encode(plain.choices[0].text, add_special_tokens=False)[0]
+    banned = client.completions.create(model=MODEL, prompt="x", max_tokens=1, temperature=0,
+                                       logit_bias={str(greedy_id): -100}, extra_body={"ignore_eos": True})
+    assert banned.choices[0].text != plain.choices[0].text
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.completions.create(model=MODEL, prompt="x", logit_bias={"99999999": 5})
+    assert bad.value.body["param"] == "logit_bias"
