@@ -1,0 +1,70 @@
+"""Stock Hugging Face classes of the Llama family run unchanged over the paged cache:
+greedy outputs are token-exact against `model.generate` for Qwen2 (attention biases), Qwen3
+(q/k norms) and Mistral, as for Llama (tests/engine/test_engine.py)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    MistralConfig,
+    MistralForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    Qwen3Config,
+    Qwen3ForCausalLM,
+)
+
+from llmserve.config import WorkerConfig
+from llmserve.engine.builder import build_engine
+from llmserve.engine.request import SamplingParams
+
+SHAPE = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+         "num_key_value_heads": 2, "max_position_embeddings": 1024}
+FAMILIES = {
+    "qwen2": (Qwen2Config, Qwen2ForCausalLM, {}),
+    "qwen3": (Qwen3Config, Qwen3ForCausalLM, {"head_dim": 16}),
+    "mistral": (MistralConfig, MistralForCausalLM, {"sliding_window": None}),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(FAMILIES))
+def family_dir(request, tiny_model_dir: Path, tmp_path_factory) -> Path:
+    config_cls, model_cls, extra = FAMILIES[request.param]
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    out = tmp_path_factory.mktemp(request.param)
+    torch.manual_seed(1)
+    config = config_cls(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+                        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **SHAPE, **extra)
+    model = model_cls(config)
+    with torch.no_grad():
+        model.get_input_embeddings().weight.normal_(0, 0.1)
+    model.save_pretrained(out)
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "generation_config.json"):
+        if (tiny_model_dir / name).exists():
+            shutil.copy(tiny_model_dir / name, out / name)
+    return out
+
+
+def test_greedy_outputs_match_generate(family_dir: Path) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(family_dir)
+    model = AutoModelForCausalLM.from_pretrained(family_dir, dtype=torch.float32)
+    prompts = [tokenizer.encode(t) for t in ("def f(x):", "Hello there " * 12, "a", "import os\nimport sys")]
+    lengths = [12, 20, 9, 15]
+    with torch.inference_mode():
+        expected = [model.generate(torch.tensor([ids]), max_new_tokens=n, do_sample=False)[0, len(ids):].tolist()
+                    for ids, n in zip(prompts, lengths, strict=True)]
+    engine = build_engine(WorkerConfig(model_path=str(family_dir), dtype="float32", kv_cache_tokens=4096,
+                                       block_size=8, max_num_batched_tokens=32), 0)
+    for i, (ids, n) in enumerate(zip(prompts, lengths, strict=True)):
+        engine.add(i, ids, SamplingParams(max_tokens=n, temperature=0.0))
+    got: dict[int, list[int]] = {i: [] for i in range(len(prompts))}
+    while engine.has_work:
+        for out in engine.step():
+            got[out.seq_id] += out.token_ids
+    assert [got[i] for i in range(len(prompts))] == expected
