@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The whole GPU benchmark of issue 3 in one go, on a machine with one NVIDIA GPU and no network.
+# Needs: python3 with torch (CUDA), transformers, triton, and llmserve's dependencies importable
+# (pip install -e . or PYTHONPATH). Writes every JSON and log under OUT (default ./gpu-results).
+#
+#   bash benchmarks/run_gpu.sh [OUT]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${1:-${OUT:-gpu-results}}
+MODEL=${MODEL:-/tmp/llama-3.2-1b-random}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
+git rev-parse HEAD 2>/dev/null | tee "$OUT/commit.txt" || true
+[ -f "$MODEL/config.json" ] || python3 -m llmserve tiny-model "$MODEL" --preset llama-3.2-1b
+python3 benchmarks/gpu_attention_check.py --quick | tee "$OUT/attention.txt"
+python3 benchmarks/gpu_correctness.py --model-path "$MODEL" --out "$OUT/correctness.json" | tee "$OUT/correctness.txt"
+python3 benchmarks/gpu_serve_bench.py --model-path "$MODEL" --out-dir "$OUT" | tee "$OUT/serve.txt"
+python3 benchmarks/gpu_references.py --model-path "$MODEL" --out "$OUT/references.json" | tee "$OUT/references.txt"
