@@ -49,3 +49,12 @@ def test_earliest_of_several_stop_strings_wins(tiny_model_dir) -> None:
     ids = tok.encode("one two three four", add_special_tokens=False)
     deltas, _ = _run(tok, ids, stop=("four", "two"))
     assert "".join(deltas) == "one "
+
+
+def test_tokenizers_that_clean_up_spaces_decode_through_transformers(tiny_model_dir) -> None:
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tok.clean_up_tokenization_spaces = True
+    text = "Hello , world ! It 's fine ."
+    ids = tok.encode(text, add_special_tokens=False)
+    deltas, _ = _run(tok, ids)
+    assert "".join(deltas) == tok.decode(ids, skip_special_tokens=True)
