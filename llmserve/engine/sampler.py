@@ -148,12 +148,14 @@ def sample(logits: torch.Tensor, batch: SamplingBatch) -> SampleResult:
     chosen = raw_logprobs.gather(1, token_ids.unsqueeze(1)).squeeze(1)
     k = max(batch.num_logprobs, 1)
     top_values, top_ids = raw_logprobs.topk(k, dim=-1)
-    packed = torch.cat([token_ids.unsqueeze(1).float(), chosen.unsqueeze(1), top_values], dim=1).cpu()
+    # One device-to-host copy for the whole batch: token ids travel as float64 (exact for any vocabulary).
+    columns = [token_ids.unsqueeze(1), chosen.unsqueeze(1), top_ids, top_values]
+    packed = torch.cat([c.double() for c in columns], dim=1).cpu()
     return SampleResult(
         token_ids=packed[:, 0].long().tolist(),
         logprobs=packed[:, 1].tolist(),
-        top_ids=top_ids.cpu().tolist(),
-        top_logprobs=packed[:, 2:].tolist(),
+        top_ids=packed[:, 2:2 + k].long().tolist(),
+        top_logprobs=packed[:, 2 + k:].tolist(),
     )
 
 
