@@ -121,7 +121,7 @@ class WorkerConfig:
     revision: str = ""
     """Hub revision (branch, tag or commit) when model_path is a hub id."""
     task: str = "auto"
-    """"generate" (chat/completions), "embed" (/v1/embeddings) or "auto" (embed for embedding models)."""
+    """"generate" (chat/completions), "embed" (/v1/embeddings; causal LMs pool their last token) or "auto"."""
     truncate: bool = False
     """Embedding workers: cut inputs longer than the model's limit instead of answering 400."""
     num_gpus: int = 1

@@ -40,7 +40,7 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 _CPU_KV_BUDGET_BYTES = 1024**3
 _HUB_ID_RE = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
 # Options an embedding worker (one device, full precision) cannot honour.
-_GENERATE_ONLY = ("load_8bit", "load_4bit", "cpu_offloading")
+_GENERATE_ONLY = ("load_8bit", "load_4bit", "cpu_offloading", "max_gpu_memory")
 
 
 @dataclass
@@ -155,43 +155,53 @@ def check_worker(config: WorkerConfig, path: str) -> str:
     model_dir = resolve_model_dir(config.model_path, config.revision, f"{path}.model_path")
     check_weights(model_dir, config.allow_pickle, f"{path}.model_path")
     task = resolve_task(config, model_dir, path)
+    hf_config = read_hf_config(model_dir, config, path)
     if task == "embed":
         for key in _GENERATE_ONLY:
-            if getattr(config, key):
-                raise ConfigError(f"{path}.{key} = true: not supported by embedding workers (task \"embed\")")
+            value = getattr(config, key)
+            if value:
+                shown = "true" if value is True else f'"{value}"'
+                raise ConfigError(f'{path}.{key} = {shown}: not supported by embedding workers (task "embed")')
         if config.num_gpus != 1:
             raise ConfigError(f"{path}.num_gpus = {config.num_gpus}: embedding workers run on one device")
+    elif device.type == "cuda":  # a device map that cannot hold the weights fails here, not at load
+        dtype = resolve_dtype(config.dtype, device, getattr(hf_config, "dtype", None))
+        plan_placement(config, device, dtype, hf_config, path)
     return task
+
+
+def read_hf_config(model_dir: Path, config: WorkerConfig, path: str) -> Any:
+    """The model's transformers config; an unknown architecture or refused remote code is one line."""
+    try:
+        return AutoConfig.from_pretrained(model_dir, trust_remote_code=config.trust_remote_code)
+    except (OSError, ValueError) as exc:
+        reason = str(exc).strip().split("\n")[0].split(". ")[0][:200]
+        raise ConfigError(f'{path}.model_path = "{config.model_path}": cannot read its config.json: {reason}') from None
 
 
 def load_model(config: WorkerConfig, path: str = "workers[0]") -> LoadedModel:
     """Load model and tokenizer onto the configured device(s), dtype and quantization."""
     device = resolve_device(config.device, f"{path}.device")
     check_gpus(config, device, path)
+    check_bitsandbytes(config, path)
     model_dir = resolve_model_dir(config.model_path, config.revision, f"{path}.model_path")
     check_weights(model_dir, config.allow_pickle, f"{path}.model_path")
     common: dict[str, Any] = {"trust_remote_code": config.trust_remote_code}
-    hf_config = AutoConfig.from_pretrained(model_dir, **common)
+    hf_config = read_hf_config(model_dir, config, path)
     dtype = resolve_dtype(config.dtype, device, getattr(hf_config, "dtype", None))
     tokenizer = AutoTokenizer.from_pretrained(model_dir, **common)
-    placement = plan_placement(config, device, dtype)
-    try:
-        model = AutoModelForCausalLM.from_pretrained(
-            model_dir, dtype=dtype, use_safetensors=None if config.allow_pickle else True,
-            **placement.load_kwargs, **common,
-        )
-    except ValueError as exc:  # bitsandbytes refuses a map that spills without cpu_offloading
-        if placement.uses_device_map and "offload" in str(exc):
-            raise ConfigError(_does_not_fit(config, path)) from None
-        raise
+    placement = plan_placement(config, device, dtype, hf_config, path)
+    model: Any = AutoModelForCausalLM.from_pretrained(
+        model_dir, dtype=dtype, use_safetensors=None if config.allow_pickle else True,
+        **placement.load_kwargs, **common,
+    )
     if not placement.uses_device_map:
         model.to(device)
-    _check_offloading(getattr(model, "hf_device_map", None), config, path)
     model.eval()
     main = placement.main_device
     devices = layer_devices(model, hf_config.num_hidden_layers, main)
     keep_hidden_states_on(model, main)
-    model_len = int(getattr(hf_config, "max_position_embeddings", 0) or 4096)
+    model_len = min(int(getattr(hf_config, "max_position_embeddings", 0) or 4096), _attention_window(hf_config, path))
     max_model_len = min(config.max_model_len, model_len) if config.max_model_len else model_len
     num_parameters = getattr(model, "num_parameters", None)
     by_device = weight_bytes_by_device(model)
@@ -219,21 +229,15 @@ def _placement_summary(devices: list[torch.device], device_map: Any, by_device: 
     return text
 
 
-def _check_offloading(device_map: dict | None, config: WorkerConfig, path: str) -> None:
-    """accelerate spills what does not fit to CPU, then disk; only CPU, and only when asked for, is fine."""
-    offloaded = {str(v) for v in (device_map or {}).values()} & {"cpu", "disk"}
-    if "disk" in offloaded or (offloaded and not config.cpu_offloading):
-        raise ConfigError(_does_not_fit(config, path))
-
-
-def _does_not_fit(config: WorkerConfig, path: str) -> str:
-    where = f"{config.num_gpus} GPU(s)" + (f" x {config.max_gpu_memory}" if config.max_gpu_memory else "")
-    if config.max_gpu_memory:
-        return (f'{path}.max_gpu_memory = "{config.max_gpu_memory}": the weights do not fit on {where}; '
-                "raise max_gpu_memory or num_gpus" + ("" if config.cpu_offloading else
-                                                      ", or offload to CPU (load_8bit + cpu_offloading)"))
-    return (f"{path}.num_gpus = {config.num_gpus}: the weights do not fit in the free memory of {where}; "
-            "use more GPUs, quantize (load_8bit / load_4bit) or offload (cpu_offloading)")
+def _attention_window(hf_config: Any, path: str) -> int:
+    """The longest context the paged attention computes exactly: it attends to every cached
+    position, so a model with sliding-window attention is capped at its window."""
+    window = getattr(hf_config, "sliding_window", None)
+    if not isinstance(window, int) or window <= 0 or getattr(hf_config, "use_sliding_window", True) is False:
+        return 1 << 62
+    log.warning("%s: the model uses sliding-window attention (%d tokens); its context is capped there", path,
+                window)
+    return window
 
 
 def stop_token_ids(model_path: str, tokenizer: Any) -> frozenset[int]:
@@ -255,7 +259,7 @@ def stop_token_ids(model_path: str, tokenizer: Any) -> frozenset[int]:
 
 def kv_cache_spec(loaded: LoadedModel, config: WorkerConfig) -> KVCacheSpec:
     """Size the block pool: configured tokens, else free GPU memory, else a CPU budget."""
-    hf = loaded.model.config
+    hf: Any = loaded.model.config
     num_heads = hf.num_attention_heads
     head_dim = getattr(hf, "head_dim", None) or hf.hidden_size // num_heads
     num_kv_heads = getattr(hf, "num_key_value_heads", None) or num_heads
@@ -284,7 +288,8 @@ def kv_cache_spec(loaded: LoadedModel, config: WorkerConfig) -> KVCacheSpec:
 def _gpu_kv_tokens(loaded: LoadedModel, config: WorkerConfig, bytes_per_token_per_layer: int) -> int:
     """Tokens whose keys and values fit on every GPU that runs layers, each GPU keeping
     (1 - gpu_memory_utilization) of its memory and one step's activations free."""
-    devices = loaded.layer_devices or [loaded.device] * loaded.model.config.num_hidden_layers
+    hf: Any = loaded.model.config
+    devices = loaded.layer_devices or [loaded.device] * int(hf.num_hidden_layers)
     activation = _activation_bytes(loaded, config)
     fits = []
     for device, num_layers in Counter(devices).items():
@@ -296,7 +301,7 @@ def _gpu_kv_tokens(loaded: LoadedModel, config: WorkerConfig, bytes_per_token_pe
 
 def _activation_bytes(loaded: LoadedModel, config: WorkerConfig) -> int:
     """A generous estimate of one step's peak activations (logits dominate for big vocabularies)."""
-    hf = loaded.model.config
+    hf: Any = loaded.model.config
     tokens = config.max_num_batched_tokens
     hidden = tokens * max(hf.hidden_size, getattr(hf, "intermediate_size", 0)) * 4 * 4
     logits = config.max_num_seqs * loaded.vocab_size * 4 * 3

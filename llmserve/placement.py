@@ -1,16 +1,18 @@
 """Where a model's weights go, and where each layer runs.
 
 A worker's model sits on one device (`.to(device)` after loading), or, when it asks for several
-GPUs, a memory cap, CPU offloading or bitsandbytes quantization, on an accelerate device map that
-transformers builds while loading (`device_map="balanced"` capped by `max_memory` per GPU).
-Modules mapped to "cpu" still *run* on the first GPU (accelerate streams their weights in), so a
-layer's execution device, which is where its KV cache must live, is its GPU, or the first GPU for
-offloaded layers. `keep_hidden_states_on` keeps the final hidden states on the first GPU, where the
-runner's `logits_to_keep` indices are.
+GPUs, a memory cap, CPU offloading or bitsandbytes quantization, on an accelerate device map:
+a dict computed here from the model's shape (`infer_device_map`, balanced over the GPUs and capped
+by `max_gpu_memory`), checked, then given to `from_pretrained`. Modules mapped to "cpu" still
+*run* on the main GPU (accelerate streams their weights in), so a layer's execution device, which
+is where its KV cache must live, is its GPU, or the main GPU for offloaded layers.
+`keep_hidden_states_on` keeps the final hidden states on the main GPU, where the runner's
+`logits_to_keep` indices are.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -27,7 +29,7 @@ class Placement:
     """How `from_pretrained` is asked to place the weights."""
 
     main_device: torch.device
-    """Where inputs go and logits come back: the device, or the first GPU of a device map."""
+    """Where inputs go and logits come back: the device, or the lowest GPU of a device map."""
     load_kwargs: dict[str, Any] = field(default_factory=dict)
     """`device_map`, `max_memory` and `quantization_config` for `from_pretrained` (empty: load, then move)."""
     quantization: str | None = None
@@ -67,8 +69,14 @@ def check_bitsandbytes(config: WorkerConfig, path: str) -> None:
                           '(pip install "llmserve[quant]")') from None
 
 
-def plan_placement(config: WorkerConfig, device: torch.device, dtype: torch.dtype) -> Placement:
-    """The load arguments for a worker on `device` (already checked against the machine)."""
+def plan_placement(config: WorkerConfig, device: torch.device, dtype: torch.dtype, hf_config: Any,
+                   path: str = "workers[0]") -> Placement:
+    """The load arguments for a worker on `device` (already checked against the machine).
+
+    A device map is computed here, as a dict, rather than left to `from_pretrained` as a strategy
+    name: bitsandbytes keeps CPU-offloaded modules unquantized only for the modules a dict maps
+    to "cpu", and a dict can be checked before any weight is read.
+    """
     quantization = _quantization(config, dtype)
     label = None if quantization is None else ("8-bit" if config.load_8bit else "4-bit NF4")
     extra: dict[str, Any] = {} if quantization is None else {"quantization_config": quantization}
@@ -85,8 +93,61 @@ def plan_placement(config: WorkerConfig, device: torch.device, dtype: torch.dtyp
     }
     if config.cpu_offloading:
         max_memory["cpu"] = _free_cpu_bytes()
-    kwargs = {"device_map": "balanced", "max_memory": max_memory, **extra}
-    return Placement(torch.device("cuda", gpus[0]), kwargs, label)
+    device_map = infer_device_map(hf_config, max_memory, dtype, config)
+    check_offloading(device_map, config, path)
+    # Inputs go to the lowest GPU used: the one accelerate runs offloaded modules on, and the only
+    # one when the whole model landed on a single GPU (then transformers adds no hooks).
+    main = min(v for v in device_map.values() if isinstance(v, int))
+    return Placement(torch.device("cuda", main), {"device_map": device_map, **extra}, label)
+
+
+def infer_device_map(hf_config: Any, max_memory: dict[int | str, int], dtype: torch.dtype,
+                     config: WorkerConfig) -> dict[str, int | str]:
+    """accelerate's balanced device map for the model's shape (built empty, on the meta device).
+
+    Quantized: the weights of Linear layers (but the LM head) count 1 byte (8-bit) or half a byte
+    (4-bit) per parameter, everything else `dtype`; GPU budgets keep 10% for quantization buffers,
+    as transformers does.
+    """
+    from accelerate import init_empty_weights
+    from accelerate.utils import get_balanced_memory, infer_auto_device_map
+    from transformers import AutoModelForCausalLM
+
+    with init_empty_weights():
+        empty = AutoModelForCausalLM.from_config(hf_config, dtype=dtype, trust_remote_code=config.trust_remote_code)
+    empty.tie_weights()  # tied embeddings are one tensor on one device
+    no_split = sorted(getattr(empty, "_no_split_modules", None) or [])
+    sizes: dict[str, Any] = {"dtype": dtype}
+    if config.load_8bit or config.load_4bit:
+        quantized = {f"{name}.weight" for name, module in empty.named_modules()
+                     if isinstance(module, torch.nn.Linear) and not name.endswith("lm_head")}
+        sizes = {"dtype": torch.int8 if config.load_8bit else "int4",
+                 "special_dtypes": {name: dtype for name, _ in empty.named_parameters() if name not in quantized}}
+        max_memory = {key: value if key == "cpu" else int(value * 0.9) for key, value in max_memory.items()}
+    balanced = get_balanced_memory(empty, max_memory=max_memory, no_split_module_classes=no_split, **sizes)
+    with warnings.catch_warnings():
+        # accelerate warns about a few bytes of buffers whenever layers go to CPU; they stay on the GPU.
+        warnings.filterwarnings("ignore", message="Current model requires", category=UserWarning)
+        device_map = infer_auto_device_map(empty, max_memory=balanced, no_split_module_classes=no_split, **sizes)
+    return dict(device_map)
+
+
+def check_offloading(device_map: Mapping[str, Any], config: WorkerConfig, path: str) -> None:
+    """accelerate spills what does not fit to CPU, then disk; only CPU, and only when asked for, is fine."""
+    places = {str(v) for v in device_map.values()}
+    offloaded = places & {"cpu", "disk"}
+    if "disk" in offloaded or (offloaded and not config.cpu_offloading) or not places - {"cpu", "disk"}:
+        raise ConfigError(_does_not_fit(config, path))
+
+
+def _does_not_fit(config: WorkerConfig, path: str) -> str:
+    where = f"{config.num_gpus} GPU(s)" + (f" x {config.max_gpu_memory}" if config.max_gpu_memory else "")
+    if config.max_gpu_memory:
+        also = "" if config.cpu_offloading else ", or offload to CPU (load_8bit + cpu_offloading)"
+        return (f'{path}.max_gpu_memory = "{config.max_gpu_memory}": the weights do not fit on {where}'
+                f"{' and CPU memory' if config.cpu_offloading else ''}; raise max_gpu_memory or num_gpus{also}")
+    return (f"{path}.num_gpus = {config.num_gpus}: the weights do not fit in the free memory of {where}; "
+            "use more GPUs, quantize (load_8bit / load_4bit) or offload (cpu_offloading)")
 
 
 def _quantization(config: WorkerConfig, dtype: torch.dtype) -> Any:

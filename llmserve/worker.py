@@ -161,12 +161,13 @@ class Worker:
         self._loop = asyncio.get_running_loop()
         started = time.perf_counter()
         try:
-            self.engine = await asyncio.to_thread(self._engine_factory, self.config, self.index)
+            engine = await asyncio.to_thread(self._engine_factory, self.config, self.index)
         except Exception as exc:
             self.state = WorkerState.FAILED
             self.failure = f"failed to load: {exc}"
             raise
-        self.max_model_len = self.engine.max_model_len
+        self.engine = engine
+        self.max_model_len = engine.max_model_len
         self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
         self._thread.start()
         self.state = WorkerState.READY

@@ -114,13 +114,14 @@ def build_embedding_engine(config: WorkerConfig, index: int) -> EmbeddingEngine:
     device = resolve_device(config.device, f"{path}.device")
     model_dir = resolve_model_dir(config.model_path, config.revision, f"{path}.model_path")
     check_weights(model_dir, config.allow_pickle, f"{path}.model_path")
-    common = {"trust_remote_code": config.trust_remote_code}
-    checkpoint_dtype = getattr(AutoConfig.from_pretrained(model_dir, **common), "dtype", None)
+    trust = config.trust_remote_code
+    checkpoint_dtype = getattr(AutoConfig.from_pretrained(model_dir, trust_remote_code=trust), "dtype", None)
     dtype = resolve_dtype(config.dtype, device, checkpoint_dtype)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir, **common)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust)
     pad_token_id = tokenizer.pad_token_id if isinstance(tokenizer.pad_token_id, int) else None
-    embedder = Embedder(model_dir, device=device, dtype=dtype, allow_pickle=config.allow_pickle,
-                        max_batch_tokens=config.max_num_batched_tokens, pad_token_id=pad_token_id, **common)
+    embedder = Embedder(model_dir, device=device, dtype=dtype, trust_remote_code=trust,
+                        allow_pickle=config.allow_pickle, max_batch_tokens=config.max_num_batched_tokens,
+                        pad_token_id=pad_token_id)
     engine = EmbeddingEngine(embedder, tokenizer, max_num_seqs=config.max_num_seqs,
                              max_num_batched_tokens=config.max_num_batched_tokens,
                              max_model_len=config.max_model_len)

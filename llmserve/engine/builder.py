@@ -38,14 +38,13 @@ def build_engine(config: WorkerConfig, index: int) -> LLMEngine:
     kv_cache = KVCache(spec, loaded.layer_devices or loaded.device)
     pool = BlockPool(spec.num_blocks, spec.block_size, config.enable_prefix_caching)
     scheduler = Scheduler(SchedulerConfig(config.max_num_seqs, config.max_num_batched_tokens), pool)
+    # Split or bitsandbytes models run eagerly on the torch attention path: Triton kernels
+    # launch on the current device, not on each layer's.
+    fast_path = not loaded.uses_device_map
     runner = ModelRunner(loaded.model, kv_cache, loaded.device, max_num_seqs=config.max_num_seqs,
                          max_num_batched_tokens=config.max_num_batched_tokens,
-                         max_model_len=loaded.max_model_len,
-                         use_cuda_graphs=config.cuda_graphs and not loaded.uses_device_map)
-    if loaded.uses_device_map:
-        # Split or bitsandbytes models run eagerly on the torch attention path: Triton kernels
-        # launch on the current device, not on each layer's.
-        runner.use_triton = False
+                         max_model_len=loaded.max_model_len, use_triton=fast_path,
+                         use_cuda_graphs=config.cuda_graphs and fast_path)
     log.info(
         "%s: %s on %s, %s, %.1fM parameters, %.2f GiB weights, KV cache %d tokens (%d blocks of %d), "
         "context %d",

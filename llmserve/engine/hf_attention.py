@@ -67,7 +67,8 @@ def paged_attention_forward(
     q = query[0].transpose(0, 1)  # [T, H, D]
     k = key[0].transpose(0, 1)
     v = value[0].transpose(0, 1)
-    k_cache, v_cache = meta.kv_cache.layer(module.layer_idx)
+    layer_idx: int = module.layer_idx  # type: ignore[assignment]  # set by every Llama-family attention
+    k_cache, v_cache = meta.kv_cache.layer(layer_idx)
     meta = meta.on(k_cache.device)
     scale = scaling if scaling is not None else q.shape[-1] ** -0.5
     backend = _triton_backend() if meta.use_triton else torch_attention

@@ -21,12 +21,12 @@ class ModelRunner:
 
     def __init__(self, model: torch.nn.Module, kv_cache: KVCache, device: torch.device,
                  max_num_seqs: int = 1, max_num_batched_tokens: int = 2048, max_model_len: int = 0,
-                 use_cuda_graphs: bool = False) -> None:
+                 use_triton: bool = True, use_cuda_graphs: bool = False) -> None:
         self.model = model
         self.kv_cache = kv_cache
         self.device = device
         self.block_size = kv_cache.spec.block_size
-        self.use_triton = device.type == "cuda" and _triton_available()
+        self.use_triton = use_triton and device.type == "cuda" and _triton_available()
         self.graphs: StepGraphs | None = None
         if use_cuda_graphs and self.use_triton:
             max_blocks = -(-max_model_len // self.block_size)

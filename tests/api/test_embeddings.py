@@ -56,12 +56,13 @@ def minilm_dir() -> Path:
 
 @pytest.fixture(scope="module")
 def server(tiny_model_dir: Path, minilm_dir: Path) -> Iterator[Server]:
-    """MiniLM twice (rejecting and truncating long inputs) and the tiny text generator."""
+    """MiniLM twice (rejecting and truncating long inputs); the tiny causal LM generating, and embedding."""
     config = parse_config({"workers": [
         {"model_path": str(minilm_dir), "model_names": ["minilm"], "max_num_seqs": 32},
         {"model_path": str(minilm_dir), "model_names": ["minilm-trunc"], "truncate": True,
          "max_num_seqs": 32, "max_waiting": 8},
         {"model_path": str(tiny_model_dir), "model_names": ["tiny"], "kv_cache_tokens": 4096},
+        {"model_path": str(tiny_model_dir), "model_names": ["tiny-embed"], "task": "embed"},
     ]})
     engines: dict[str, Any] = {}
     build = builder.build_worker_engine
@@ -219,6 +220,16 @@ def test_embeddings_against_a_text_generation_model_are_400(client: openai.OpenA
     assert err.value.body["message"] == (  # type: ignore[index]
         "The model 'tiny' generates text and serves no embeddings; to embed with a causal LM, "
         'serve it in a worker with task = "embed" (last-token pooling)')
+
+
+def test_a_causal_lm_with_task_embed_serves_last_token_embeddings(client: openai.OpenAI, server: Server) -> None:
+    result = client.embeddings.create(model="tiny-embed", input=["hello world", "hello"], encoding_format="float")
+    vectors = np.asarray([d.embedding for d in result.data])
+    assert vectors.shape == (2, 128)  # the tiny model's hidden size
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)  # last token, L2-normalised
+    assert not np.allclose(vectors[0], vectors[1])
+    engine = server.engines["tiny-embed"]
+    assert engine.embedder.pooling.mode == "lasttoken" and engine.max_model_len == 4096
 
 
 @pytest.mark.parametrize(("body", "param", "message"), [

@@ -68,3 +68,13 @@ def test_greedy_outputs_match_generate(family_dir: Path) -> None:
         for out in engine.step():
             got[out.seq_id] += out.token_ids
     assert [got[i] for i in range(len(prompts))] == expected
+
+
+def test_sliding_window_models_are_capped_at_their_window(tiny_model_dir: Path, tmp_path: Path) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    config = MistralConfig(vocab_size=len(tokenizer), sliding_window=64, **SHAPE)
+    MistralForCausalLM(config).save_pretrained(tmp_path)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(tiny_model_dir / name, tmp_path / name)
+    engine = build_engine(WorkerConfig(model_path=str(tmp_path), dtype="float32", kv_cache_tokens=4096), 0)
+    assert engine.max_model_len == 64

@@ -7,7 +7,13 @@ import math
 import torch
 
 from llmserve.engine.request import SamplingParams, Sequence
-from llmserve.engine.sampler import apply_penalties, build_sampling_batch, filter_logits, make_generator, sample
+from llmserve.engine.sampler import (
+    apply_penalties,
+    build_sampling_batch,
+    filter_logits,
+    make_generator,
+    sample,
+)
 
 CPU = torch.device("cpu")
 
