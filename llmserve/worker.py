@@ -60,6 +60,7 @@ class RequestStream:
         self.first_token_s: float | None = None
         self.last_event_s: dict[int, float] = {}
         self.finished_outputs: list[SequenceOutput] = []
+        self.prompt_ids: list[list[int]] = []  # per choice, as submitted
 
     @property
     def is_finished(self) -> bool:
@@ -86,6 +87,7 @@ def _merge(first: SequenceOutput, second: SequenceOutput) -> SequenceOutput:
     second.text = first.text + second.text
     second.token_ids = first.token_ids + second.token_ids
     second.logprobs = first.logprobs + second.logprobs
+    second.prompt_logprobs = first.prompt_logprobs or second.prompt_logprobs
     return second
 
 
@@ -191,6 +193,7 @@ class Worker:
         self._check_can_accept(len(prompts))
         seq_ids = [next(self._seq_ids) for _ in prompts]
         stream = RequestStream(seq_ids, request_id)
+        stream.prompt_ids = [ids for ids, _ in prompts]
         for seq_id in seq_ids:
             self._streams[seq_id] = stream
         self._inbox.put(_Add(seq_ids, prompts))

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from llmserve.api.logprobs import completion_logprobs
+from llmserve.api.logprobs import completion_logprobs, join_logprobs, prompt_completion_logprobs
 from llmserve.api.params import (
     check_common,
     choice_seeds,
@@ -52,8 +52,8 @@ async def create_completion(request: Request) -> Response:
         raise InvalidRequestError("suffix is not supported", param="suffix")
     if body.best_of is not None and body.best_of != body.n:
         raise InvalidRequestError("best_of other than n is not supported", param="best_of")
-    if body.echo and body.logprobs is not None:
-        raise InvalidRequestError("echo together with logprobs is not supported", param="echo")
+    if body.max_tokens == 0 and not body.echo:
+        raise InvalidRequestError("max_tokens may be 0 only with echo", param="max_tokens")
     stop = stop_strings(body, limits)
     worker = state.choose_worker(body.model)
     texts, prompt_ids = _prompts(body.prompt, worker)
@@ -62,8 +62,11 @@ async def create_completion(request: Request) -> Response:
     for ids in prompt_ids:
         max_tokens = resolve_max_tokens(body.max_tokens, DEFAULT_MAX_TOKENS, len(ids), worker.max_model_len,
                                         param="max_tokens", prompt_param="prompt")
-        prompts += [(ids, sampling_params(body, max_tokens, stop, seed, body.logprobs, bias))
-                    for seed in choice_seeds(body.seed, body.n)]
+        params = [sampling_params(body, max_tokens, stop, seed, body.logprobs, bias)
+                  for seed in choice_seeds(body.seed, body.n)]
+        if body.echo and body.logprobs is not None:  # the echoed prompt carries logprobs too
+            params = [replace(p, prompt_logprobs=body.logprobs) for p in params]
+        prompts += [(ids, p) for p in params]
     echoes = [texts[i // body.n] if body.echo else "" for i in range(len(prompts))]
     usage = _Usage(sum(len(ids) for ids, _ in prompts[::body.n]))
     stream = worker.submit(prompts, new_id("cmpl"))
@@ -113,8 +116,13 @@ async def _complete(worker: Worker, body: CompletionRequest, stream: RequestStre
     results = await collect(stream)
     choices = []
     for index, result in enumerate(results):
-        logprobs = (completion_logprobs(worker.tokenizer, result.logprobs, len(echoes[index]))
-                    if body.logprobs is not None else None)
+        logprobs = None
+        if body.logprobs is not None:
+            logprobs = completion_logprobs(worker.tokenizer, result.logprobs, len(echoes[index]))
+            if result.prompt_logprobs is not None:
+                prompt_ids = stream.prompt_ids[index]
+                logprobs = join_logprobs(
+                    prompt_completion_logprobs(worker.tokenizer, prompt_ids, result.prompt_logprobs), logprobs)
         choices.append({"index": index, "text": echoes[index] + result.text, "logprobs": logprobs,
                         "finish_reason": result.finish_reason})
     return JSONResponse({
@@ -133,12 +141,17 @@ async def _stream(worker: Worker, body: CompletionRequest, stream: RequestStream
     chunk = ChunkFormat(stream.request_id, "text_completion", body.model, usage is not None)
     num_output = [0] * len(echoes)
     offsets = [len(e) for e in echoes]
+    scores_prompt = body.echo and body.logprobs is not None
     try:
         for index, echo in enumerate(echoes):
-            if echo:
+            if echo and not scores_prompt:
                 yield chunk([{"index": index, "text": echo, "logprobs": None, "finish_reason": None}])
         async for index, output in stream:
             raise_if_error(output)
+            if output.prompt_logprobs is not None:  # the echo waits for its prompt's logprobs
+                scored = prompt_completion_logprobs(worker.tokenizer, stream.prompt_ids[index],
+                                                    output.prompt_logprobs)
+                yield chunk([{"index": index, "text": echoes[index], "logprobs": scored, "finish_reason": None}])
             num_output[index] = output.num_output_tokens
             logprobs = None
             if body.logprobs is not None:

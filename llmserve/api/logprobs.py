@@ -44,3 +44,24 @@ def completion_logprobs(tokenizer: Any, logprobs: list[TokenLogprob], text_start
         offset += len(text)
     return {"tokens": tokens, "token_logprobs": token_logprobs, "top_logprobs": top_logprobs,
             "text_offset": offsets}
+
+
+def prompt_completion_logprobs(tokenizer: Any, prompt_ids: list[int],
+                               prompt_logprobs: list[TokenLogprob | None]) -> dict:
+    """The echoed prompt's part of a text completion's logprobs (the first token has none)."""
+    tokens, token_logprobs, top_logprobs, offsets = [], [], [], []
+    offset = 0
+    for token_id, item in zip(prompt_ids, prompt_logprobs, strict=True):
+        text = token_text(tokenizer, token_id)
+        tokens.append(text)
+        token_logprobs.append(None if item is None else _finite(item.logprob))
+        top_logprobs.append(None if item is None else {token_text(tokenizer, t): _finite(lp) for t, lp in item.top})
+        offsets.append(offset)
+        offset += len(text)
+    return {"tokens": tokens, "token_logprobs": token_logprobs, "top_logprobs": top_logprobs,
+            "text_offset": offsets}
+
+
+def join_logprobs(first: dict, second: dict) -> dict:
+    """Two logprob column sets, one after the other."""
+    return {key: first[key] + second[key] for key in first}

@@ -64,6 +64,7 @@ class ChatCompletionRequest(SamplingFields):
 
 class CompletionRequest(SamplingFields):
     prompt: str | list[str] | list[int] | list[list[int]]
+    max_tokens: int | None = Field(default=None, ge=0)  # 0 with echo: score the prompt only
     echo: bool = False
     logprobs: int | None = Field(default=None, ge=0)
     suffix: str | None = None

@@ -65,6 +65,7 @@ class ChoiceResult:
     finish_reason: str | None = None
     num_prompt_tokens: int = 0
     num_output_tokens: int = 0
+    prompt_logprobs: list[TokenLogprob | None] | None = None
 
 
 def raise_if_error(output: SequenceOutput) -> None:
@@ -84,6 +85,8 @@ async def collect(stream: RequestStream) -> list[ChoiceResult]:
         result.finish_reason = output.finish_reason
         result.num_prompt_tokens = output.num_prompt_tokens
         result.num_output_tokens = output.num_output_tokens
+        if output.prompt_logprobs is not None:
+            result.prompt_logprobs = output.prompt_logprobs
     return results
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -42,6 +42,8 @@ class StepBatch:
     block_tables: list[list[int]]  # B rows of block ids
     logits_indices: list[int]  # [S] rows whose logits are sampled
     max_seqlen_q: int
+    prompt_logits_indices: list[int] = field(default_factory=list)  # [P] rows for prompt logprobs
+    prompt_rows: list[tuple[int, int, int]] = field(default_factory=list)  # (item, first position, count)
 
 
 @dataclass

@@ -16,7 +16,13 @@ from llmserve.engine.detokenizer import IncrementalDetokenizer
 from llmserve.engine.kv_cache import BlockPool
 from llmserve.engine.request import SamplingParams, Sequence, SequenceStatus, TokenLogprob
 from llmserve.engine.runner import ModelRunner
-from llmserve.engine.sampler import SampleResult, build_sampling_batch, make_generator, sample
+from llmserve.engine.sampler import (
+    SampleResult,
+    build_sampling_batch,
+    make_generator,
+    prompt_logprob_table,
+    sample,
+)
 from llmserve.engine.scheduler import ScheduledSeq, Scheduler
 
 
@@ -33,6 +39,8 @@ class SequenceOutput:
     num_output_tokens: int
     num_cached_tokens: int = 0
     error: str | None = None
+    # Logprobs of the prompt tokens (None for the first), on the sequence's first event only.
+    prompt_logprobs: list[TokenLogprob | None] | None = None
 
 
 @dataclass
@@ -42,6 +50,8 @@ class _Tracked:
     generator: torch.Generator | None
     pending_ids: list[int] = field(default_factory=list)
     pending_logprobs: list[TokenLogprob] = field(default_factory=list)
+    prompt_logprobs: list[TokenLogprob | None] | None = None  # filled as prefill chunks run
+    has_emitted: bool = False
 
 
 class LLMEngine:
@@ -83,7 +93,10 @@ class LLMEngine:
         """Queue a new sequence; it joins the running batch at a step boundary."""
         seq = Sequence(seq_id, list(prompt_ids), params, arrival_order=next(self._arrivals))
         detok = IncrementalDetokenizer(self.tokenizer, seq.prompt_ids, params.stop)
-        self._tracked[seq_id] = _Tracked(seq, detok, make_generator(params, self.runner.device))
+        tracked = _Tracked(seq, detok, make_generator(params, self.runner.device))
+        if params.prompt_logprobs is not None:
+            tracked.prompt_logprobs = [None] * len(seq.prompt_ids)
+        self._tracked[seq_id] = tracked
         self.scheduler.add(seq)
 
     def abort(self, seq_id: int) -> SequenceOutput | None:
@@ -110,8 +123,34 @@ class LLMEngine:
         self.last_scheduled = [item.seq.seq_id for item in scheduled]
         logits = self.runner.execute(scheduled)
         sampling = [item.seq for item in scheduled if item.samples]
-        result = self._sample(logits, sampling) if sampling else None
+        if logits.shape[0] > len(sampling):
+            self._record_prompt_logprobs(scheduled, logits[len(sampling):])
+        result = self._sample(logits[: len(sampling)], sampling) if sampling else None
         return self._postprocess(scheduled, sampling, result)
+
+    def _record_prompt_logprobs(self, scheduled: list[ScheduledSeq], logits: torch.Tensor) -> None:
+        """Logprobs of the prompt tokens this step's chunks predict. logits: [P, V], in the
+        runner's `prompt_rows` order (position p's row predicts prompt token p + 1)."""
+        spans = []
+        for item in scheduled:
+            seq = item.seq
+            if seq.params.prompt_logprobs is None:
+                continue
+            start = seq.num_computed_tokens
+            last = min(start + item.num_new_tokens, seq.num_prompt_tokens - 1)
+            if last > start:
+                spans.append((self._tracked[seq.seq_id], start, last))
+        k = max(max(t.seq.params.prompt_logprobs or 0 for t, _, _ in spans), 1)
+        targets = [t.seq.prompt_ids[p + 1] for t, start, last in spans for p in range(start, last)]
+        values = prompt_logprob_table(logits, targets, k)
+        row = 0
+        for tracked, start, last in spans:
+            wanted = tracked.seq.params.prompt_logprobs or 0
+            assert tracked.prompt_logprobs is not None
+            for p in range(start, last):
+                token_id, logprob, top = values[row]
+                tracked.prompt_logprobs[p + 1] = TokenLogprob(token_id, logprob, top[:wanted])
+                row += 1
 
     def _sample(self, logits: torch.Tensor, seqs: list[Sequence]) -> SampleResult:
         generators = [self._tracked[s.seq_id].generator for s in seqs]
@@ -128,6 +167,9 @@ class LLMEngine:
         for row, seq in enumerate(sampling):
             assert result is not None
             tracked = self._tracked[seq.seq_id]
+            if seq.params.max_tokens == 0:  # prompt logprobs only (echo with max_tokens = 0)
+                outputs.append(self._finish(tracked, SequenceStatus.FINISHED_LENGTH))
+                continue
             token_id = result.token_ids[row]
             seq.output_ids.append(token_id)
             tracked.pending_ids.append(token_id)
@@ -177,7 +219,9 @@ class LLMEngine:
             num_prompt_tokens=seq.num_prompt_tokens,
             num_output_tokens=seq.num_output_tokens,
             num_cached_tokens=seq.num_cached_tokens,
+            prompt_logprobs=None if tracked.has_emitted else tracked.prompt_logprobs,
         )
+        tracked.has_emitted = True
         tracked.pending_ids = []
         tracked.pending_logprobs = []
         return output

@@ -101,7 +101,8 @@ class BlockPool:
         Returns False (and changes nothing) when the pool has too few free blocks.
         """
         tokens = seq.all_ids
-        cached = self._match_prefix(tokens)
+        # Prompt logprobs need the logits of every prompt position, so nothing may be skipped.
+        cached = self._match_prefix(tokens) if seq.params.prompt_logprobs is None else []
         num_new = self.blocks_needed(len(tokens)) - len(cached)
         num_revived = sum(1 for b in cached if self._ref_counts[b] == 0)
         if num_new > len(self._free) - num_revived:

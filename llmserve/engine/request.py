@@ -44,6 +44,7 @@ class SamplingParams:
     ignore_eos: bool = False
     logprobs: int | None = None  # None = no logprobs; k = the sampled token's plus the top k
     logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias added to its logit)
+    prompt_logprobs: int | None = None  # logprobs (and top k) of every prompt token after the first
 
     @property
     def is_greedy(self) -> bool:

@@ -34,10 +34,12 @@ class ModelRunner:
             self.graphs.capture()
 
     def execute(self, scheduled: list[ScheduledSeq]) -> torch.Tensor:
-        """Logits [S, V] of the sequences that sample this step, in schedule order."""
+        """Logits [S + P, V]: the S sequences that sample this step (in schedule order), then the P
+        prompt positions whose logprobs were asked for (see `StepBatch.prompt_rows`)."""
         batch = self.prepare(scheduled)
         graphs = self.graphs
-        if graphs is not None and graphs.fits(len(batch.token_ids), len(scheduled), batch.max_seqlen_q):
+        fits = graphs is not None and graphs.fits(len(batch.token_ids), len(scheduled), batch.max_seqlen_q)
+        if graphs is not None and fits and not batch.prompt_rows:
             return graphs.run(batch)
         return self.forward(batch)
 
@@ -45,11 +47,18 @@ class ModelRunner:
         """Pack the step's tokens and cache addresses on the host."""
         bs = self.block_size
         batch = StepBatch([], [], [], [0], [], [], [], max(item.num_new_tokens for item in scheduled))
-        for item in scheduled:
+        for index, item in enumerate(scheduled):
             seq = item.seq
             start = seq.num_computed_tokens
             end = start + item.num_new_tokens
             table = seq.block_table
+            if seq.params.prompt_logprobs is not None:
+                # Position p predicts prompt token p + 1; the last prompt position predicts output.
+                last = min(end, seq.num_prompt_tokens - 1)
+                if last > start:
+                    first_row = len(batch.token_ids)
+                    batch.prompt_logits_indices.extend(range(first_row, first_row + last - start))
+                    batch.prompt_rows.append((index, start, last - start))
             for pos in range(start, end):
                 batch.token_ids.append(seq.token_at(pos))
                 batch.slots.append(table[pos // bs] * bs + pos % bs)
@@ -63,7 +72,7 @@ class ModelRunner:
 
     @torch.inference_mode()
     def forward(self, batch: StepBatch) -> torch.Tensor:
-        """An eager forward of one step: logits [S, V]."""
+        """An eager forward of one step: logits [S + P, V]."""
         width = max(len(t) for t in batch.block_tables)
         tables = [t + [0] * (width - len(t)) for t in batch.block_tables]
         meta = AttentionMetadata(
@@ -79,7 +88,7 @@ class ModelRunner:
             input_ids=self._tensor(batch.token_ids, torch.int64).unsqueeze(0),
             position_ids=self._tensor(batch.positions, torch.int64).unsqueeze(0),
             use_cache=False,
-            logits_to_keep=self._tensor(batch.logits_indices, torch.int64),
+            logits_to_keep=self._tensor(batch.logits_indices + batch.prompt_logits_indices, torch.int64),
             **{META_KWARG: meta},
         )
         return out.logits[0]

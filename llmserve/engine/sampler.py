@@ -180,3 +180,17 @@ def make_generator(params: SamplingParams, device: torch.device) -> torch.Genera
     generator = torch.Generator(device=device)
     generator.manual_seed(params.seed)
     return generator
+
+
+def prompt_logprob_table(logits: torch.Tensor, targets: list[int], k: int) -> list[tuple[int, float, list]]:
+    """For each row: (target token, its logprob, the top k (token, logprob) pairs).
+
+    logits: [P, V]; targets: P token ids. One device-to-host copy.
+    """
+    logprobs = torch.log_softmax(logits.float(), dim=-1)
+    target = torch.tensor(targets, dtype=torch.int64, device=logits.device)
+    chosen = logprobs.gather(1, target.unsqueeze(1))
+    top_values, top_ids = logprobs.topk(k, dim=-1)
+    packed = torch.cat([chosen.double(), top_ids.double(), top_values.double()], dim=1).cpu().tolist()
+    return [(t, row[0], list(zip((int(i) for i in row[1:1 + k]), row[1 + k:], strict=True)))
+            for t, row in zip(targets, packed, strict=True)]

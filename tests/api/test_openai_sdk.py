@@ -149,3 +149,38 @@ def test_logit_bias_forces_and_bans_tokens(client: OpenAI, tiny_model_dir) -> No
     with pytest.raises(openai.BadRequestError) as bad:
         client.completions.create(model=MODEL, prompt="x", logit_bias={"99999999": 5})
     assert bad.value.body["param"] == "logit_bias"
+
+
+def test_echo_with_logprobs_scores_the_prompt(client: OpenAI, tiny_model_dir) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    prompt = "The quick brown fox jumps over the lazy dog"
+    ids = tokenizer.encode(prompt)
+    with torch.inference_mode():
+        expected = torch.log_softmax(model(torch.tensor([ids])).logits[0], -1)
+    # The lm-eval-harness request: echo the prompt, no new tokens, logprobs of every prompt token.
+    scored = client.completions.create(model=MODEL, prompt=prompt, echo=True, max_tokens=0, logprobs=1)
+    choice = scored.choices[0]
+    assert choice.text == prompt and scored.usage.completion_tokens == 0
+    lp = choice.logprobs
+    assert lp.token_logprobs[0] is None and lp.top_logprobs[0] is None and len(lp.tokens) == len(ids)
+    for p in range(1, len(ids)):
+        assert lp.token_logprobs[p] == pytest.approx(expected[p - 1, ids[p]].item(), abs=1e-4)
+    assert lp.text_offset[0] == 0 and lp.text_offset == sorted(lp.text_offset)
+    # With new tokens too: prompt columns first, then the generated ones; streaming gives the same.
+    both = client.completions.create(model=MODEL, prompt=prompt, echo=True, max_tokens=3, logprobs=1,
+                                     temperature=0, extra_body={"ignore_eos": True})
+    assert len(both.choices[0].logprobs.tokens) == len(ids) + 3
+    assert both.choices[0].logprobs.token_logprobs[1: len(ids)] == pytest.approx(lp.token_logprobs[1:])
+    streamed_text, streamed_lps = "", []
+    for chunk in client.completions.create(model=MODEL, prompt=prompt, echo=True, max_tokens=3, logprobs=1,
+                                           temperature=0, stream=True, extra_body={"ignore_eos": True}):
+        for c in chunk.choices:
+            streamed_text += c.text
+            if c.logprobs:
+                streamed_lps += c.logprobs.token_logprobs
+    assert streamed_text == both.choices[0].text
+    assert streamed_lps[1:] == pytest.approx(both.choices[0].logprobs.token_logprobs[1:])

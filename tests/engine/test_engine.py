@@ -134,3 +134,32 @@ def test_seeded_sampling_is_reproducible(tiny_model_dir) -> None:
     a = _run(engine, {0: [(0, [1, 2, 3], params)]})[0]
     b = _run(engine, {0: [(1, [1, 2, 3], params), (2, [4, 5, 6], SamplingParams(max_tokens=20))]})[1]
     assert a == b
+
+
+def _reference_prompt_logprobs(tiny_model_dir, ids: list[int]) -> torch.Tensor:
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    with torch.inference_mode():
+        logits = model(torch.tensor([ids])).logits[0]
+    return torch.log_softmax(logits.float(), -1)  # row p predicts token p + 1
+
+
+def test_prompt_logprobs_match_a_plain_forward(tiny_model_dir, reference) -> None:
+    prompt_ids, _ = reference
+    ids = prompt_ids[2]  # long enough for several chunks and full blocks
+    expected = _reference_prompt_logprobs(tiny_model_dir, ids)
+    engine = _engine(tiny_model_dir, max_num_batched_tokens=16, block_size=8)
+    # Cache the prefix first: a scoring request must still compute every position.
+    _run(engine, {0: [(0, ids, SamplingParams(max_tokens=1, temperature=0.0))]})
+    params = SamplingParams(max_tokens=0, temperature=0.0, prompt_logprobs=2)
+    engine.add(1, ids, params)
+    outputs = []
+    while engine.has_work:
+        outputs += engine.step()
+    assert len(outputs) == 1 and outputs[0].finish_reason == "length" and outputs[0].num_output_tokens == 0
+    scored = outputs[0].prompt_logprobs
+    assert scored is not None and len(scored) == len(ids) and scored[0] is None
+    for p in range(1, len(ids)):
+        item = scored[p]
+        assert item.token_id == ids[p]
+        assert item.logprob == pytest.approx(expected[p - 1, ids[p]].item(), abs=1e-4)
+        assert [t for t, _ in item.top] == expected[p - 1].topk(2).indices.tolist()
