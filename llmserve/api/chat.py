@@ -23,11 +23,10 @@ from llmserve.api.state import server_state
 from llmserve.api.streaming import (
     ChunkFormat,
     collect,
-    new_id,
     now_s,
     raise_if_error,
-    sse_response,
-    until_disconnect,
+    respond,
+    submit,
 )
 from llmserve.errors import InvalidRequestError
 from llmserve.templates import encode_chat
@@ -58,17 +57,12 @@ async def create_chat_completion(request: Request) -> Response:
     bias = logit_bias(body, worker.vocab_size)
     prompts = [(prompt_ids, sampling_params(body, max_tokens, stop, seed, logprobs, bias))
                for seed in choice_seeds(body.seed, body.n)]
-    stream = worker.submit(prompts, new_id("chatcmpl"))
-    if limits.log_requests:
-        log.info("request %s prompt: %r", stream.request_id, worker.tokenizer.decode(prompts[0][0]))
-    if body.stream:
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return sse_response(_stream(worker, body, stream, len(prompt_ids), include_usage))
-    try:
-        response = await until_disconnect(request, _complete(worker, body, stream, len(prompt_ids)))
-    finally:
-        worker.release(stream)
-    return response if response is not None else Response(status_code=499)
+    stream = submit(worker, prompts, "chatcmpl", limits.log_requests)
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    return await respond(
+        request, worker, stream,
+        (lambda: _stream(worker, body, stream, len(prompt_ids), include_usage)) if body.stream else None,
+        lambda: _complete(worker, body, stream, len(prompt_ids)))
 
 
 def template_messages(messages: list[ChatMessage]) -> list[dict[str, str]]:

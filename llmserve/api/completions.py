@@ -25,11 +25,10 @@ from llmserve.api.state import server_state
 from llmserve.api.streaming import (
     ChunkFormat,
     collect,
-    new_id,
     now_s,
     raise_if_error,
-    sse_response,
-    until_disconnect,
+    respond,
+    submit,
 )
 from llmserve.engine.request import SamplingParams
 from llmserve.errors import InvalidRequestError
@@ -69,17 +68,12 @@ async def create_completion(request: Request) -> Response:
         prompts += [(ids, p) for p in params]
     echoes = [texts[i // body.n] if body.echo else "" for i in range(len(prompts))]
     usage = _Usage(sum(len(ids) for ids, _ in prompts[::body.n]))
-    stream = worker.submit(prompts, new_id("cmpl"))
-    if limits.log_requests:
-        log.info("request %s prompt: %r", stream.request_id, worker.tokenizer.decode(prompts[0][0]))
-    if body.stream:
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return sse_response(_stream(worker, body, stream, echoes, usage if include_usage else None))
-    try:
-        response = await until_disconnect(request, _complete(worker, body, stream, echoes, usage))
-    finally:
-        worker.release(stream)
-    return response if response is not None else Response(status_code=499)
+    stream = submit(worker, prompts, "cmpl", limits.log_requests)
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    return await respond(
+        request, worker, stream,
+        (lambda: _stream(worker, body, stream, echoes, usage if include_usage else None)) if body.stream else None,
+        lambda: _complete(worker, body, stream, echoes, usage))
 
 
 def _prompts(prompt: Any, worker: Worker) -> tuple[list[str], list[list[int]]]:

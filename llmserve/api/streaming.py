@@ -12,17 +12,18 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from sse_starlette.sse import EventSourceResponse
 from starlette.requests import Request
+from starlette.responses import Response
 
 from llmserve.engine.engine import SequenceOutput
-from llmserve.engine.request import TokenLogprob
+from llmserve.engine.request import SamplingParams, TokenLogprob
 from llmserve.errors import EngineError, LLMServeError, error_body, render_error
-from llmserve.worker import RequestStream
+from llmserve.worker import RequestStream, Worker
 
 _T = TypeVar("_T")
 log = logging.getLogger(__name__)
@@ -131,3 +132,26 @@ def sse_response(chunks: AsyncIterator[dict]) -> EventSourceResponse:
         yield b"data: [DONE]\n\n"
 
     return EventSourceResponse(events(), ping=15, sep="\n", headers={"Cache-Control": "no-cache"})
+
+
+def submit(worker: Worker, prompts: list[tuple[list[int], SamplingParams]], id_prefix: str,
+           log_prompt: bool) -> RequestStream:
+    """Queue a request on its worker under a fresh id (its prompt logged only when configured)."""
+    stream = worker.submit(prompts, new_id(id_prefix))
+    if log_prompt:
+        log.info("request %s prompt: %r", stream.request_id, worker.tokenizer.decode(prompts[0][0]))
+    return stream
+
+
+async def respond(request: Request, worker: Worker, stream: RequestStream,
+                  chunks: Callable[[], AsyncIterator[dict]] | None,
+                  whole: Callable[[], Awaitable[Response]]) -> Response:
+    """SSE from `chunks` when the client streams, else the `whole` answer unless the client leaves
+    first; either way the request is aborted if it is left unfinished."""
+    if chunks is not None:
+        return sse_response(chunks())  # the chunk generator releases the stream itself
+    try:
+        response = await until_disconnect(request, whole())
+    finally:
+        worker.release(stream)
+    return response if response is not None else Response(status_code=499)
