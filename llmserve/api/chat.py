@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncIterator
 
 from starlette.requests import Request
@@ -31,8 +30,6 @@ from llmserve.api.streaming import (
 from llmserve.errors import InvalidRequestError
 from llmserve.templates import encode_chat
 from llmserve.worker import RequestStream, Worker
-
-log = logging.getLogger(__name__)
 
 
 async def create_chat_completion(request: Request) -> Response:

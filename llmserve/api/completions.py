@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from typing import Any
@@ -34,8 +33,6 @@ from llmserve.engine.request import SamplingParams
 from llmserve.errors import InvalidRequestError
 from llmserve.templates import encode_text
 from llmserve.worker import RequestStream, Worker
-
-log = logging.getLogger(__name__)
 
 DEFAULT_MAX_TOKENS = 16
 
