@@ -87,7 +87,7 @@ class WorkerConfig:
     device: str = "cpu"
     """Where the model runs: "cpu", "cuda", "cuda:N" or "mps"."""
     dtype: str = "auto"
-    """Weight dtype: "auto" (float32 on CPU, the checkpoint's dtype elsewhere), "float32", "bfloat16", "float16"."""
+    """Weight dtype: "auto" (float32 on CPU; on GPUs the checkpoint's half dtype, bfloat16 for float32 checkpoints), "float32", "bfloat16", "float16"."""
     speed: float = 1.0
     """Relative speed, the dispatch weight of this worker."""
     max_num_seqs: int = 64

@@ -81,12 +81,24 @@ def resolve_device(device: str, path: str = "device") -> torch.device:
 
 
 def resolve_dtype(dtype: str, device: torch.device, checkpoint_dtype: torch.dtype | None) -> torch.dtype:
-    """float32 on CPU and for "auto" without a checkpoint dtype; otherwise as asked."""
+    """"auto": float32 on the CPU; on accelerators the checkpoint's half-precision dtype, and for
+    float32 (or unknown) checkpoints bfloat16 where the GPU supports it, else float16."""
     if dtype != "auto":
         return _DTYPES[dtype]
-    if device.type == "cpu" or checkpoint_dtype is None or checkpoint_dtype == torch.float32:
+    if device.type == "cpu":
         return torch.float32
-    return checkpoint_dtype
+    if checkpoint_dtype in (torch.bfloat16, torch.float16):
+        return checkpoint_dtype
+    if device.type == "cuda" and _supports_bf16(device):
+        return torch.bfloat16
+    return torch.float16
+
+
+def _supports_bf16(device: torch.device) -> bool:
+    try:
+        return bool(torch.cuda.is_bf16_supported())
+    except (AssertionError, RuntimeError):  # a build or mock without a real device: assume a modern GPU
+        return True
 
 
 def resolve_model_dir(model_path: str, revision: str = "", path: str = "model_path") -> Path:

@@ -432,3 +432,15 @@ def test_accelerate_hooks_pass_the_paged_attention_through(tiny_model_dir: Path)
     dispatch_model(model, device_map=device_map, main_device="cpu", force_hooks=True)
     assert hasattr(model.model.layers[0], "_hf_hook")
     assert _greedy(engine, prompts) == before
+
+
+def test_auto_dtype_is_float32_on_cpu_and_half_precision_on_accelerators() -> None:
+    import torch
+
+    from llmserve.loading import resolve_dtype
+
+    cpu, mps = torch.device("cpu"), torch.device("mps")
+    assert resolve_dtype("auto", cpu, torch.bfloat16) is torch.float32
+    assert resolve_dtype("auto", mps, torch.float32) is torch.float16
+    assert resolve_dtype("auto", mps, torch.bfloat16) is torch.bfloat16
+    assert resolve_dtype("float16", cpu, None) is torch.float16

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from starlette.requests import Request
@@ -29,17 +30,26 @@ class ServerState:
     dispatcher: Dispatcher
     metrics: ServerMetrics
     is_draining: bool = False  # set on SIGTERM: new work gets 503 while in-flight requests finish
-
+    # Maps a model alias (an anonymous arena battle's side) to a served name, else None; set by the UI.
+    resolve_alias: Callable[[str], str | None] | None = None
 
     def choose_worker(self, model: str, task: str | None = "generate") -> Worker:
         """The worker for a new request; 503 while the server drains for shutdown.
 
+        `model` may be an alias that `resolve_alias` maps to a served name; errors keep naming the alias.
         `task` is what the route needs ("generate" or "embed"; None for either): asking a
         model for what it does not serve is a 400 naming the route it does serve.
         """
         if self.is_draining:
             raise ServiceUnavailableError("the server is shutting down", retry_after_s=5)
-        worker = self.dispatcher.choose(model)
+        real = self.resolve_alias(model) if self.resolve_alias is not None else None
+        if real is None:
+            worker = self.dispatcher.choose(model)
+        else:
+            try:
+                worker = self.dispatcher.choose(real)
+            except ServiceUnavailableError:  # its message names the real model: keep the alias secret
+                raise ServiceUnavailableError(f"no worker serving '{model}' is ready", retry_after_s=5) from None
         assert isinstance(worker, Worker)
         if task is not None and worker.task != task:
             raise InvalidRequestError(_WRONG_TASK[task].format(model=model), param="model")

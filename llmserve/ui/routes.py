@@ -1,8 +1,9 @@
-"""The UI's routes: three pages, their static files, and the vote and leaderboard endpoints.
+"""The UI's routes: three pages, their static files, and the battle, vote and leaderboard endpoints.
 
 Pages and static files hold no data, so they are open even when API keys are set
 (`OPEN_PATHS`, `OPEN_PREFIXES`); the JSON endpoints do work and need a key like `/v1`.
-Everything here is built per app by `ui_routes(config)`: no module-level state.
+Everything here is built per app by `ui_routes(config)`: no module-level state. The app's battle
+store lives in its `UIHandlers`.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from llmserve.api.params import read_body
-from llmserve.api.state import server_state
+from llmserve.api.state import ServerState, server_state
 from llmserve.config import Config
+from llmserve.ui.battles import SIDES, BattleStore
 from llmserve.ui.leaderboard import compute_leaderboard
 from llmserve.ui.votes import VoteRequest, VoteStore, make_vote
 
@@ -41,10 +43,11 @@ PAGE_HEADERS = {
 
 def ui_routes(config: Config) -> list[BaseRoute]:
     """Routes of the browser UI for one app."""
-    handlers = UIHandlers(VoteStore(Path(config.ui.votes_path)))
+    handlers = UIHandlers(VoteStore(Path(config.ui.votes_path)), BattleStore())
     routes: list[BaseRoute] = [Route(path, _page(name), methods=["GET"]) for path, name in PAGES.items()]
     routes += [
         Mount("/ui/static", app=StaticFiles(directory=STATIC_DIR), name="ui-static"),
+        Route("/ui/api/battle", handlers.battle, methods=["POST"]),
         Route("/ui/api/vote", handlers.vote, methods=["POST"]),
         Route("/ui/api/leaderboard", handlers.leaderboard, methods=["GET"]),
     ]
@@ -62,21 +65,39 @@ def _page(name: str) -> Callable[[Request], Awaitable[FileResponse]]:
 
 
 class UIHandlers:
-    """The endpoints that do work, sharing one vote store."""
+    """The endpoints that do work, sharing one vote store and one battle store."""
 
-    def __init__(self, store: VoteStore) -> None:
+    def __init__(self, store: VoteStore, battles: BattleStore) -> None:
         self.store = store
+        self.battles = battles
+
+    async def battle(self, request: Request) -> JSONResponse:
+        """POST /ui/api/battle: the server picks two models; the page only gets their aliases."""
+        state = server_state(request)
+        # Aliases exist only once a battle does, so hooking the store in here is early enough; it keeps
+        # create_app's wiring as it is (ui_routes gets only the config).
+        state.resolve_alias = self.battles.resolve_alias
+        battle = self.battles.create(_generation_models(state))
+        return JSONResponse({"object": "battle", "battle_id": battle.battle_id,
+                             **{side: battle.alias(side) for side in SIDES}})
 
     async def vote(self, request: Request) -> JSONResponse:
-        """POST /ui/api/vote: validate, then append one line to the votes file."""
+        """POST /ui/api/vote: validate, then append one line to the votes file; the answer names the models."""
         body = await read_body(request, VoteRequest)
         served = server_state(request).dispatcher.all_model_names()
-        vote = make_vote(body, served, time.time())
+        vote = make_vote(body, served, self.battles, time.time())
         await asyncio.to_thread(self.store.append, vote)
-        return JSONResponse({"object": "vote", **asdict(vote)})
+        battle = {"battle_id": body.battle_id} if body.battle_id is not None else {}
+        return JSONResponse({"object": "vote", **battle, **asdict(vote)})
 
     async def leaderboard(self, request: Request) -> JSONResponse:
         """GET /ui/api/leaderboard: ratings from the anonymous (battle) votes."""
         votes = [v for v in await asyncio.to_thread(self.store.read_all) if v.anonymous]
         rows = compute_leaderboard(votes)
         return JSONResponse({"object": "list", "num_votes": len(votes), "data": [asdict(r) for r in rows]})
+
+
+def _generation_models(state: ServerState) -> list[str]:
+    """Names served by a ready text-generation worker, in configuration order."""
+    names = (name for w in state.workers if w.is_ready and w.task == "generate" for name in w.model_names)
+    return list(dict.fromkeys(names))

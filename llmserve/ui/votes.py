@@ -6,7 +6,8 @@ One line per vote::
      "anonymous": true}
 
 `left`/`right` are the models shown on each side; `winner` is one of `WINNERS`. Only the prompt's
-SHA-256 is kept, never its text.
+SHA-256 is kept, never its text. `anonymous` votes come from battles, whose models the server picked
+and looked up itself (the client only names the battle); named side-by-side votes are never ranked.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from llmserve.errors import InvalidRequestError
+from llmserve.ui.battles import BattleStore
 
 log = logging.getLogger(__name__)
 
@@ -59,29 +61,46 @@ class Vote:
 
 
 class VoteRequest(BaseModel):
-    """Body of `POST /ui/api/vote`."""
+    """Body of `POST /ui/api/vote`: `battle_id` for an anonymous battle, or `left` and `right` for a
+    named side-by-side round."""
 
     model_config = ConfigDict(extra="forbid")
 
-    left: str = Field(min_length=1, max_length=256)
-    right: str = Field(min_length=1, max_length=256)
+    battle_id: str | None = Field(default=None, min_length=1, max_length=64)
+    left: str | None = Field(default=None, min_length=1, max_length=256)
+    right: str | None = Field(default=None, min_length=1, max_length=256)
     winner: Winner
     prompt: str = Field(min_length=1)
-    anonymous: bool = True
 
 
-def make_vote(body: VoteRequest, served: Collection[str], time_s: float) -> Vote:
-    """Check a posted vote against the served models and turn it into a record."""
+def make_vote(body: VoteRequest, served: Collection[str], battles: BattleStore, time_s: float) -> Vote:
+    """Check a posted vote and turn it into a record; a battle vote uses up its battle."""
+    left, right, is_anonymous = _contestants(body, served, battles)
+    digest = hashlib.sha256(body.prompt.encode("utf-8")).hexdigest()
+    return Vote(left=left, right=right, winner=body.winner, prompt_sha256=digest, time_s=time_s,
+                anonymous=is_anonymous)
+
+
+def _contestants(body: VoteRequest, served: Collection[str], battles: BattleStore) -> tuple[str, str, bool]:
+    """(left, right, anonymous): from the battle store for a battle, else the checked names."""
+    if body.battle_id is not None:
+        for param in ("left", "right"):
+            if getattr(body, param) is not None:
+                raise InvalidRequestError("a battle vote names no models: the server knows which ones fought",
+                                          param=param)
+        battle = battles.claim_vote(body.battle_id)
+        return battle.left, battle.right, True
     for param in ("left", "right"):
         name = getattr(body, param)
+        if name is None:
+            raise InvalidRequestError(f"'{param}' is a required property unless 'battle_id' is given", param=param)
         if name not in served:
             raise InvalidRequestError(f"the model '{name}' is not served here", param=param,
                                       code="model_not_found")
+    assert body.left is not None and body.right is not None
     if body.left == body.right:
         raise InvalidRequestError("left and right must be two different models", param="right")
-    digest = hashlib.sha256(body.prompt.encode("utf-8")).hexdigest()
-    return Vote(left=body.left, right=body.right, winner=body.winner, prompt_sha256=digest,
-                time_s=time_s, anonymous=body.anonymous)
+    return body.left, body.right, False
 
 
 class VoteStore:

@@ -2,7 +2,7 @@
 
 Needs Debian's `chromium` and `chromium-driver`; skipped (with the reason) where they are missing.
 The tests share one browser and one server and run in file order: the chat tests leave a
-conversation behind for the screenshot, the arena test leaves one vote for the leaderboard.
+conversation behind for the screenshot, the arena battle leaves one ranked vote for the leaderboard.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.remote.webdriver import WebDriver  # noqa: E402
 from selenium.webdriver.remote.webelement import WebElement  # noqa: E402
-from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
@@ -49,7 +49,8 @@ def browser() -> Iterator[WebDriver]:
     for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
                 "--window-size=1280,1000", "--no-first-run", "--disable-extensions", "--lang=en-US"):
         options.add_argument(arg)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    # The performance log is Chrome's network log: the arena test reads what the page sent and got.
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
     # An explicit driver path keeps Selenium Manager from looking for (or downloading) a driver.
     driver = webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
     driver.set_script_timeout(10)
@@ -256,9 +257,38 @@ def test_pages_fit_a_phone_width_screen(browser: WebDriver, server: LiveServer) 
     console_errors(browser)
 
 
-def test_arena_battle_vote_lands_in_file_and_leaderboard(browser: WebDriver, server: LiveServer) -> None:
-    browser.get(server.url + "/arena")
-    wait_for(browser, lambda d: model_options(d, "#model-left") == list(MODELS))
+# Runs before the page's own scripts: keeps every fetch's URL, body and (once it has all come) response text.
+FETCH_LOG_SCRIPT = """window.fetchLog = [];
+const realFetch = window.fetch;
+window.fetch = async (input, init = {}) => {
+  const entry = {url: String(input), body: init.body === undefined ? '' : String(init.body), response: null};
+  window.fetchLog.push(entry);
+  const response = await realFetch(input, init);
+  response.clone().text().then((text) => { entry.response = text; }, () => { entry.response = '(unreadable)'; });
+  return response;
+};"""
+
+
+def fetch_log(driver: WebDriver) -> list[dict[str, str]]:
+    """The page's fetches so far, once every response has been read to its end."""
+    wait_for(driver, lambda d: d.execute_script("return window.fetchLog.every(e => e.response !== null)"))
+    return driver.execute_script("return window.fetchLog")
+
+
+def network_requests(driver: WebDriver) -> list[dict[str, Any]]:
+    """Requests Chrome sent since the last call (reading the performance log clears it)."""
+    events = [json.loads(entry["message"])["message"] for entry in driver.get_log("performance")]
+    return [e["params"]["request"] for e in events if e["method"] == "Network.requestWillBeSent"]
+
+
+def test_arena_battle_keeps_names_secret_until_the_vote(browser: WebDriver, server: LiveServer) -> None:
+    network_requests(browser)
+    script = browser.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": FETCH_LOG_SCRIPT})
+    try:
+        browser.get(server.url + "/arena")
+    finally:
+        browser.execute_cdp_cmd("Page.removeScriptToEvaluateOnNewDocument", {"identifier": script["identifier"]})
+    wait_for(browser, lambda d: d.execute_script("return document.readyState") == "complete")
     prompt = "Which is bigger, a whale or a mouse?"
     set_value(browser, "#arena-max-tokens", "48")
     set_value(browser, "#arena-prompt", prompt)
@@ -269,10 +299,32 @@ def test_arena_battle_vote_lands_in_file_and_leaderboard(browser: WebDriver, ser
         assert pane.find_element(By.CSS_SELECTOR, ".pane-body").text.strip()
         assert "tok/s" in pane.find_element(By.CSS_SELECTOR, ".pane-meta").text
         assert pane.find_element(By.CSS_SELECTOR, ".pane-name").text == ""  # hidden until the vote
+
+    # Before the vote no real name is in the page, in what it sent, or in what it got back.
+    html = browser.execute_script("return document.documentElement.outerHTML")
+    fetches = fetch_log(browser)
+    sent = network_requests(browser)
+    assert [e["url"] for e in fetches] == ["ui/api/battle", "v1/chat/completions", "v1/chat/completions"]
+    battle = json.loads(fetches[0]["response"])
+    chats = [json.loads(e["body"]) for e in fetches[1:]]
+    assert sorted(c["model"] for c in chats) == sorted([battle["left"], battle["right"]])
+    for chat, fetch in zip(chats, fetches[1:], strict=True):  # every chunk echoes the alias
+        chunks = [json.loads(line[6:]) for line in fetch["response"].splitlines() if line.startswith("data: {")]
+        assert {c["model"] for c in chunks} == {chat["model"]}
+    assert sum(r["url"].endswith("/v1/chat/completions") for r in sent) == 2
+    for name in MODELS:
+        assert name not in html
+        assert not any(name in e["url"] + e["body"] + e["response"] for e in fetches)
+        assert not any(name in r["url"] + r.get("postData", "") for r in sent)
+
     find(browser, "#votes button[data-winner=left]").click()
     wait_for(browser, lambda d: "Vote recorded" in find(d, "#vote-result").text)
     left, right = (p.find_element(By.CSS_SELECTOR, ".pane-name").text for p in panes)
     assert {left, right} == set(MODELS)
+    voted = fetch_log(browser)[-1]  # the vote named only the battle; its answer named the models
+    assert voted["url"] == "ui/api/vote" and json.loads(voted["body"]) == {
+        "battle_id": battle["battle_id"], "winner": "left", "prompt": prompt}
+    assert (json.loads(voted["response"])["left"], json.loads(voted["response"])["right"]) == (left, right)
     browser.save_screenshot(str(DOCS / "ui-arena.png"))
 
     [line] = server.votes_path.read_text().splitlines()
@@ -287,4 +339,29 @@ def test_arena_battle_vote_lands_in_file_and_leaderboard(browser: WebDriver, ser
             for tr in browser.find_elements(By.CSS_SELECTOR, "#board tbody tr")]
     assert rows == [["1", left, "1016.0", "1", "1", "0", "0"], ["2", right, "984.0", "1", "0", "1", "0"]]
     assert find(browser, "#board-summary").text == "1 vote from anonymous battles."
+    assert console_errors(browser) == []
+
+
+def test_arena_side_by_side_shows_names_and_is_not_ranked(browser: WebDriver, server: LiveServer) -> None:
+    browser.get(server.url + "/arena")
+    Select(find(browser, "#mode")).select_by_value("side")
+    wait_for(browser, lambda d: model_options(d, "#model-left") == list(MODELS))
+    browser.execute_script("document.querySelector('#model-left').value = 'tiny-b';"
+                           "document.querySelector('#model-right').value = 'tiny-a'")
+    set_value(browser, "#arena-max-tokens", "8")
+    set_value(browser, "#arena-prompt", "Name a colour.")
+    find(browser, "#arena-send").click()
+    panes = [find(browser, "#pane-left"), find(browser, "#pane-right")]
+    wait_for(browser, lambda d: [p.find_element(By.CSS_SELECTOR, ".pane-name").text for p in panes]
+             == ["tiny-b", "tiny-a"])  # named from the start
+    wait_for(browser, lambda d: all(p.get_attribute("data-state") == "done" for p in panes))
+    find(browser, "#votes button[data-winner=tie]").click()
+    wait_for(browser, lambda d: "Vote recorded" in find(d, "#vote-result").text)
+    assert "Model A was tiny-b, model B was tiny-a" in find(browser, "#vote-result").text
+
+    named = json.loads(server.votes_path.read_text().splitlines()[-1])
+    assert (named["left"], named["right"], named["winner"], named["anonymous"]) == ("tiny-b", "tiny-a", "tie", False)
+    board = browser.execute_async_script("""const done = arguments[0];
+        import('./ui/static/api.js').then(api => api.getJson('ui/api/leaderboard')).then(done);""")
+    assert board["num_votes"] == 1  # still only the battle
     assert console_errors(browser) == []

@@ -1,4 +1,4 @@
-"""Votes: validation of a posted vote, and the JSON-lines store under concurrent appends."""
+"""Votes: validation of a posted vote (named or battle), and the JSON-lines store under concurrent appends."""
 
 from __future__ import annotations
 
@@ -11,27 +11,48 @@ from pathlib import Path
 import pytest
 
 from llmserve.errors import InvalidRequestError
-from llmserve.ui.votes import Vote, VoteRequest, VoteStore, make_vote
+from llmserve.ui.battles import BattleStore
+from llmserve.ui.votes import Vote, VoteRequest, VoteStore
+from llmserve.ui.votes import make_vote as make_vote_with
 
 SERVED = ("tiny-a", "tiny-b")
 
 
 def request(**changes: object) -> VoteRequest:
     fields: dict[str, object] = {"left": "tiny-a", "right": "tiny-b", "winner": "tie", "prompt": "Hi there"}
-    return VoteRequest(**{**fields, **changes})
+    return VoteRequest(**{k: v for k, v in {**fields, **changes}.items() if v is not None})
 
 
-def test_make_vote_keeps_the_prompt_hash_only() -> None:
+def make_vote(body: VoteRequest, served: tuple[str, ...], time_s: float) -> Vote:
+    """A named vote: no battle store involved."""
+    return make_vote_with(body, served, BattleStore(), time_s)
+
+
+def test_a_named_vote_keeps_the_prompt_hash_only_and_is_not_anonymous() -> None:
     vote = make_vote(request(), SERVED, 12.5)
     assert vote == Vote(left="tiny-a", right="tiny-b", winner="tie",
-                        prompt_sha256=hashlib.sha256(b"Hi there").hexdigest(), time_s=12.5, anonymous=True)
+                        prompt_sha256=hashlib.sha256(b"Hi there").hexdigest(), time_s=12.5, anonymous=False)
     assert "Hi there" not in vote.to_json()
+
+
+def test_a_battle_vote_takes_the_models_from_the_store_once() -> None:
+    battles = BattleStore()
+    battle = battles.create(SERVED)
+    body = request(left=None, right=None, battle_id=battle.battle_id, winner="right")
+    vote = make_vote_with(body, SERVED, battles, 3.0)
+    assert (vote.left, vote.right, vote.winner, vote.anonymous) == (battle.left, battle.right, "right", True)
+    with pytest.raises(InvalidRequestError, match="already been voted on"):
+        make_vote_with(body, SERVED, battles, 4.0)
 
 
 @pytest.mark.parametrize(("changes", "param", "message"), [
     ({"left": "gone"}, "left", "the model 'gone' is not served here"),
     ({"right": "gone"}, "right", "the model 'gone' is not served here"),
     ({"right": "tiny-a"}, "right", "left and right must be two different models"),
+    ({"right": None}, "right", "'right' is a required property unless 'battle_id' is given"),
+    ({"battle_id": "abc", "right": None}, "left", "a battle vote names no models: the server knows which ones fought"),
+    ({"battle_id": "abc", "left": None, "right": None}, "battle_id",
+     "the battle 'abc' does not exist or has expired; start a new one"),
 ])
 def test_make_vote_rejects(changes: dict, param: str, message: str) -> None:
     with pytest.raises(InvalidRequestError) as info:
@@ -47,7 +68,7 @@ def test_store_round_trip_and_missing_file(tmp_path: Path) -> None:
         store.append(vote)
     assert store.read_all() == votes
     first = json.loads(store.path.read_text().splitlines()[0])
-    assert first == {"left": "tiny-a", "right": "tiny-b", "winner": "left", "anonymous": True, "time_s": 0.0,
+    assert first == {"left": "tiny-a", "right": "tiny-b", "winner": "left", "anonymous": False, "time_s": 0.0,
                      "prompt_sha256": hashlib.sha256(b"Hi there").hexdigest()}
 
 

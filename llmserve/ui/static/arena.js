@@ -1,4 +1,7 @@
 // The arena: one prompt, two models streaming side by side, then a vote posted to /ui/api/vote.
+//
+// In a battle the server picks the two models (POST /ui/api/battle) and the page only ever holds
+// their aliases, so nothing in the page or its requests names them until the vote's answer does.
 
 import { ApiError, formatStats, listModels, postJson, streamChat } from "./api.js";
 import { $, el, fillModelSelect, numberValue, persistInputs, setupKeyPanel, showBanner, wireCodeCopy } from "./common.js";
@@ -24,9 +27,9 @@ const ui = {
   panes: { left: $("#pane-left"), right: $("#pane-right") },
 };
 
-// The current round: which model plays which side, and how each answer went.
+// The current round: which model (or battle alias) plays which side, and how each answer went.
 let round = null;
-let models = [];
+let isStarting = false; // a battle is being set up: one send at a time
 const showKeyPanel = setupKeyPanel(refreshModels);
 
 function showError(err) {
@@ -34,35 +37,35 @@ function showError(err) {
   else showBanner(err.message || String(err));
 }
 
+/** Fill the model pickers; only the named mode needs them (a battle's models are the server's choice). */
 async function refreshModels() {
+  if (ui.mode.value !== "side") return;
   try {
-    models = await listModels();
+    const models = await listModels();
     fillModelSelect(ui.left, models, ui.left.value || models[0]);
     fillModelSelect(ui.right, models, ui.right.value || models[1] || models[0]);
-    showBanner(models.length >= 2 || ui.mode.value === "side" ? ""
-      : `A battle needs two models; this server serves ${models.length} right now.`);
+    showBanner(models.length ? "" : "No model is ready on this server right now.");
   } catch (err) {
     showError(err);
   }
 }
 
-function pickBattle() {
-  const pool = [...models];
-  for (let i = pool.length - 1; i > 0; i -= 1) {
-    const j = Math.floor(Math.random() * (i + 1));
-    [pool[i], pool[j]] = [pool[j], pool[i]];
-  }
-  return pool.slice(0, 2);
-}
-
-function newRound(prompt) {
+/** A new round; a battle asks the server for one and plays its two aliases. Null when it cannot start. */
+async function newRound(prompt) {
   const anonymous = ui.mode.value === "battle";
-  const [left, right] = anonymous ? pickBattle() : [ui.left.value, ui.right.value];
-  if (!left || !right) {
-    showBanner(anonymous ? "A battle needs two served models." : "Pick a model for each side.");
-    return null;
+  const next = { prompt, anonymous, battleId: null, states: {}, controller: new AbortController(), voted: false };
+  if (anonymous) {
+    const battle = await postJson("ui/api/battle", {});
+    next.battleId = battle.battle_id;
+    next.models = { left: battle.left, right: battle.right };
+  } else {
+    next.models = { left: ui.left.value, right: ui.right.value };
+    if (!next.models.left || !next.models.right) {
+      showBanner("Pick a model for each side.");
+      return null;
+    }
   }
-  return { prompt, anonymous, models: { left, right }, states: {}, controller: new AbortController(), voted: false };
+  return next;
 }
 
 function paneView(side) {
@@ -117,8 +120,17 @@ async function answer(side) {
 
 async function send() {
   const prompt = ui.prompt.value.trim();
-  if (!prompt || (round && round.controller)) return;
-  const next = newRound(prompt);
+  if (!prompt || isStarting || (round && round.controller)) return;
+  isStarting = true;
+  updateControls();
+  let next = null;
+  try {
+    next = await newRound(prompt);
+  } catch (err) {
+    showError(err);
+  }
+  isStarting = false;
+  updateControls();
   if (!next) return;
   round = next;
   ui.prompt.value = "";
@@ -140,7 +152,7 @@ function canVote() {
 
 function updateControls() {
   const busy = round !== null && round.controller !== null;
-  ui.send.disabled = busy;
+  ui.send.disabled = busy || isStarting;
   ui.stop.hidden = !busy;
   for (const button of ui.votes) button.disabled = !canVote();
 }
@@ -148,10 +160,15 @@ function updateControls() {
 async function vote(winner) {
   if (!canVote()) return;
   for (const button of ui.votes) button.disabled = true;
-  const { left, right } = round.models;
+  // A battle vote names only the battle: the server records the models it picked, and says which they were.
+  const body = round.anonymous ? { battle_id: round.battleId, winner, prompt: round.prompt }
+    : { left: round.models.left, right: round.models.right, winner, prompt: round.prompt };
+  let recorded;
   try {
-    await postJson("ui/api/vote", { left, right, winner, prompt: round.prompt, anonymous: round.anonymous });
+    recorded = await postJson("ui/api/vote", body);
   } catch (err) {
+    // An expired or already voted battle takes no vote at all; anything else may be retried.
+    round.voted = err instanceof ApiError && ["battle_not_found", "battle_already_voted"].includes(err.code);
     showError(err);
     updateControls();
     return;
@@ -159,16 +176,17 @@ async function vote(winner) {
   round.voted = true;
   for (const side of SIDES) {
     const view = paneView(side);
-    view.name.textContent = round.models[side];
+    view.name.textContent = recorded[side];
     view.pane.classList.toggle("won", winner === side);
   }
-  ui.voteResult.textContent = `Vote recorded: ${WINNER_TEXT[winner]}. Model A was ${left}, model B was ${right}. ` +
-    "Send another prompt for a new round.";
+  ui.voteResult.textContent = `Vote recorded: ${WINNER_TEXT[winner]}. ` +
+    `Model A was ${recorded.left}, model B was ${recorded.right}. Send another prompt for a new round.`;
   updateControls();
 }
 
 function showPicks() {
   for (const pick of ui.picks) pick.hidden = ui.mode.value !== "side";
+  showBanner("");
   refreshModels();
 }
 
