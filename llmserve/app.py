@@ -31,6 +31,7 @@ from llmserve.errors import (
 )
 from llmserve.metrics import ServerMetrics
 from llmserve.ui import routes as ui
+from llmserve.ui.battles import BattleStore
 from llmserve.worker import Worker
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,9 @@ def create_app(config: Config, engine_factory: EngineFactory | None = None) -> S
     workers = [Worker(wc, i, engine_factory, metrics) for i, wc in enumerate(config.workers)]
     metrics.watch_workers(workers)
     state = ServerState(config, workers, Dispatcher(workers, make_policy(config.server.dispatch)), metrics)
+    battles = BattleStore()
+    if config.ui.enabled:
+        state.resolve_alias = battles.resolve_alias  # arena battles' opaque model names
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -63,7 +67,7 @@ def create_app(config: Config, engine_factory: EngineFactory | None = None) -> S
             await asyncio.gather(*(w.stop() for w in workers))
 
     app = Starlette(
-        routes=_routes() + (ui.ui_routes(config) if config.ui.enabled else []),
+        routes=_routes() + (ui.ui_routes(config, battles) if config.ui.enabled else []),
         middleware=_middleware(config),
         exception_handlers={LLMServeError: _llmserve_error, HTTPException: _http_error, Exception: _internal_error},
         lifespan=lifespan,

@@ -2,8 +2,8 @@
 
 Pages and static files hold no data, so they are open even when API keys are set
 (`OPEN_PATHS`, `OPEN_PREFIXES`); the JSON endpoints do work and need a key like `/v1`.
-Everything here is built per app by `ui_routes(config)`: no module-level state. The app's battle
-store lives in its `UIHandlers`.
+Everything here is built per app by `ui_routes(config, battles)`: no module-level state. The battle
+store is created by `create_app`, which also lets the API resolve battle aliases through it.
 """
 
 from __future__ import annotations
@@ -41,9 +41,9 @@ PAGE_HEADERS = {
 }
 
 
-def ui_routes(config: Config) -> list[BaseRoute]:
-    """Routes of the browser UI for one app."""
-    handlers = UIHandlers(VoteStore(Path(config.ui.votes_path)), BattleStore())
+def ui_routes(config: Config, battles: BattleStore) -> list[BaseRoute]:
+    """Routes of the browser UI for one app; `battles` also resolves battle aliases for the API."""
+    handlers = UIHandlers(VoteStore(Path(config.ui.votes_path)), battles)
     routes: list[BaseRoute] = [Route(path, _page(name), methods=["GET"]) for path, name in PAGES.items()]
     routes += [
         Mount("/ui/static", app=StaticFiles(directory=STATIC_DIR), name="ui-static"),
@@ -73,11 +73,7 @@ class UIHandlers:
 
     async def battle(self, request: Request) -> JSONResponse:
         """POST /ui/api/battle: the server picks two models; the page only gets their aliases."""
-        state = server_state(request)
-        # Aliases exist only once a battle does, so hooking the store in here is early enough; it keeps
-        # create_app's wiring as it is (ui_routes gets only the config).
-        state.resolve_alias = self.battles.resolve_alias
-        battle = self.battles.create(_generation_models(state))
+        battle = self.battles.create(_generation_models(server_state(request)))
         return JSONResponse({"object": "battle", "battle_id": battle.battle_id,
                              **{side: battle.alias(side) for side in SIDES}})
 
