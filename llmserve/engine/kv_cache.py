@@ -113,6 +113,7 @@ class BlockPool:
             self._ref_counts[block] += 1
         seq.block_table = cached + [self._take_free() for _ in range(num_new)]
         seq.num_computed_tokens = seq.num_cached_tokens = len(cached) * self.block_size
+        seq.num_hashed_blocks = len(cached)
         self.num_prefix_hits += seq.num_cached_tokens
         return True
 
@@ -132,13 +133,16 @@ class BlockPool:
                 self._free[block] = None
         seq.block_table = []
         seq.num_computed_tokens = 0
+        seq.num_hashed_blocks = 0
 
     def register_computed(self, seq: Sequence) -> None:
         """Hash the sequence's full blocks whose keys and values are now in the cache."""
         if not self.enable_prefix_caching:
             return
         bs = self.block_size
-        for i in range(seq.num_computed_tokens // bs):
+        # Only blocks filled since the last call: this runs for every sequence on every step.
+        for i in range(seq.num_hashed_blocks, seq.num_computed_tokens // bs):
+            seq.num_hashed_blocks = i + 1
             block = seq.block_table[i]
             if self._hashes[block] is not None:
                 continue

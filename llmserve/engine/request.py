@@ -76,6 +76,7 @@ class Sequence:
     block_table: list[int] = field(default_factory=list)
     num_computed_tokens: int = 0  # tokens whose KV is in the cache
     num_cached_tokens: int = 0  # prompt tokens served from the prefix cache at admission
+    num_hashed_blocks: int = 0  # leading blocks of block_table already registered in the prefix cache
     arrival_order: int = 0
 
     @property
