@@ -84,6 +84,14 @@ class StandInEngine:
         return outputs
 
 
+def _thread_cpu_s() -> dict[str, float]:
+    """CPU seconds used so far by each named thread of this process (Linux)."""
+    import psutil
+
+    native = {t.native_id: t.name for t in threading.enumerate()}
+    return {native.get(t.id, str(t.id)): t.user_time + t.system_time for t in psutil.Process().threads()}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--concurrency", type=int, default=256)
@@ -95,18 +103,23 @@ def main() -> int:
                            "workers": [{"model_path": "stand-in", "max_num_seqs": args.concurrency}]})
     app = create_app(config, engine_factory=lambda cfg, i: StandInEngine(args.step_ms / 1000))
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=args.port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
+    thread = threading.Thread(target=server.run, daemon=True, name="server")
     thread.start()
     while not server.started:
         time.sleep(0.05)
     time.sleep(0.5)
+    before = _thread_cpu_s()
     report = run_bench(BenchOptions(base_url=f"http://127.0.0.1:{args.port}/v1", model="stand-in",
                                     endpoint="completions", num_prompts=args.concurrency * 2, input_len=16,
                                     output_len=args.output_len, max_concurrency=args.concurrency,
                                     show_progress=False))
+    after = _thread_cpu_s()
     server.should_exit = True
     thread.join(10)
     m = report.metrics
+    tokens = max(m.total_output_tokens, 1)
+    for name in ("server", "worker-0"):
+        print(f"{name} thread: {(after.get(name, 0) - before.get(name, 0)) / tokens * 1e6:.1f} us of CPU per token")
     ideal = args.concurrency * 1000 / args.step_ms
     print(f"concurrency {args.concurrency}, step {args.step_ms} ms: {m.output_tokens_per_s:,.0f} tok/s "
           f"({m.output_tokens_per_s / ideal:.0%} of the ideal {ideal:,.0f}), TPOT p50 {m.tpot.median_ms:.2f} ms, "

@@ -131,7 +131,18 @@ def sse_response(chunks: AsyncIterator[dict]) -> EventSourceResponse:
             yield _event(error_body("internal server error", "internal_error"))
         yield b"data: [DONE]\n\n"
 
-    return EventSourceResponse(events(), ping=15, sep="\n", headers={"Cache-Control": "no-cache"})
+    return _EventStream(events(), ping=15, sep="\n", headers={"Cache-Control": "no-cache"})
+
+
+class _EventStream(EventSourceResponse):
+    """sse-starlette's response without a cancel scope around every send when no send timeout is
+    set: the scope costs more than the write of a token's chunk on this hot path."""
+
+    async def _send_with_timeout(self, send: Any, message: Any) -> None:
+        if self.send_timeout is None:
+            await send(message)
+        else:
+            await super()._send_with_timeout(send, message)
 
 
 def submit(worker: Worker, prompts: list[tuple[list[int], SamplingParams]], id_prefix: str,
