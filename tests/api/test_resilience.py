@@ -155,13 +155,13 @@ def test_disconnect_burst_returns_gauges_to_zero(tiny_model_dir) -> None:
 
 def test_sustained_load_has_no_errors_and_adds_up(tiny_model_dir) -> None:
     duration_s, num_clients = 30.0, 64
-    config = tiny_config(tiny_model_dir)
     config = parse_config({"workers": [{"model_path": str(tiny_model_dir), "model_names": [MODEL],
                                         "kv_cache_tokens": 65536, "max_num_seqs": 64}]})
     with live_server(config) as url:
         root = url.removesuffix("/v1")
         before = httpx.get(root + "/metrics").text
         totals = {"requests": 0, "tokens": 0, "errors": 0}
+        reasons: list[str] = []
 
         async def client_loop(client: httpx.AsyncClient, seed: int, deadline: float) -> None:
             while time.monotonic() < deadline:
@@ -171,6 +171,7 @@ def test_sustained_load_has_no_errors_and_adds_up(tiny_model_dir) -> None:
                 async with client.stream("POST", f"{url}/chat/completions", json=body) as response:
                     if response.status_code != 200:
                         totals["errors"] += 1
+                        reasons.append(f"HTTP {response.status_code}: {(await response.aread())[:200]!r}")
                         continue
                     async for line in response.aiter_lines():
                         if line == "data: [DONE]":
@@ -179,10 +180,12 @@ def test_sustained_load_has_no_errors_and_adds_up(tiny_model_dir) -> None:
                             chunk = json.loads(line[6:])
                             if "error" in chunk:
                                 totals["errors"] += 1
+                                reasons.append(f"error event: {chunk['error']}")
                             elif chunk.get("usage"):
                                 usage = chunk["usage"]
                 if not done or usage is None:
                     totals["errors"] += 1
+                    reasons.append(f"stream ended early: done={done} usage={usage}")
                     continue
                 totals["requests"] += 1
                 totals["tokens"] += usage["completion_tokens"]
@@ -194,7 +197,7 @@ def test_sustained_load_has_no_errors_and_adds_up(tiny_model_dir) -> None:
 
         asyncio.run(run())
         after = httpx.get(root + "/metrics").text
-        assert totals["errors"] == 0
-        assert totals["requests"] > num_clients
+        assert totals["errors"] == 0, reasons[:5]
+        assert totals["requests"] > num_clients, totals
         generated = _gauge(after, "llmserve_generation_tokens_total") - _gauge(before, "llmserve_generation_tokens_total")
-        assert generated == totals["tokens"]
+        assert generated == totals["tokens"], (generated, totals)
