@@ -163,32 +163,34 @@ def test_sustained_load_has_no_errors_and_adds_up(tiny_model_dir) -> None:
         totals = {"requests": 0, "tokens": 0, "errors": 0}
         reasons: list[str] = []
 
+        async def one_stream(client: httpx.AsyncClient, body: dict) -> None:
+            done, usage = False, None
+            async with client.stream("POST", f"{url}/chat/completions", json=body) as response:
+                if response.status_code != 200:
+                    raise AssertionError(f"HTTP {response.status_code}: {(await response.aread())[:200]!r}")
+                async for line in response.aiter_lines():
+                    if line == "data: [DONE]":
+                        done = True
+                    elif line.startswith("data: "):
+                        chunk = json.loads(line[6:])
+                        if "error" in chunk:
+                            raise AssertionError(f"error event: {chunk['error']}")
+                        if chunk.get("usage"):
+                            usage = chunk["usage"]
+            if not done or usage is None:
+                raise AssertionError(f"stream ended early: done={done} usage={usage}")
+            totals["requests"] += 1
+            totals["tokens"] += usage["completion_tokens"]
+
         async def client_loop(client: httpx.AsyncClient, seed: int, deadline: float) -> None:
             while time.monotonic() < deadline:
                 body = {"model": MODEL, "messages": [{"role": "user", "content": f"hello {seed}"}],
                         "max_tokens": 8 + seed % 24, "stream": True, "stream_options": {"include_usage": True}}
-                done, usage = False, None
-                async with client.stream("POST", f"{url}/chat/completions", json=body) as response:
-                    if response.status_code != 200:
-                        totals["errors"] += 1
-                        reasons.append(f"HTTP {response.status_code}: {(await response.aread())[:200]!r}")
-                        continue
-                    async for line in response.aiter_lines():
-                        if line == "data: [DONE]":
-                            done = True
-                        elif line.startswith("data: "):
-                            chunk = json.loads(line[6:])
-                            if "error" in chunk:
-                                totals["errors"] += 1
-                                reasons.append(f"error event: {chunk['error']}")
-                            elif chunk.get("usage"):
-                                usage = chunk["usage"]
-                if not done or usage is None:
+                try:
+                    await one_stream(client, body)
+                except (AssertionError, httpx.HTTPError) as exc:
                     totals["errors"] += 1
-                    reasons.append(f"stream ended early: done={done} usage={usage}")
-                    continue
-                totals["requests"] += 1
-                totals["tokens"] += usage["completion_tokens"]
+                    reasons.append(f"{type(exc).__name__}: {exc}")
 
         async def run() -> None:
             deadline = time.monotonic() + duration_s
