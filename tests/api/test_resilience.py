@@ -203,3 +203,22 @@ def test_sustained_load_has_no_errors_and_adds_up(tiny_model_dir) -> None:
         assert totals["requests"] > num_clients, totals
         generated = _gauge(after, "llmserve_generation_tokens_total") - _gauge(before, "llmserve_generation_tokens_total")
         assert generated == totals["tokens"], (generated, totals)
+
+
+def test_a_client_leaving_a_non_streaming_request_aborts_it(tiny_model_dir) -> None:
+    with live_server(tiny_config(tiny_model_dir)) as url:
+        body = {"model": MODEL, "prompt": "wait", "max_tokens": 3500, "ignore_eos": True}
+        try:
+            httpx.post(f"{url}/completions", json=body, timeout=0.5)
+        except httpx.ReadTimeout:
+            pass  # the client gives up and closes its connection
+        left = time.monotonic()
+        while True:
+            workers = _ready(url).json()["workers"]
+            if sum(w["num_unfinished"] for w in workers) == 0:
+                break
+            assert time.monotonic() - left < 2.0, "the abandoned request kept running"
+            time.sleep(0.02)
+        finished = _ready(url).json()["workers"][0]["num_finished"]
+        assert finished == 1  # it ended (aborted) well before its 3,500 tokens
+        assert _post(url, max_tokens=3).status_code == 200
