@@ -1,0 +1,116 @@
+"""Where one engine step's time goes on a GPU (a diagnosis aid for issue 3's targets).
+
+For decode batches of 1, 64 and 256 sequences (context ~512) it reports, per step:
+the graph replay's GPU time (CUDA events), the host time of each engine phase (schedule, prepare,
+replay + sampling, postprocess), and the number of CUDA kernels one eager forward launches
+(torch.profiler), which is what a replayed graph executes too.
+
+    python benchmarks/gpu_step_profile.py --model-path /tmp/llama1b [--out step_profile.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+from llmserve.config import WorkerConfig  # noqa: E402
+from llmserve.engine.builder import build_engine  # noqa: E402
+from llmserve.engine.request import SamplingParams  # noqa: E402
+
+
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def _timed(fn, *args):
+    _sync()
+    started = time.perf_counter()
+    out = fn(*args)
+    _sync()
+    return out, (time.perf_counter() - started) * 1000
+
+
+def profile_batch(engine, batch: int, context: int, steps: int) -> dict:
+    for i in range(batch):
+        engine.add(10_000 * batch + i, [100 + (i + j) % 5000 for j in range(context)],
+                   SamplingParams(max_tokens=steps + 50, temperature=0.0, ignore_eos=True))
+    while any(s.num_computed_tokens < s.num_prompt_tokens for s in engine.scheduler.running) or \
+            engine.scheduler.waiting:
+        engine.step()  # prefill
+    phases = {"schedule": 0.0, "prepare": 0.0, "execute": 0.0, "sample": 0.0, "postprocess": 0.0}
+    for _ in range(steps):
+        scheduled, ms = _timed(engine.scheduler.schedule)
+        phases["schedule"] += ms
+        _, ms = _timed(engine.runner.prepare, scheduled)
+        phases["prepare"] += ms
+        logits, ms = _timed(engine.runner.execute, scheduled)  # prepare again + replay
+        phases["execute"] += ms
+        sampling = [item.seq for item in scheduled if item.samples]
+        result, ms = _timed(engine._sample, logits, sampling)
+        phases["sample"] += ms
+        _, ms = _timed(engine._postprocess, scheduled, sampling, result)
+        phases["postprocess"] += ms
+    replay_ms = None
+    graphs = engine.runner.graphs
+    if graphs is not None:
+        batch_obj = engine.runner.prepare(engine.scheduler.schedule())
+        bucket = next(b for b in graphs.batch_buckets if b >= batch)
+        graphs._fill(batch_obj, bucket, bucket)
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(20):
+            graphs._replay(bucket, bucket, 1)
+        end.record()
+        torch.cuda.synchronize()
+        replay_ms = start.elapsed_time(end) / 20
+    for seq_id in list(engine._tracked):
+        engine.abort(seq_id)
+    return {"batch": batch, "context": context, "replay_gpu_ms": replay_ms,
+            **{f"{k}_ms": v / steps for k, v in phases.items()}}
+
+
+def count_kernels(engine) -> int:
+    engine.add(1, list(range(100, 164)), SamplingParams(max_tokens=4, temperature=0.0, ignore_eos=True))
+    engine.step()
+    scheduled = engine.scheduler.schedule()
+    batch = engine.runner.prepare(scheduled)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        engine.runner.forward(batch)
+        torch.cuda.synchronize()
+    engine.abort(1)
+    return sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model-path", required=True)
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--device", default="cuda", help="cpu only smoke-tests this script")
+    args = parser.parse_args()
+    on_cuda = args.device.startswith("cuda")
+    engine = build_engine(WorkerConfig(model_path=args.model_path, device=args.device,
+                                       dtype="bfloat16" if on_cuda else "float32", kv_cache_tokens=300_000,
+                                       max_num_seqs=256, max_model_len=2048, max_num_batched_tokens=8192), 0)
+    results = {"device": torch.cuda.get_device_name(0) if on_cuda else "cpu",
+               "kernels_per_eager_decode_step": count_kernels(engine) if on_cuda else None,
+               "batches": [profile_batch(engine, b, 512, args.steps) for b in (1, 64, 256)]}
+    print(f"{results['device']}: kernels per decode forward: {results['kernels_per_eager_decode_step']}")
+    for row in results["batches"]:
+        print(" ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+    if args.out:
+        args.out.write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
