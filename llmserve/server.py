@@ -23,6 +23,7 @@ from llmserve.app import create_app
 from llmserve.config import Config, load_config, with_overrides
 from llmserve.errors import ConfigError
 from llmserve.loading import check_worker
+from llmserve.templates import check_chat_template
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,7 @@ def preflight(config: Config) -> None:
     task_of_name: dict[str, tuple[str, int]] = {}
     for i, worker in enumerate(config.workers):
         task = check_worker(worker, f"workers[{i}]")
+        check_chat_template(worker.chat_template, f"workers[{i}].chat_template")
         for name in worker.served_names:
             other_task, other = task_of_name.setdefault(name, (task, i))
             if other_task != task:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from llmserve.errors import InvalidRequestError
+from llmserve.errors import ConfigError, InvalidRequestError
 
 # Used when neither the config nor the tokenizer has a template: role-prefixed turns.
 FALLBACK_CHAT_TEMPLATE = (
@@ -23,14 +23,24 @@ FALLBACK_CHAT_TEMPLATE = (
 def resolve_chat_template(override: str, tokenizer: Any) -> str:
     """The config's template (a file path or a Jinja string), else the tokenizer's, else the fallback."""
     if override:
-        path = Path(override)
-        if "{" not in override and path.is_file():
-            return path.read_text(encoding="utf-8")
-        return override
+        if is_template_text(override):
+            return override
+        return Path(override).expanduser().read_text(encoding="utf-8")
     template = getattr(tokenizer, "chat_template", None)
     if isinstance(template, str) and template:
         return template
     return FALLBACK_CHAT_TEMPLATE
+
+
+def is_template_text(value: str) -> bool:
+    """A Jinja template (it has tags or expressions) rather than the path of a template file."""
+    return "{{" in value or "{%" in value
+
+
+def check_chat_template(value: str, path: str) -> None:
+    """A configured template must be Jinja text or an existing file (never a typo'd path used as text)."""
+    if value and not is_template_text(value) and not Path(value).expanduser().is_file():
+        raise ConfigError(f'{path} = "{value}": not a Jinja template and no such file')
 
 
 def render_chat_prompt(tokenizer: Any, messages: list[dict[str, str]]) -> str:

@@ -52,3 +52,16 @@ def test_templates_render_sandboxed(tokenizer) -> None:
     tokenizer.chat_template = "{{ ''.__class__.__mro__[1].__subclasses__() }}"
     with pytest.raises(InvalidRequestError):
         render_chat_prompt(tokenizer, MESSAGES)
+
+
+def test_a_template_path_that_does_not_exist_fails_at_start_up(tmp_path: Path) -> None:
+    from llmserve.errors import ConfigError
+    from llmserve.templates import check_chat_template
+
+    check_chat_template("", "workers[0].chat_template")
+    check_chat_template("{{ messages }}", "workers[0].chat_template")
+    real = tmp_path / "t.jinja"
+    real.write_text("{{ messages }}")
+    check_chat_template(str(real), "workers[0].chat_template")
+    with pytest.raises(ConfigError, match=r'workers\[0\]\.chat_template = "templates/typo.jinja": not a Jinja'):
+        check_chat_template("templates/typo.jinja", "workers[0].chat_template")

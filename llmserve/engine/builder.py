@@ -13,7 +13,7 @@ from llmserve.engine.runner import ModelRunner
 from llmserve.engine.scheduler import Scheduler, SchedulerConfig
 from llmserve.errors import ConfigError
 from llmserve.loading import LoadedModel, kv_cache_spec, load_model, worker_task
-from llmserve.templates import resolve_chat_template
+from llmserve.templates import check_chat_template, resolve_chat_template
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +31,7 @@ def build_engine(config: WorkerConfig, index: int) -> LLMEngine:
     if worker_task(config, path) == "embed":
         raise ConfigError(f'{path}.model_path = "{config.model_path}": an embedding model, which cannot '
                           "generate text")
+    check_chat_template(config.chat_template, f"{path}.chat_template")
     loaded = load_model(config, path)
     loaded.tokenizer.chat_template = resolve_chat_template(config.chat_template, loaded.tokenizer)
     spec = kv_cache_spec(loaded, config)
