@@ -23,6 +23,7 @@ from llmserve.api.streaming import (
     ChunkFormat,
     collect,
     now_s,
+    off_loop_if_large,
     raise_if_error,
     respond,
     submit,
@@ -45,7 +46,7 @@ async def create_chat_completion(request: Request) -> Response:
         raise InvalidRequestError("top_logprobs requires logprobs to be true", param="top_logprobs")
     stop = stop_strings(body, limits)
     worker = state.choose_worker(body.model)
-    prompt_ids = encode_chat(worker.tokenizer, template_messages(body.messages))
+    prompt_ids = await off_loop_if_large(request, encode_chat, worker.tokenizer, template_messages(body.messages))
     max_tokens = resolve_max_tokens(
         body.max_completion_tokens or body.max_tokens, None, len(prompt_ids), worker.max_model_len,
         param="max_completion_tokens" if body.max_completion_tokens else "max_tokens", prompt_param="messages",

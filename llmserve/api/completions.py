@@ -25,6 +25,7 @@ from llmserve.api.streaming import (
     ChunkFormat,
     collect,
     now_s,
+    off_loop_if_large,
     raise_if_error,
     respond,
     submit,
@@ -52,7 +53,7 @@ async def create_completion(request: Request) -> Response:
         raise InvalidRequestError("max_tokens may be 0 only with echo", param="max_tokens")
     stop = stop_strings(body, limits)
     worker = state.choose_worker(body.model)
-    texts, prompt_ids = _prompts(body.prompt, worker)
+    texts, prompt_ids = await off_loop_if_large(request, _prompts, body.prompt, worker)
     prompts: list[tuple[list[int], SamplingParams]] = []
     bias = logit_bias(body, worker.vocab_size)
     for ids in prompt_ids:

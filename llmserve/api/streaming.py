@@ -166,3 +166,15 @@ async def respond(request: Request, worker: Worker, stream: RequestStream,
     finally:
         worker.release(stream)
     return response if response is not None else Response(status_code=499)
+
+
+# Requests bigger than this (bytes) are tokenized in a worker thread, so a huge prompt does not
+# hold up every other stream on the event loop while it is rendered and encoded.
+_OFF_LOOP_BYTES = 32_768
+
+
+async def off_loop_if_large(request: Request, fn: Callable[..., _T], *args: Any) -> _T:
+    """`fn(*args)`, in a thread when the request body is large."""
+    if len(await request.body()) > _OFF_LOOP_BYTES:
+        return await asyncio.to_thread(fn, *args)
+    return fn(*args)

@@ -108,3 +108,12 @@ def test_server_is_healthy_after_the_table(base_url: str) -> None:
     assert httpx.get(root + "/ready").status_code == 200
     r = httpx.post(base_url + CHAT, json={"model": M, "messages": USER, "max_tokens": 3}, timeout=30)
     assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] >= 1
+
+
+def test_a_large_prompt_is_tokenized_off_the_event_loop_and_counted(base_url: str) -> None:
+    text = "The quick brown fox jumps over the lazy dog. " * 1000  # 45 KB: tokenized in a thread
+    r = httpx.post(base_url + COMP, json={"model": M, "prompt": text, "max_tokens": 1}, timeout=60)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded"
+    assert "4096" in r.json()["error"]["message"]
+    r = httpx.post(base_url + CHAT, json={"model": M, "messages": [{"role": "user", "content": text}]}, timeout=60)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "messages"
