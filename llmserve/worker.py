@@ -15,7 +15,6 @@ import queue
 import threading
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -92,7 +91,7 @@ def _merge(first: SequenceOutput, second: SequenceOutput) -> SequenceOutput:
 
 
 class Worker:
-    """Owns one engine; async `generate()` gives a request's stream of outputs."""
+    """Owns one engine; `submit()` gives a request's stream of outputs, `release()` ends it."""
 
     def __init__(self, config: WorkerConfig, index: int, engine_factory: Any,
                  metrics: ServerMetrics | None = None) -> None:
@@ -188,7 +187,7 @@ class Worker:
     def submit(self, prompts: list[tuple[list[int], SamplingParams]], request_id: str = "") -> RequestStream:
         """Queue one request, a sequence per (prompt, params) choice; counts at once for dispatch.
 
-        The caller must `release()` the stream when done with it (or use `generate()`).
+        The caller must `release()` the stream when done with it.
         """
         self._check_can_accept(len(prompts))
         seq_ids = [next(self._seq_ids) for _ in prompts]
@@ -209,14 +208,6 @@ class Worker:
         if self._streams:
             self._inbox.put(_Abort(sorted(self._streams)))
 
-    @asynccontextmanager
-    async def generate(self, prompts: list[tuple[list[int], SamplingParams]]) -> AsyncIterator[RequestStream]:
-        """`submit()` and `release()` around a block: leaving it early aborts the request."""
-        stream = self.submit(prompts)
-        try:
-            yield stream
-        finally:
-            self.release(stream)
 
     def _check_can_accept(self, num_seqs: int) -> None:
         if self.state is WorkerState.FAILED:

@@ -6,6 +6,7 @@ import argparse
 import sys
 from typing import Any
 
+from llmserve.chat.ui import STYLES
 from llmserve.config import DTYPES
 
 _EPILOG = (
@@ -49,7 +50,7 @@ def register(subparsers: Any) -> None:
     conv.add_argument("--no-history", action="store_true", help="answer each message on its own")
     conv.add_argument("--debug", action="store_true",
                       help="after each answer print template, prompt, output and speed (token/s)")
-    conv.add_argument("--style", choices=("simple", "rich"),
+    conv.add_argument("--style", choices=STYLES,
                       help="simple text or rendered markdown (default: rich on a terminal)")
     conv.add_argument("--multiline", action="store_true", help="rich style: Enter adds a line, Esc+Enter sends")
     parser.set_defaults(func=run)

@@ -6,7 +6,6 @@ Synchronous and single-threaded: the worker's thread owns it. Every step returns
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -77,7 +76,6 @@ class LLMEngine:
         self.stream_interval = stream_interval
         self._tracked: dict[int, _Tracked] = {}
         self.last_scheduled: list[int] = []  # sequence ids of the latest step, failed together on error
-        self._arrivals = itertools.count()
         self._generator = torch.Generator(device=runner.device)
         self._generator.manual_seed(seed)
 
@@ -91,7 +89,7 @@ class LLMEngine:
 
     def add(self, seq_id: int, prompt_ids: list[int], params: SamplingParams) -> None:
         """Queue a new sequence; it joins the running batch at a step boundary."""
-        seq = Sequence(seq_id, list(prompt_ids), params, arrival_order=next(self._arrivals))
+        seq = Sequence(seq_id, list(prompt_ids), params)
         detok = IncrementalDetokenizer(self.tokenizer, seq.prompt_ids, params.stop)
         tracked = _Tracked(seq, detok, make_generator(params, self.runner.device))
         if params.prompt_logprobs is not None:

@@ -77,7 +77,6 @@ class Sequence:
     num_computed_tokens: int = 0  # tokens whose KV is in the cache
     num_cached_tokens: int = 0  # prompt tokens served from the prefix cache at admission
     num_hashed_blocks: int = 0  # leading blocks of block_table already registered in the prefix cache
-    arrival_order: int = 0
 
     @property
     def num_prompt_tokens(self) -> int:
@@ -94,10 +93,6 @@ class Sequence:
     @property
     def all_ids(self) -> list[int]:
         return self.prompt_ids + self.output_ids
-
-    @property
-    def last_token_id(self) -> int:
-        return self.output_ids[-1] if self.output_ids else self.prompt_ids[-1]
 
     @property
     def num_uncomputed_tokens(self) -> int:

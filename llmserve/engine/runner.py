@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from llmserve.engine.attention import is_triton_usable
 from llmserve.engine.cuda_graphs import StepBatch, StepGraphs
 from llmserve.engine.hf_attention import META_KWARG, AttentionMetadata
 from llmserve.engine.kv_cache import KVCache
@@ -26,7 +27,7 @@ class ModelRunner:
         self.kv_cache = kv_cache
         self.device = device
         self.block_size = kv_cache.spec.block_size
-        self.use_triton = use_triton and device.type == "cuda" and _triton_available()
+        self.use_triton = use_triton and is_triton_usable(device)
         self.graphs: StepGraphs | None = None
         if use_cuda_graphs and self.use_triton:
             max_blocks = -(-max_model_len // self.block_size)
@@ -99,10 +100,3 @@ class ModelRunner:
             return host.pin_memory().to(self.device, non_blocking=True)
         return host.to(self.device)
 
-
-def _triton_available() -> bool:
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
