@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -94,10 +95,16 @@ class DrainingServer(uvicorn.Server):
         self.should_exit = True
 
 
+GIL_SWITCH_INTERVAL_S = 0.0005
+
+
 def serve(config_path: str, host: str | None = None, port: int | None = None, log_level: str = "info") -> int:
     """Serve until SIGINT/SIGTERM; returns the exit code."""
     config = with_overrides(load_config(config_path), host=host, port=port)
     preflight(config)
+    # Engine threads give up the GIL at every CUDA call and then wait for the event loop to hand it
+    # back; at the default 5 ms switch interval a busy loop stretches every step by milliseconds.
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     app = create_app(config)
     log.info("llmserve listening on http://%s:%d", config.server.host, config.server.port)
     uv_config = uvicorn.Config(app, host=config.server.host, port=config.server.port, log_level=log_level,

@@ -7,9 +7,10 @@ size (see the shared GPU notes); replaying a captured graph costs one launch. Tw
 - mixed graphs, one per bucketed token count T: up to `max_num_seqs` sequences whose new tokens
   (prefill chunks and decodes together) add up to at most T.
 
-Every input lives in a static buffer; a step packs its inputs on the host, copies them in with two
-host-to-device copies, replays the smallest graph that fits, and reads the logits of its sampling
-rows. Padding tokens have slot -1 (nothing stored); padding sequences have no query rows and a
+Every input lives in one static int32 buffer; a step packs its inputs on the host (numpy, no
+torch calls), copies them in with one host-to-device copy, replays the smallest graph that fits, and
+reads the greedy tokens (argmax is part of the graph) or the logits of its sampling rows. On a host
+where each CUDA call costs 10-80 us, the number of calls per step decides small-batch latency. Padding tokens have slot -1 (nothing stored); padding sequences have no query rows and a
 context length of 0, so they cost almost nothing. A step no graph fits runs eagerly.
 """
 
@@ -17,7 +18,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -47,31 +50,66 @@ class StepBatch:
 
 
 @dataclass
+class StepLogits:
+    """A step's logits on the device: rows [S + P, V], and the greedy token of each of the S
+    sampling rows when the step ran as a graph (argmax taken inside it), else None."""
+
+    logits: torch.Tensor
+    greedy_ids: torch.Tensor | None = None
+
+
+@dataclass
 class _Captured:
     graph: torch.cuda.CUDAGraph
     logits: torch.Tensor  # [rows, V], written by every replay
+    greedy_ids: torch.Tensor  # [rows] int64, argmax of each row, written by every replay
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """Offsets of every input in the one int32 buffer a step copies to the device."""
+
+    max_tokens: int
+    max_seqs: int
+    max_blocks: int
+
+    @property
+    def seqs(self) -> int:  # cu_seqlens [S + 1], then context lengths [S], then logit rows [S]
+        return 3 * self.max_tokens
+
+    @property
+    def tables(self) -> int:  # block tables [S, max_blocks], row-major
+        return self.seqs + 3 * self.max_seqs + 1
+
+    @property
+    def size(self) -> int:
+        return self.tables + self.max_seqs * self.max_blocks
 
 
 class StepGraphs:
-    """Captured forwards of one model; `run()` replays the one that fits a step."""
+    """Captured forwards of one model; `run()` replays the one that fits a step.
+
+    All inputs of a step live in one int32 buffer (token ids, positions, slots, then per-sequence
+    offsets, lengths and logit rows, then block tables): the host fills its pinned twin with numpy
+    and copies it over in a single transfer, so a decode step costs the host one copy, one replay
+    and one read of the sampled tokens.
+    """
 
     def __init__(self, model: torch.nn.Module, kv_cache: KVCache, max_num_seqs: int,
-                 max_num_batched_tokens: int, max_blocks_per_seq: int, device: torch.device) -> None:
+                 max_num_batched_tokens: int, max_blocks_per_seq: int, device: torch.device,
+                 forward: Callable[..., Any] | None = None) -> None:
         self.model = model
+        self.forward_fn = forward or model
         self.kv_cache = kv_cache
         self.use_triton = device.type == "cuda"
         self.max_num_seqs = max_num_seqs
         self.batch_buckets = sorted({b for b in BATCH_BUCKETS if b < max_num_seqs} | {max_num_seqs})
         self.token_buckets = sorted({t for t in TOKEN_BUCKETS if max_num_seqs < t < max_num_batched_tokens}
                                     | {max(max_num_batched_tokens, max_num_seqs)})
-        max_tokens = self.token_buckets[-1]
-        self._tokens = torch.zeros(3, max_tokens, dtype=torch.int64, device=device)  # ids, positions, slots
-        self._seqs = torch.zeros(3, max_num_seqs + 1, dtype=torch.int32, device=device)  # cu, ctx, logit rows
-        self._tables = torch.zeros(max_num_seqs, max_blocks_per_seq, dtype=torch.int32, device=device)
-        pin = device.type == "cuda"
-        self._host_tokens = torch.zeros(3, max_tokens, dtype=torch.int64, pin_memory=pin)
-        self._host_seqs = torch.zeros(3, max_num_seqs + 1, dtype=torch.int32, pin_memory=pin)
-        self._host_tables = torch.zeros(max_num_seqs, max_blocks_per_seq, dtype=torch.int32, pin_memory=pin)
+        self.layout = _Layout(self.token_buckets[-1], max_num_seqs, max_blocks_per_seq)
+        self._inputs = torch.zeros(self.layout.size, dtype=torch.int32, device=device)
+        self._host_inputs = torch.zeros(self.layout.size, dtype=torch.int32, pin_memory=device.type == "cuda")
+        self._host = self._host_inputs.numpy()
         self._decode: dict[int, _Captured] = {}
         self._mixed: dict[int, _Captured] = {}
 
@@ -79,7 +117,8 @@ class StepGraphs:
     def capture(self) -> None:
         """Warm up and capture every graph, largest first, sharing one memory pool."""
         started = time.perf_counter()
-        self._tokens[2].fill_(-1)  # captures run on padding: nothing is written to the cache
+        lay = self.layout
+        self._inputs[2 * lay.max_tokens: 3 * lay.max_tokens].fill_(-1)  # captures run on padding: no stores
         pool = None
         shapes = [("mixed", t) for t in reversed(self.token_buckets)] + \
                  [("decode", b) for b in reversed(self.batch_buckets)]
@@ -90,8 +129,9 @@ class StepGraphs:
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=pool):
                 logits = self._forward(num_tokens, num_seqs, max_q)
+                greedy = logits.argmax(dim=-1)
             pool = graph.pool()
-            (self._mixed if kind == "mixed" else self._decode)[size] = _Captured(graph, logits)
+            (self._mixed if kind == "mixed" else self._decode)[size] = _Captured(graph, logits, greedy)
         torch.cuda.synchronize()
         log.info("captured CUDA graphs for decode batches %s and mixed steps of %s tokens in %.1f s",
                  self.batch_buckets, self.token_buckets, time.perf_counter() - started)
@@ -104,8 +144,9 @@ class StepGraphs:
             return True
         return num_tokens <= self.token_buckets[-1]
 
-    def run(self, batch: StepBatch) -> torch.Tensor:
-        """Logits [len(batch.logits_indices), V] of one step (a view of the graph's output)."""
+    def run(self, batch: StepBatch) -> StepLogits:
+        """Logits [len(batch.logits_indices), V] of one step and their argmax (views of the graph's
+        outputs, valid until the next replay)."""
         num_tokens, num_seqs = len(batch.token_ids), len(batch.context_lens)
         assert self.fits(num_tokens, num_seqs, batch.max_seqlen_q)
         if batch.max_seqlen_q == 1:
@@ -115,51 +156,63 @@ class StepGraphs:
             bucket = _smallest(self.token_buckets, num_tokens)
             shape = (bucket, self.max_num_seqs, bucket)
         self._fill(batch, shape[0], shape[1])
-        return self._replay(*shape)[: len(batch.logits_indices)]
+        rows = len(batch.logits_indices)
+        captured = self._replay(*shape)
+        return StepLogits(captured.logits[:rows], captured.greedy_ids[:rows])
 
-    def _replay(self, num_tokens: int, num_seqs: int, max_seqlen_q: int) -> torch.Tensor:
+    def _replay(self, num_tokens: int, num_seqs: int, max_seqlen_q: int) -> _Captured:
         captured = self._decode[num_seqs] if max_seqlen_q == 1 else self._mixed[num_tokens]
         captured.graph.replay()
-        return captured.logits
+        return captured
 
     def _fill(self, batch: StepBatch, tokens_cap: int, seqs_cap: int) -> None:
-        num_tokens, num_seqs = len(batch.token_ids), len(batch.context_lens)
-        tokens, seqs, tables = self._host_tokens, self._host_seqs, self._host_tables
-        tokens[0, :num_tokens] = torch.tensor(batch.token_ids)
-        tokens[1, :num_tokens] = torch.tensor(batch.positions)
-        tokens[2, :num_tokens] = torch.tensor(batch.slots)
-        tokens[:, num_tokens:tokens_cap] = 0
-        tokens[2, num_tokens:tokens_cap] = -1
-        seqs[0, : num_seqs + 1] = torch.tensor(batch.cu_seqlens, dtype=torch.int32)
-        seqs[0, num_seqs + 1: seqs_cap + 1] = num_tokens
-        seqs[1, :num_seqs] = torch.tensor(batch.context_lens, dtype=torch.int32)
-        seqs[1, num_seqs:seqs_cap] = 0
-        num_rows = len(batch.logits_indices)
-        seqs[2, :num_rows] = torch.tensor(batch.logits_indices, dtype=torch.int32)
-        seqs[2, num_rows:seqs_cap] = 0
+        """Pack the step into the pinned buffer (padding up to the graph's shape) and copy it over.
+
+        The previous step has been read back by the time this runs, so its copy has completed and
+        the pinned buffer is free to overwrite.
+        """
+        lay, host = self.layout, self._host
+        num_tokens, num_seqs, num_rows = len(batch.token_ids), len(batch.context_lens), len(batch.logits_indices)
+        t = lay.max_tokens
+        host[0:num_tokens] = batch.token_ids
+        host[num_tokens:tokens_cap] = 0
+        host[t:t + num_tokens] = batch.positions
+        host[t + num_tokens:t + tokens_cap] = 0
+        host[2 * t:2 * t + num_tokens] = batch.slots
+        host[2 * t + num_tokens:2 * t + tokens_cap] = -1
+        cu, ctx, rows = lay.seqs, lay.seqs + lay.max_seqs + 1, lay.seqs + 2 * lay.max_seqs + 1
+        host[cu:cu + num_seqs + 1] = batch.cu_seqlens
+        host[cu + num_seqs + 1:cu + seqs_cap + 1] = num_tokens
+        host[ctx:ctx + num_seqs] = batch.context_lens
+        host[ctx + num_seqs:ctx + seqs_cap] = 0
+        host[rows:rows + num_rows] = batch.logits_indices
+        host[rows + num_rows:rows + seqs_cap] = 0
         # Columns past a row's own blocks are never read (its context length bounds the kernel).
-        width = max(len(t) for t in batch.block_tables)
-        tables[:num_seqs, :width] = torch.tensor([t + [0] * (width - len(t)) for t in batch.block_tables],
-                                                 dtype=torch.int32)
-        self._tokens[:, :tokens_cap].copy_(tokens[:, :tokens_cap], non_blocking=True)
-        self._seqs[:, : seqs_cap + 1].copy_(seqs[:, : seqs_cap + 1], non_blocking=True)
-        self._tables[:num_seqs, :width].copy_(tables[:num_seqs, :width], non_blocking=True)
+        tables = host[lay.tables:].reshape(lay.max_seqs, lay.max_blocks)
+        for row, table in enumerate(batch.block_tables):
+            tables[row, :len(table)] = table
+        end = lay.tables + num_seqs * lay.max_blocks
+        self._inputs[:end].copy_(self._host_inputs[:end], non_blocking=True)
 
     def _forward(self, num_tokens: int, num_seqs: int, max_seqlen_q: int) -> torch.Tensor:
+        lay, inputs = self.layout, self._inputs
+        t, cu = lay.max_tokens, lay.seqs
+        tables = inputs[lay.tables:].view(lay.max_seqs, lay.max_blocks)
         meta = AttentionMetadata(
             kv_cache=self.kv_cache,
-            slot_mapping=self._tokens[2, :num_tokens],
-            cu_seqlens_q=self._seqs[0, : num_seqs + 1],
-            context_lens=self._seqs[1, :num_seqs],
-            block_tables=self._tables[:num_seqs],
+            slot_mapping=inputs[2 * t:2 * t + num_tokens],
+            cu_seqlens_q=inputs[cu:cu + num_seqs + 1],
+            context_lens=inputs[cu + lay.max_seqs + 1:cu + lay.max_seqs + 1 + num_seqs],
+            block_tables=tables[:num_seqs],
             max_seqlen_q=max_seqlen_q,
             use_triton=self.use_triton,
         )
-        out = self.model(
-            input_ids=self._tokens[0, :num_tokens].unsqueeze(0),
-            position_ids=self._tokens[1, :num_tokens].unsqueeze(0),
+        rows = cu + 2 * lay.max_seqs + 1
+        out = self.forward_fn(
+            input_ids=inputs[:num_tokens].unsqueeze(0),
+            position_ids=inputs[t:t + num_tokens].unsqueeze(0),
             use_cache=False,
-            logits_to_keep=self._seqs[2, :num_seqs].long(),
+            logits_to_keep=inputs[rows:rows + num_seqs].long(),
             **{META_KWARG: meta},
         )
         return out.logits[0]

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from llmserve.engine.cuda_graphs import StepLogits
 from llmserve.engine.detokenizer import IncrementalDetokenizer
 from llmserve.engine.kv_cache import BlockPool
 from llmserve.engine.request import SamplingParams, Sequence, SequenceStatus, TokenLogprob
@@ -18,6 +19,7 @@ from llmserve.engine.runner import ModelRunner
 from llmserve.engine.sampler import (
     SampleResult,
     build_sampling_batch,
+    is_plain_greedy,
     make_generator,
     prompt_logprob_table,
     sample,
@@ -119,11 +121,11 @@ class LLMEngine:
         if not scheduled:
             return []
         self.last_scheduled = [item.seq.seq_id for item in scheduled]
-        logits = self.runner.execute(scheduled)
+        step = self.runner.execute(scheduled)
         sampling = [item.seq for item in scheduled if item.samples]
-        if logits.shape[0] > len(sampling):
-            self._record_prompt_logprobs(scheduled, logits[len(sampling):])
-        result = self._sample(logits[: len(sampling)], sampling) if sampling else None
+        if step.logits.shape[0] > len(sampling):
+            self._record_prompt_logprobs(scheduled, step.logits[len(sampling):])
+        result = self._sample(step, sampling) if sampling else None
         return self._postprocess(scheduled, sampling, result)
 
     def _record_prompt_logprobs(self, scheduled: list[ScheduledSeq], logits: torch.Tensor) -> None:
@@ -150,7 +152,11 @@ class LLMEngine:
                 tracked.prompt_logprobs[p + 1] = TokenLogprob(token_id, logprob, top[:wanted])
                 row += 1
 
-    def _sample(self, logits: torch.Tensor, seqs: list[Sequence]) -> SampleResult:
+    def _sample(self, step: StepLogits, seqs: list[Sequence]) -> SampleResult:
+        if is_plain_greedy([s.params for s in seqs]):  # one device-to-host copy, nothing else
+            greedy = step.greedy_ids if step.greedy_ids is not None else step.logits[: len(seqs)].argmax(dim=-1)
+            return SampleResult(greedy.tolist(), None, None, None)
+        logits = step.logits[: len(seqs)]
         generators = [self._tracked[s.seq_id].generator for s in seqs]
         batch = build_sampling_batch(seqs, generators, self._generator, self.vocab_size, logits.device)
         return sample(logits, batch)

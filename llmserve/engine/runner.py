@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from llmserve.engine.attention import is_triton_usable
-from llmserve.engine.cuda_graphs import StepBatch, StepGraphs
+from llmserve.engine.cuda_graphs import StepBatch, StepGraphs, StepLogits
 from llmserve.engine.hf_attention import META_KWARG, AttentionMetadata
 from llmserve.engine.kv_cache import KVCache
 from llmserve.engine.scheduler import ScheduledSeq
@@ -34,15 +34,16 @@ class ModelRunner:
             self.graphs = StepGraphs(model, kv_cache, max_num_seqs, max_num_batched_tokens, max_blocks, device)
             self.graphs.capture()
 
-    def execute(self, scheduled: list[ScheduledSeq]) -> torch.Tensor:
+    def execute(self, scheduled: list[ScheduledSeq]) -> StepLogits:
         """Logits [S + P, V]: the S sequences that sample this step (in schedule order), then the P
-        prompt positions whose logprobs were asked for (see `StepBatch.prompt_rows`)."""
+        prompt positions whose logprobs were asked for (see `StepBatch.prompt_rows`); with the
+        greedy token of each sampling row when a graph computed it."""
         batch = self.prepare(scheduled)
         graphs = self.graphs
         fits = graphs is not None and graphs.fits(len(batch.token_ids), len(scheduled), batch.max_seqlen_q)
         if graphs is not None and fits and not batch.prompt_rows:
             return graphs.run(batch)
-        return self.forward(batch)
+        return StepLogits(self.forward(batch))
 
     def prepare(self, scheduled: list[ScheduledSeq]) -> StepBatch:
         """Pack the step's tokens and cache addresses on the host."""
@@ -60,10 +61,14 @@ class ModelRunner:
                     first_row = len(batch.token_ids)
                     batch.prompt_logits_indices.extend(range(first_row, first_row + last - start))
                     batch.prompt_rows.append((index, start, last - start))
-            for pos in range(start, end):
-                batch.token_ids.append(seq.token_at(pos))
-                batch.slots.append(table[pos // bs] * bs + pos % bs)
-            batch.positions.extend(range(start, end))
+            if end - start == 1:  # a decode: the common case, kept free of per-token loops
+                batch.token_ids.append(seq.token_at(start))
+                batch.slots.append(table[start // bs] * bs + start % bs)
+                batch.positions.append(start)
+            else:
+                batch.token_ids.extend(seq.token_at(pos) for pos in range(start, end))
+                batch.slots.extend(table[pos // bs] * bs + pos % bs for pos in range(start, end))
+                batch.positions.extend(range(start, end))
             batch.cu_seqlens.append(len(batch.token_ids))
             batch.context_lens.append(end)
             batch.block_tables.append(table)

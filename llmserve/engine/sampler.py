@@ -43,19 +43,21 @@ def build_sampling_batch(
 ) -> SamplingBatch:
     """Gather the parameters of the sequences that sample this step."""
     params = [s.params for s in seqs]
-
-    def column(values: list[float], dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        return torch.tensor(values, dtype=dtype, device=device)
-
+    # One host-to-device copy for all seven columns (top-k travels as float32: exact below 2**24).
+    columns = torch.tensor(
+        [[p.temperature, p.top_p, p.top_k if p.top_k > 0 else vocab_size, p.min_p, p.presence_penalty,
+          p.frequency_penalty, p.repetition_penalty] for p in params],
+        dtype=torch.float32,
+    ).t().contiguous().to(device)
     use_penalties = any(p.has_penalties for p in params)
     return SamplingBatch(
-        temperature=column([p.temperature for p in params]),
-        top_p=column([p.top_p for p in params]),
-        top_k=column([p.top_k if p.top_k > 0 else vocab_size for p in params], torch.int64),
-        min_p=column([p.min_p for p in params]),
-        presence=column([p.presence_penalty for p in params]),
-        frequency=column([p.frequency_penalty for p in params]),
-        repetition=column([p.repetition_penalty for p in params]),
+        temperature=columns[0],
+        top_p=columns[1],
+        top_k=columns[2].long(),
+        min_p=columns[3],
+        presence=columns[4],
+        frequency=columns[5],
+        repetition=columns[6],
         logit_bias=_bias_rows(params, vocab_size, device),
         output_ids=_pad([s.output_ids for s in seqs], vocab_size, device) if use_penalties else None,
         prompt_ids=_pad([s.prompt_ids for s in seqs], vocab_size, device) if use_penalties else None,
@@ -64,6 +66,14 @@ def build_sampling_batch(
         num_logprobs=max((p.logprobs for p in params if p.logprobs is not None), default=-1),
         all_greedy=all(p.is_greedy for p in params),
     )
+
+
+def is_plain_greedy(params: list[SamplingParams]) -> bool:
+    """Whether every row just takes its argmax: greedy, no penalties, no bias, no logprobs.
+
+    Such a step needs nothing from the logits but the argmax, which a CUDA graph already took.
+    """
+    return all(p.is_greedy and not p.has_penalties and not p.logit_bias and p.logprobs is None for p in params)
 
 
 def _bias_rows(params: list[SamplingParams], vocab_size: int, device: torch.device) -> torch.Tensor | None:

@@ -7,16 +7,17 @@ import torch
 
 from llmserve.config import WorkerConfig
 from llmserve.engine.builder import build_engine
-from llmserve.engine.cuda_graphs import StepGraphs
+from llmserve.engine.cuda_graphs import StepGraphs, StepLogits, _Captured
 from llmserve.engine.request import SamplingParams
 
 
 class UncapturedGraphs(StepGraphs):
     """Runs the forward a graph would replay, directly."""
 
-    def _replay(self, num_tokens: int, num_seqs: int, max_seqlen_q: int) -> torch.Tensor:
+    def _replay(self, num_tokens: int, num_seqs: int, max_seqlen_q: int) -> _Captured:
         with torch.inference_mode():
-            return self._forward(num_tokens, num_seqs, max_seqlen_q)
+            logits = self._forward(num_tokens, num_seqs, max_seqlen_q)
+        return _Captured(graph=None, logits=logits, greedy_ids=logits.argmax(dim=-1))  # type: ignore[arg-type]
 
 
 def test_padded_static_steps_match_eager_steps(tiny_model_dir) -> None:
@@ -35,8 +36,10 @@ def test_padded_static_steps_match_eager_steps(tiny_model_dir) -> None:
         expected = runner.forward(batch)
         assert graphs.fits(len(batch.token_ids), len(scheduled), batch.max_seqlen_q)
         got = graphs.run(batch)
-        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(got.logits, expected, rtol=1e-5, atol=1e-5)
+        assert got.greedy_ids is not None
+        assert got.greedy_ids.tolist() == expected.argmax(dim=-1).tolist()
         shapes.add("decode" if batch.max_seqlen_q == 1 else "mixed")
         sampling = [s.seq for s in scheduled if s.samples]
-        engine._postprocess(scheduled, sampling, engine._sample(expected, sampling) if sampling else None)
+        engine._postprocess(scheduled, sampling, engine._sample(StepLogits(expected), sampling) if sampling else None)
     assert shapes == {"decode", "mixed"}
