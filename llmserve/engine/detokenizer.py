@@ -9,6 +9,7 @@ So streamed deltas always concatenate to the non-streamed text.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 # Prompt tokens kept as left context so tokenizers that mark word starts (SentencePiece)
@@ -22,8 +23,8 @@ def _decoder(tokenizer: Any) -> Callable[[list[int]], str]:
     and it runs for every generated token."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None and not getattr(tokenizer, "clean_up_tokenization_spaces", False):
-        return lambda ids: backend.decode(ids, skip_special_tokens=True)
-    return lambda ids: tokenizer.decode(ids, skip_special_tokens=True)
+        return partial(backend.decode, skip_special_tokens=True)
+    return partial(tokenizer.decode, skip_special_tokens=True)
 
 
 class IncrementalDetokenizer:
@@ -54,6 +55,9 @@ class IncrementalDetokenizer:
             self._append(delta)
 
     def _append(self, delta: str) -> None:
+        if not self._stop:
+            self.text += delta
+            return
         # A stop string completed by this delta starts no earlier than `start`.
         start = max(0, len(self.text) - self._holdback)
         self.text += delta
