@@ -73,6 +73,8 @@ def check(model_path: str, dtype: str, num_prompts: int, max_tokens: int) -> dic
     config = WorkerConfig(model_path=model_path, device="cuda", dtype=dtype, max_model_len=2048,
                           max_num_seqs=64, max_num_batched_tokens=1024, kv_cache_tokens=131072)
     engine = build_engine(config, 0)
+    graphs = engine.runner.graphs
+    compiled = bool(graphs is not None and getattr(graphs.forward_fn, "is_compiled", False))
     prompts = make_prompts(engine.vocab_size, num_prompts, seed=0)
     started = time.perf_counter()
     first = run_engine(engine, prompts, max_tokens, logprobs=True)
@@ -101,7 +103,7 @@ def check(model_path: str, dtype: str, num_prompts: int, max_tokens: int) -> dic
                          "reference_gap_at_divergence": gap})
     exact = sum(r["matching_prefix"] == max_tokens for r in rows)
     return {
-        "dtype": dtype, "num_prompts": len(rows), "max_tokens": max_tokens,
+        "dtype": dtype, "compiled": compiled, "num_prompts": len(rows), "max_tokens": max_tokens,
         "token_identical": exact, "prefix_cache_hit_tokens": hits, "engine_s": round(engine_s, 2),
         "first32_match": sum(r["matching_prefix"] >= min(32, max_tokens) for r in rows),
         "max_logprob_diff_over_matching_prefix": max(r["max_logprob_diff"] for r in rows),
@@ -122,7 +124,7 @@ def main() -> int:
                "checks": [check(args.model_path, d, args.num_prompts, args.max_tokens)
                           for d in ("float32", "bfloat16")]}
     for c in results["checks"]:
-        print(f"{c['dtype']}: {c['token_identical']}/{c['num_prompts']} token-identical over {c['max_tokens']} "
+        print(f"{c['dtype']} (compiled={c['compiled']}): {c['token_identical']}/{c['num_prompts']} token-identical over {c['max_tokens']} "
               f"tokens, first-32 match {c['first32_match']}/{c['num_prompts']}, max |dlogprob| "
               f"{c['max_logprob_diff_over_matching_prefix']:.4f}, prefix-cache hits {c['prefix_cache_hit_tokens']} "
               f"tokens, largest reference logprob gap where tokens diverged: {c['max_reference_gap_at_divergence']}")

@@ -2,10 +2,11 @@
 
 For decode batches of 1, 64 and 256 sequences (context ~512) it reports, per step:
 the graph replay's GPU time (CUDA events), the host time of each engine phase (schedule, prepare,
-replay + sampling, postprocess), and the number of CUDA kernels one eager forward launches
-(torch.profiler), which is what a replayed graph executes too.
+replay + sampling, postprocess), and the number of CUDA kernels one decode forward launches
+(torch.profiler): the plain eager model's, and the captured forward's (compiled with
+torch.compile unless `--no-compile`), which is what a replayed graph executes.
 
-    python benchmarks/gpu_step_profile.py --model-path /tmp/llama1b [--out step_profile.json]
+    python benchmarks/gpu_step_profile.py --model-path /tmp/llama1b [--no-compile] [--out step_profile.json]
 """
 
 from __future__ import annotations
@@ -78,15 +79,26 @@ def profile_batch(engine, batch: int, context: int, steps: int) -> dict:
             **{f"{k}_ms": v / steps for k, v in phases.items()}}
 
 
-def count_kernels(engine) -> int:
+def count_kernels(engine) -> dict[str, int | None]:
+    """CUDA kernels of one decode forward of one sequence: eager model, and the graphs' forward."""
     engine.add(1, list(range(100, 164)), SamplingParams(max_tokens=4, temperature=0.0, ignore_eos=True))
     engine.step()
-    scheduled = engine.scheduler.schedule()
-    batch = engine.runner.prepare(scheduled)
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-        engine.runner.forward(batch)
-        torch.cuda.synchronize()
+    batch = engine.runner.prepare(engine.scheduler.schedule())
+    counts: dict[str, int | None] = {"eager": _kernels(lambda: engine.runner.forward(batch)), "graph": None}
+    graphs = engine.runner.graphs
+    if graphs is not None:
+        graphs._fill(batch, 1, 1)
+        counts["graph"] = _kernels(lambda: graphs._forward(1, 1, 1))
     engine.abort(1)
+    return counts
+
+
+def _kernels(fn) -> int:
+    fn()
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
     return sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA)
 
 
@@ -96,15 +108,23 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--device", default="cuda", help="cpu only smoke-tests this script")
+    parser.add_argument("--no-compile", action="store_true", help="capture the eager forward")
     args = parser.parse_args()
     on_cuda = args.device.startswith("cuda")
+    started = time.perf_counter()
     engine = build_engine(WorkerConfig(model_path=args.model_path, device=args.device,
                                        dtype="bfloat16" if on_cuda else "float32", kv_cache_tokens=300_000,
-                                       max_num_seqs=256, max_model_len=2048, max_num_batched_tokens=8192), 0)
+                                       max_num_seqs=256, max_model_len=2048, max_num_batched_tokens=8192,
+                                       compile=not args.no_compile), 0)
+    graphs = engine.runner.graphs
+    forward = graphs.forward_fn if graphs is not None else None
     results = {"device": torch.cuda.get_device_name(0) if on_cuda else "cpu",
-               "kernels_per_eager_decode_step": count_kernels(engine) if on_cuda else None,
+               "compiled": bool(getattr(forward, "is_compiled", False)),
+               "build_s": time.perf_counter() - started,  # load, compile, capture
+               "kernels_per_decode_forward": count_kernels(engine) if on_cuda else None,
                "batches": [profile_batch(engine, b, 512, args.steps) for b in (1, 64, 256)]}
-    print(f"{results['device']}: kernels per decode forward: {results['kernels_per_eager_decode_step']}")
+    print(f"{results['device']}: compiled={results['compiled']}, kernels per decode forward: "
+          f"{results['kernels_per_decode_forward']}")
     for row in results["batches"]:
         print(" ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
     if args.out:

@@ -106,6 +106,8 @@ class WorkerConfig:
     """Reuse cached KV blocks of identical prompt prefixes across requests."""
     cuda_graphs: bool = True
     """Replay decode steps from captured CUDA graphs (CUDA with Triton only); false runs every step eagerly."""
+    compile: bool = True
+    """torch.compile the model for the CUDA-graph path (fuses norms, RoPE and activations); longer start-up; only used when cuda_graphs is on."""
     max_waiting: int = 1024
     """Most requests queued behind the running batch; beyond it requests get 503."""
     stream_interval: int = 1

@@ -45,7 +45,7 @@ def build_engine(config: WorkerConfig, index: int) -> LLMEngine:
     runner = ModelRunner(loaded.model, kv_cache, loaded.device, max_num_seqs=config.max_num_seqs,
                          max_num_batched_tokens=config.max_num_batched_tokens,
                          max_model_len=loaded.max_model_len, use_triton=fast_path,
-                         use_cuda_graphs=config.cuda_graphs and fast_path)
+                         use_cuda_graphs=config.cuda_graphs and fast_path, compile_model=config.compile)
     log.info(
         "%s: %s on %s, %s, %.1fM parameters, %.2f GiB weights, KV cache %d tokens (%d blocks of %d), "
         "context %d",

@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from llmserve.engine.compilation import CompiledForward
 from llmserve.engine.hf_attention import META_KWARG, AttentionMetadata
 from llmserve.engine.kv_cache import KVCache
 
@@ -124,7 +125,7 @@ class StepGraphs:
                  [("decode", b) for b in reversed(self.batch_buckets)]
         for kind, size in shapes:
             num_tokens, num_seqs, max_q = (size, self.max_num_seqs, size) if kind == "mixed" else (size, size, 1)
-            self._forward(num_tokens, num_seqs, max_q)  # compiles kernels outside the capture
+            self._forward(num_tokens, num_seqs, max_q, warm_up=True)  # compiles outside the capture
             torch.cuda.synchronize()
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=pool):
@@ -133,8 +134,10 @@ class StepGraphs:
             pool = graph.pool()
             (self._mixed if kind == "mixed" else self._decode)[size] = _Captured(graph, logits, greedy)
         torch.cuda.synchronize()
-        log.info("captured CUDA graphs for decode batches %s and mixed steps of %s tokens in %.1f s",
-                 self.batch_buckets, self.token_buckets, time.perf_counter() - started)
+        compiled = isinstance(self.forward_fn, CompiledForward) and self.forward_fn.is_compiled
+        log.info("captured CUDA graphs (%s forward) for decode batches %s and mixed steps of %s tokens in %.1f s",
+                 "compiled" if compiled else "eager", self.batch_buckets, self.token_buckets,
+                 time.perf_counter() - started)
 
     def fits(self, num_tokens: int, num_seqs: int, max_seqlen_q: int) -> bool:
         """Whether some graph can run a step of this shape."""
@@ -194,7 +197,9 @@ class StepGraphs:
         end = lay.tables + num_seqs * lay.max_blocks
         self._inputs[:end].copy_(self._host_inputs[:end], non_blocking=True)
 
-    def _forward(self, num_tokens: int, num_seqs: int, max_seqlen_q: int) -> torch.Tensor:
+    def _forward(self, num_tokens: int, num_seqs: int, max_seqlen_q: int, warm_up: bool = False) -> torch.Tensor:
+        """The forward of one graph shape over the static buffer; `warm_up` (outside a capture) lets a
+        compiled forward compile this shape, or fall back to eager when it cannot."""
         lay, inputs = self.layout, self._inputs
         t, cu = lay.max_tokens, lay.seqs
         tables = inputs[lay.tables:].view(lay.max_seqs, lay.max_blocks)
@@ -208,7 +213,10 @@ class StepGraphs:
             use_triton=self.use_triton,
         )
         rows = cu + 2 * lay.max_seqs + 1
-        out = self.forward_fn(
+        forward = self.forward_fn
+        if warm_up and isinstance(forward, CompiledForward):
+            forward = forward.warm_up
+        out = forward(
             input_ids=inputs[:num_tokens].unsqueeze(0),
             position_ids=inputs[t:t + num_tokens].unsqueeze(0),
             use_cache=False,

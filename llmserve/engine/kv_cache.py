@@ -45,6 +45,8 @@ class KVCache:
     `device` is one device, or one per layer for a model split across devices (an accelerate
     device map): each layer's cache lives where that layer runs. On one device a single
     `storage` tensor holds every layer; split, each layer gets its own tensor and `storage` is None.
+    Either way a layer's keys and values are the two halves of one `[2, ...]` view (`layer_kv`), so
+    the cache write can name a single tensor it mutates (see `hf_attention.write_kv`).
     """
 
     def __init__(self, spec: KVCacheSpec, device: torch.device | collections.abc.Sequence[torch.device]) -> None:
@@ -57,14 +59,18 @@ class KVCache:
         self.storage: torch.Tensor | None = None
         if len(set(devices)) == 1:
             self.storage = torch.zeros((2, spec.num_layers, *shape), dtype=spec.dtype, device=devices[0])
-            self._layers = [(self.storage[0, i], self.storage[1, i]) for i in range(spec.num_layers)]
+            self._kv_layers = [self.storage[:, i] for i in range(spec.num_layers)]
         else:
-            per_layer = [torch.zeros((2, *shape), dtype=spec.dtype, device=d) for d in devices]
-            self._layers = [(kv[0], kv[1]) for kv in per_layer]
+            self._kv_layers = [torch.zeros((2, *shape), dtype=spec.dtype, device=d) for d in devices]
+        self._layers = [(kv[0], kv[1]) for kv in self._kv_layers]
 
     def layer(self, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(k_cache, v_cache) of one layer, on the device that runs it."""
         return self._layers[layer_idx]
+
+    def layer_kv(self, layer_idx: int) -> torch.Tensor:  # [2, num_blocks, block_size, Hkv, D]
+        """One layer's keys (`[0]`) and values (`[1]`) as one view, on the device that runs it."""
+        return self._kv_layers[layer_idx]
 
 
 class BlockPool:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from llmserve.engine.attention import is_triton_usable
+from llmserve.engine.compilation import CompiledForward
 from llmserve.engine.cuda_graphs import StepBatch, StepGraphs, StepLogits
 from llmserve.engine.hf_attention import META_KWARG, AttentionMetadata
 from llmserve.engine.kv_cache import KVCache
@@ -22,7 +23,7 @@ class ModelRunner:
 
     def __init__(self, model: torch.nn.Module, kv_cache: KVCache, device: torch.device,
                  max_num_seqs: int = 1, max_num_batched_tokens: int = 2048, max_model_len: int = 0,
-                 use_triton: bool = True, use_cuda_graphs: bool = False) -> None:
+                 use_triton: bool = True, use_cuda_graphs: bool = False, compile_model: bool = False) -> None:
         self.model = model
         self.kv_cache = kv_cache
         self.device = device
@@ -31,7 +32,9 @@ class ModelRunner:
         self.graphs: StepGraphs | None = None
         if use_cuda_graphs and self.use_triton:
             max_blocks = -(-max_model_len // self.block_size)
-            self.graphs = StepGraphs(model, kv_cache, max_num_seqs, max_num_batched_tokens, max_blocks, device)
+            forward = CompiledForward(model) if compile_model else None
+            self.graphs = StepGraphs(model, kv_cache, max_num_seqs, max_num_batched_tokens, max_blocks, device,
+                                     forward=forward)
             self.graphs.capture()
 
     def execute(self, scheduled: list[ScheduledSeq]) -> StepLogits:

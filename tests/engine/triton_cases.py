@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import torch
 
-from llmserve.engine import triton_attention
+from llmserve.engine import hf_attention, triton_attention
 
 ON_CUDA = torch.cuda.is_available()
 
@@ -118,6 +118,25 @@ def test_non_contiguous_query_and_output() -> None:
     )
     out = torch.full_like(query, float("nan")).transpose(0, 1).contiguous().transpose(0, 1)
     triton_attention.paged_attention(*_attention_args(batch, k_cache, v_cache, query), out=out)
+    torch.testing.assert_close(out.cpu().double(), shared.reference_attention(batch), atol=1e-5, rtol=0)
+
+
+def test_custom_ops_run_the_kernels_under_compile() -> None:
+    """hf_attention's ops with use_triton: one compiled graph (aot_eager) around the Triton kernels."""
+    batch = shared.make_batch([(5, 3), (9, 1), (0, 4)], 4, 2, 16, 4)
+    kv_cache = torch.stack([batch.k_cache, batch.v_cache]).to(DEVICE)  # [2, num_blocks, block_size, Hkv, D]
+
+    def step(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, kv: torch.Tensor,
+             slots: torch.Tensor, cu: torch.Tensor, lens: torch.Tensor, tables: torch.Tensor) -> torch.Tensor:
+        hf_attention.write_kv(key, value, kv, slots, True)
+        return hf_attention.paged_attention(query, kv, cu, lens, tables, batch.scale, batch.max_seqlen_q, True)
+
+    compiled = torch.compile(step, backend="aot_eager", fullgraph=True)
+    inputs = (batch.query, batch.new_key, batch.new_value)
+    indices = (batch.slot_mapping, batch.cu_seqlens_q, batch.context_lens, batch.block_tables)
+    out = compiled(*(x.to(DEVICE) for x in inputs), kv_cache, *(x.to(DEVICE) for x in indices))
+    want_k, want_v = shared.reference_cache(batch)
+    assert torch.equal(kv_cache[0].cpu(), want_k) and torch.equal(kv_cache[1].cpu(), want_v)
     torch.testing.assert_close(out.cpu().double(), shared.reference_attention(batch), atol=1e-5, rtol=0)
 
 
