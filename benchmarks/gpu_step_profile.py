@@ -93,6 +93,7 @@ def count_kernels(engine) -> dict[str, int | None]:
     return counts
 
 
+@torch.inference_mode()
 def _kernels(fn) -> int:
     fn()
     torch.cuda.synchronize()
