@@ -16,6 +16,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -58,6 +59,7 @@ def profile_batch(engine, batch: int, context: int, steps: int) -> dict:
         sampling = [item.seq for item in scheduled if item.samples]
         result, ms = _timed(engine._sample, logits, sampling)
         phases["sample"] += ms
+        engine._advance(scheduled)
         _, ms = _timed(engine._postprocess, scheduled, sampling, result)
         phases["postprocess"] += ms
     replay_ms = None
@@ -79,28 +81,36 @@ def profile_batch(engine, batch: int, context: int, steps: int) -> dict:
             **{f"{k}_ms": v / steps for k, v in phases.items()}}
 
 
-def count_kernels(engine) -> dict[str, int | None]:
+def count_kernels(engine) -> dict[str, Any]:
     """CUDA kernels of one decode forward of one sequence: eager model, and the graphs' forward."""
     engine.add(1, list(range(100, 164)), SamplingParams(max_tokens=4, temperature=0.0, ignore_eos=True))
     engine.step()
     batch = engine.runner.prepare(engine.scheduler.schedule())
-    counts: dict[str, int | None] = {"eager": _kernels(lambda: engine.runner.forward(batch)), "graph": None}
+    counts: dict[str, Any] = {"eager": _kernels(lambda: engine.runner.forward(batch))[0], "graph": None}
     graphs = engine.runner.graphs
     if graphs is not None:
         graphs._fill(batch, 1, 1)
-        counts["graph"] = _kernels(lambda: graphs._forward(1, 1, 1))
+        counts["graph"], counts["graph_top_kernels"] = _kernels(lambda: graphs._forward(1, 1, 1))
     engine.abort(1)
     return counts
 
 
 @torch.inference_mode()
-def _kernels(fn) -> int:
+def _kernels(fn) -> tuple[int, list[dict]]:
+    """Kernels one call launches, and the 12 costliest kernel names (count, total GPU us)."""
     fn()
     torch.cuda.synchronize()
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
         fn()
         torch.cuda.synchronize()
-    return sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA)
+    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    totals: dict[str, list[float]] = {}
+    for e in kernels:
+        entry = totals.setdefault(e.name[:90], [0, 0.0])
+        entry[0] += 1
+        entry[1] += e.time_range.elapsed_us()
+    top = sorted(totals.items(), key=lambda kv: -kv[1][1])[:12]
+    return len(kernels), [{"kernel": k, "count": c, "total_us": round(t, 1)} for k, (c, t) in top]
 
 
 def main() -> int:
@@ -124,8 +134,11 @@ def main() -> int:
                "build_s": time.perf_counter() - started,  # load, compile, capture
                "kernels_per_decode_forward": count_kernels(engine) if on_cuda else None,
                "batches": [profile_batch(engine, b, 512, args.steps) for b in (1, 64, 256)]}
-    print(f"{results['device']}: compiled={results['compiled']}, kernels per decode forward: "
-          f"{results['kernels_per_decode_forward']}")
+    kernels = results["kernels_per_decode_forward"] or {}
+    print(f"{results['device']}: compiled={results['compiled']}, kernels per decode forward: eager "
+          f"{kernels.get('eager')}, graph {kernels.get('graph')}")
+    for row in kernels.get("graph_top_kernels", []):
+        print(f"  {row['total_us']:8.1f} us {row['count']:4d} x {row['kernel']}")
     for row in results["batches"]:
         print(" ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
     if args.out:

@@ -62,6 +62,7 @@ def build_engine(config: WorkerConfig, index: int) -> LLMEngine:
         max_model_len=loaded.max_model_len,
         stream_interval=config.stream_interval,
         seed=config.seed,
+        async_scheduling=config.async_scheduling and fast_path and loaded.device.type == "cuda",
     )
 
 

@@ -48,6 +48,10 @@ class StepBatch:
     max_seqlen_q: int
     prompt_logits_indices: list[int] = field(default_factory=list)  # [P] rows for prompt logprobs
     prompt_rows: list[tuple[int, int, int]] = field(default_factory=list)  # (item, first position, count)
+    # Tokens the host does not know yet: index in token_ids, and the row of the previous step's
+    # greedy tokens (on the device) that holds each.
+    pending_indices: list[int] = field(default_factory=list)
+    pending_rows: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -79,8 +83,12 @@ class _Layout:
         return 3 * self.max_tokens
 
     @property
-    def tables(self) -> int:  # block tables [S, max_blocks], row-major
+    def pending(self) -> int:  # pending token indices [S], then their source rows [S]
         return self.seqs + 3 * self.max_seqs + 1
+
+    @property
+    def tables(self) -> int:  # block tables [S, max_blocks], row-major
+        return self.pending + 2 * self.max_seqs
 
     @property
     def size(self) -> int:
@@ -109,8 +117,11 @@ class StepGraphs:
                                     | {max(max_num_batched_tokens, max_num_seqs)})
         self.layout = _Layout(self.token_buckets[-1], max_num_seqs, max_blocks_per_seq)
         self._inputs = torch.zeros(self.layout.size, dtype=torch.int32, device=device)
-        self._host_inputs = torch.zeros(self.layout.size, dtype=torch.int32, pin_memory=device.type == "cuda")
-        self._host = self._host_inputs.numpy()
+        # Two pinned twins in turn: a step is packed while the previous step's copy may still be queued.
+        pinned = device.type == "cuda"
+        self._host_inputs = [torch.zeros(self.layout.size, dtype=torch.int32, pin_memory=pinned) for _ in range(2)]
+        self._copied = [torch.cuda.Event() for _ in range(2)] if pinned else []  # each buffer's last copy
+        self._host_turn = 0
         self._decode: dict[int, _Captured] = {}
         self._mixed: dict[int, _Captured] = {}
 
@@ -147,9 +158,9 @@ class StepGraphs:
             return True
         return num_tokens <= self.token_buckets[-1]
 
-    def run(self, batch: StepBatch) -> StepLogits:
+    def run(self, batch: StepBatch, prev_ids: torch.Tensor | None = None) -> StepLogits:
         """Logits [len(batch.logits_indices), V] of one step and their argmax (views of the graph's
-        outputs, valid until the next replay)."""
+        outputs, valid until the next replay). Pending tokens come from `prev_ids` on the device."""
         num_tokens, num_seqs = len(batch.token_ids), len(batch.context_lens)
         assert self.fits(num_tokens, num_seqs, batch.max_seqlen_q)
         if batch.max_seqlen_q == 1:
@@ -159,6 +170,9 @@ class StepGraphs:
             bucket = _smallest(self.token_buckets, num_tokens)
             shape = (bucket, self.max_num_seqs, bucket)
         self._fill(batch, shape[0], shape[1])
+        if batch.pending_indices:
+            assert prev_ids is not None
+            self._take_pending(len(batch.pending_indices), prev_ids)
         rows = len(batch.logits_indices)
         captured = self._replay(*shape)
         return StepLogits(captured.logits[:rows], captured.greedy_ids[:rows])
@@ -168,13 +182,25 @@ class StepGraphs:
         captured.graph.replay()
         return captured
 
-    def _fill(self, batch: StepBatch, tokens_cap: int, seqs_cap: int) -> None:
-        """Pack the step into the pinned buffer (padding up to the graph's shape) and copy it over.
+    def _take_pending(self, count: int, prev_ids: torch.Tensor) -> None:
+        """Write the previous step's greedy tokens into this step's token ids, on the device."""
+        lay, inputs = self.layout, self._inputs
+        indices = inputs[lay.pending:lay.pending + count].long()
+        rows = inputs[lay.pending + lay.max_seqs:lay.pending + lay.max_seqs + count].long()
+        inputs.index_copy_(0, indices, prev_ids.index_select(0, rows).to(inputs.dtype))
 
-        The previous step has been read back by the time this runs, so its copy has completed and
-        the pinned buffer is free to overwrite.
+    def _fill(self, batch: StepBatch, tokens_cap: int, seqs_cap: int) -> None:
+        """Pack the step into a pinned buffer (padding up to the graph's shape) and copy it over.
+
+        Buffers alternate, so packing overlaps the previous step's queued copy; the copy out of this
+        buffer two steps ago has long completed (waiting for it costs a few microseconds).
         """
-        lay, host = self.layout, self._host
+        turn = self._host_turn
+        self._host_turn ^= 1
+        pinned = self._host_inputs[turn]
+        if self._copied:
+            self._copied[turn].synchronize()
+        lay, host = self.layout, pinned.numpy()
         num_tokens, num_seqs, num_rows = len(batch.token_ids), len(batch.context_lens), len(batch.logits_indices)
         t = lay.max_tokens
         host[0:num_tokens] = batch.token_ids
@@ -190,12 +216,17 @@ class StepGraphs:
         host[ctx + num_seqs:ctx + seqs_cap] = 0
         host[rows:rows + num_rows] = batch.logits_indices
         host[rows + num_rows:rows + seqs_cap] = 0
+        num_pending = len(batch.pending_indices)
+        host[lay.pending:lay.pending + num_pending] = batch.pending_indices
+        host[lay.pending + lay.max_seqs:lay.pending + lay.max_seqs + num_pending] = batch.pending_rows
         # Columns past a row's own blocks are never read (its context length bounds the kernel).
         tables = host[lay.tables:].reshape(lay.max_seqs, lay.max_blocks)
         for row, table in enumerate(batch.block_tables):
             tables[row, :len(table)] = table
         end = lay.tables + num_seqs * lay.max_blocks
-        self._inputs[:end].copy_(self._host_inputs[:end], non_blocking=True)
+        self._inputs[:end].copy_(pinned[:end], non_blocking=True)
+        if self._copied:
+            self._copied[turn].record(torch.cuda.current_stream(self._inputs.device))
 
     def _forward(self, num_tokens: int, num_seqs: int, max_seqlen_q: int, warm_up: bool = False) -> torch.Tensor:
         """The forward of one graph shape over the static buffer; `warm_up` (outside a capture) lets a

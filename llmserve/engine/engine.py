@@ -1,7 +1,14 @@
 """One worker's engine: add and abort sequences, and `step()` = schedule, run, postprocess.
 
-Synchronous and single-threaded: the worker's thread owns it. Every step returns the
-`SequenceOutput` events of that step (new text, token ids, logprobs, finish reason).
+Single-threaded: the worker's thread owns it. Every step returns the `SequenceOutput` events of
+that step (new text, token ids, logprobs, finish reason).
+
+With `async_scheduling` (CUDA), a step whose tokens are all plain greedy schedules and queues the
+next step before reading its own tokens back: the next step takes those tokens straight from the
+device (`Sequence.num_pending_tokens`), so the GPU never waits for the host's bookkeeping,
+detokenizing and streaming, which run while it computes. A sequence that turns out to have
+stopped wastes one row of that next step; one that is sure to stop (its last allowed token) is not
+scheduled ahead. Any other step (sampling, logprobs) is read back before the next is scheduled.
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ from llmserve.engine.cuda_graphs import StepLogits
 from llmserve.engine.detokenizer import IncrementalDetokenizer
 from llmserve.engine.kv_cache import BlockPool
 from llmserve.engine.request import SamplingParams, Sequence, SequenceStatus, TokenLogprob
-from llmserve.engine.runner import ModelRunner
+from llmserve.engine.runner import ModelRunner, TokenReadback
 from llmserve.engine.sampler import (
     SampleResult,
     build_sampling_batch,
@@ -55,6 +62,16 @@ class _Tracked:
     has_emitted: bool = False
 
 
+@dataclass
+class _Launched:
+    """A step queued on the device, its sampled tokens not read yet."""
+
+    scheduled: list[ScheduledSeq]
+    sampling: list[Sequence]  # the rows that sample, in row order
+    step: StepLogits
+    readback: TokenReadback | None  # plain-greedy steps: their greedy tokens on the way to the host
+
+
 class LLMEngine:
     """Continuous batching over one model on one device."""
 
@@ -68,6 +85,7 @@ class LLMEngine:
         max_model_len: int,
         stream_interval: int = 1,
         seed: int = 0,
+        async_scheduling: bool = False,
     ) -> None:
         self.runner = runner
         self.scheduler = scheduler
@@ -76,8 +94,10 @@ class LLMEngine:
         self.vocab_size = vocab_size
         self.max_model_len = max_model_len
         self.stream_interval = stream_interval
+        self.async_scheduling = async_scheduling
         self._tracked: dict[int, _Tracked] = {}
-        self.last_scheduled: list[int] = []  # sequence ids of the latest step, failed together on error
+        self._in_flight: _Launched | None = None  # the step scheduled ahead, not read back yet
+        self.last_scheduled: list[int] = []  # sequence ids of the latest steps, failed together on error
         self._generator = torch.Generator(device=runner.device)
         self._generator.manual_seed(seed)
 
@@ -86,8 +106,12 @@ class LLMEngine:
         return self.scheduler.pool
 
     @property
+    def device(self) -> torch.device:
+        return self.runner.device
+
+    @property
     def has_work(self) -> bool:
-        return bool(self._tracked)
+        return bool(self._tracked) or self._in_flight is not None
 
     def add(self, seq_id: int, prompt_ids: list[int], params: SamplingParams) -> None:
         """Queue a new sequence; it joins the running batch at a step boundary."""
@@ -116,17 +140,69 @@ class LLMEngine:
         return outputs
 
     def step(self) -> list[SequenceOutput]:
-        """Schedule, run one forward for the whole batch, sample, and report."""
-        scheduled = self.scheduler.schedule()
+        """Schedule, run one forward for the whole batch, sample, and report.
+
+        With async scheduling the step reported may be the one queued by the previous call, and
+        the next one is queued before this one's tokens are read.
+        """
+        launched, self._in_flight = self._in_flight, None
+        try:
+            if launched is None:
+                launched = self._launch(self.scheduler.schedule(), None)
+                if launched is None:
+                    return []
+            if self.async_scheduling and launched.readback is not None:
+                self._in_flight = self._launch_ahead(launched)
+            return self._complete(launched)
+        except BaseException:
+            self._in_flight = None
+            raise
+
+    def _launch(self, scheduled: list[ScheduledSeq], prev: _Launched | None) -> _Launched | None:
+        """Queue a step on the device (prompt logprobs are read at once); None if nothing runs."""
         if not scheduled:
-            return []
-        self.last_scheduled = [item.seq.seq_id for item in scheduled]
-        step = self.runner.execute(scheduled)
+            return None
+        ids = [item.seq.seq_id for item in scheduled]
+        self.last_scheduled = ids if prev is None else [item.seq.seq_id for item in prev.scheduled] + ids
         sampling = [item.seq for item in scheduled if item.samples]
+        if prev is None:
+            step = self.runner.execute(scheduled)
+        else:
+            rows = {seq.seq_id: row for row, seq in enumerate(prev.sampling)}
+            step = self.runner.execute(scheduled, prev.step.greedy_ids, rows)
         if step.logits.shape[0] > len(sampling):
             self._record_prompt_logprobs(scheduled, step.logits[len(sampling):])
-        result = self._sample(step, sampling) if sampling else None
-        return self._postprocess(scheduled, sampling, result)
+        readback = None
+        if sampling and step.logits.shape[0] == len(sampling) and is_plain_greedy([s.params for s in sampling]):
+            if step.greedy_ids is None:
+                step.greedy_ids = step.logits.argmax(dim=-1)
+            readback = self.runner.start_readback(step.greedy_ids)
+        self._advance(scheduled)
+        return _Launched(scheduled, sampling, step, readback)
+
+    def _launch_ahead(self, launched: _Launched) -> _Launched | None:
+        """Schedule and queue the next step while `launched` runs: its sampling sequences that may
+        go on decode their pending token, and the scheduler may admit waiting ones as usual."""
+        for seq in launched.sampling:
+            params = seq.params
+            if seq.num_output_tokens + 1 < params.max_tokens and seq.num_tokens + 1 < self.max_model_len:
+                seq.num_pending_tokens = 1
+        return self._launch(self.scheduler.schedule(), launched)
+
+    def _advance(self, scheduled: list[ScheduledSeq]) -> None:
+        """Count a queued step's tokens as computed: the next step is scheduled after them."""
+        for item in scheduled:
+            item.seq.num_computed_tokens += item.num_new_tokens
+
+    def _complete(self, launched: _Launched) -> list[SequenceOutput]:
+        """Read a step's tokens (sampling them now unless they are plain greedy) and report."""
+        sampling = launched.sampling
+        result = None
+        if launched.readback is not None:
+            result = SampleResult(launched.readback.tolist(), None, None, None)
+        elif sampling:
+            result = self._sample(launched.step, sampling)
+        return self._postprocess(launched.scheduled, sampling, result)
 
     def _record_prompt_logprobs(self, scheduled: list[ScheduledSeq], logits: torch.Tensor) -> None:
         """Logprobs of the prompt tokens this step's chunks predict. logits: [P, V], in the
@@ -157,20 +233,22 @@ class LLMEngine:
             greedy = step.greedy_ids if step.greedy_ids is not None else step.logits[: len(seqs)].argmax(dim=-1)
             return SampleResult(greedy.tolist(), None, None, None)
         logits = step.logits[: len(seqs)]
-        generators = [self._tracked[s.seq_id].generator for s in seqs]
+        # A sequence aborted while its step was in flight samples a row nobody reads.
+        generators = [t.generator if (t := self._tracked.get(s.seq_id)) is not None else None for s in seqs]
         batch = build_sampling_batch(seqs, generators, self._generator, self.vocab_size, logits.device)
         return sample(logits, batch)
 
     def _postprocess(
         self, scheduled: list[ScheduledSeq], sampling: list[Sequence], result: SampleResult | None
     ) -> list[SequenceOutput]:
-        for item in scheduled:
-            item.seq.num_computed_tokens += item.num_new_tokens
-            self.pool.register_computed(item.seq)
+        """Append each sampling row's token (its step counted as computed already, see `_advance`)."""
         outputs = []
         for row, seq in enumerate(sampling):
             assert result is not None
-            tracked = self._tracked[seq.seq_id]
+            tracked = self._tracked.get(seq.seq_id)
+            if tracked is None or tracked.seq is not seq:  # aborted, or stopped, while its step ran
+                continue
+            seq.num_pending_tokens = 0
             if seq.params.max_tokens == 0:  # prompt logprobs only (echo with max_tokens = 0)
                 outputs.append(self._finish(tracked, SequenceStatus.FINISHED_LENGTH))
                 continue
@@ -184,6 +262,8 @@ class LLMEngine:
                 outputs.append(self._finish(tracked, status))
             elif len(tracked.pending_ids) >= self.stream_interval:
                 outputs.append(self._emit(tracked, None))
+        for item in scheduled:  # after the appends: a block is hashed once its tokens are known
+            self.pool.register_computed(item.seq)
         return outputs
 
     def _logprob(self, result: SampleResult, row: int, k: int) -> TokenLogprob:

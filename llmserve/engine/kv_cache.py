@@ -146,8 +146,9 @@ class BlockPool:
         if not self.enable_prefix_caching:
             return
         bs = self.block_size
-        # Only blocks filled since the last call: this runs for every sequence on every step.
-        for i in range(seq.num_hashed_blocks, seq.num_computed_tokens // bs):
+        # Only blocks filled since the last call: this runs for every sequence on every step. A
+        # token computed ahead of the host knowing its id (a pending token) waits for the next call.
+        for i in range(seq.num_hashed_blocks, min(seq.num_computed_tokens, seq.num_tokens) // bs):
             seq.num_hashed_blocks = i + 1
             block = seq.block_table[i]
             if self._hashes[block] is not None:

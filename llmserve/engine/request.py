@@ -77,6 +77,9 @@ class Sequence:
     num_computed_tokens: int = 0  # tokens whose KV is in the cache
     num_cached_tokens: int = 0  # prompt tokens served from the prefix cache at admission
     num_hashed_blocks: int = 0  # leading blocks of block_table already registered in the prefix cache
+    # Tokens sampled on the device whose ids the host has not read yet (0 or 1): set while the
+    # engine schedules the next step ahead of reading the current one (see `engine.py`).
+    num_pending_tokens: int = 0
 
     @property
     def num_prompt_tokens(self) -> int:
@@ -96,7 +99,7 @@ class Sequence:
 
     @property
     def num_uncomputed_tokens(self) -> int:
-        return self.num_tokens - self.num_computed_tokens
+        return self.num_tokens + self.num_pending_tokens - self.num_computed_tokens
 
     @property
     def is_finished(self) -> bool:

@@ -18,6 +18,19 @@ from llmserve.engine.kv_cache import KVCache
 from llmserve.engine.scheduler import ScheduledSeq
 
 
+class TokenReadback:
+    """Sampled token ids on their way to the host; `tolist()` waits for them (without the GIL)."""
+
+    def __init__(self, ids: torch.Tensor, event: torch.cuda.Event | None) -> None:
+        self._ids = ids
+        self._event = event
+
+    def tolist(self) -> list[int]:
+        if self._event is not None:
+            self._event.synchronize()
+        return self._ids.tolist()  # type: ignore[no-any-return]
+
+
 class ModelRunner:
     """Runs a Hugging Face causal LM over the paged cache."""
 
@@ -30,26 +43,51 @@ class ModelRunner:
         self.block_size = kv_cache.spec.block_size
         self.use_triton = use_triton and is_triton_usable(device)
         self.graphs: StepGraphs | None = None
+        self._readback: list[tuple[torch.Tensor, torch.cuda.Event]] = []
+        self._readback_turn = 0
+        if device.type == "cuda":
+            self._readback = [(torch.zeros(max_num_seqs, dtype=torch.int64, pin_memory=True), torch.cuda.Event())
+                              for _ in range(2)]
         if use_cuda_graphs and self.use_triton:
             max_blocks = -(-max_model_len // self.block_size)
             forward = CompiledForward(model) if compile_model else None
             self.graphs = StepGraphs(model, kv_cache, max_num_seqs, max_num_batched_tokens, max_blocks, device,
                                      forward=forward)
-            self.graphs.capture()
+            with torch.cuda.device(device):  # capture on this worker's card, whichever is current
+                self.graphs.capture()
 
-    def execute(self, scheduled: list[ScheduledSeq]) -> StepLogits:
+    def execute(self, scheduled: list[ScheduledSeq], prev_ids: torch.Tensor | None = None,
+                source_rows: dict[int, int] | None = None) -> StepLogits:
         """Logits [S + P, V]: the S sequences that sample this step (in schedule order), then the P
         prompt positions whose logprobs were asked for (see `StepBatch.prompt_rows`); with the
-        greedy token of each sampling row when a graph computed it."""
-        batch = self.prepare(scheduled)
+        greedy token of each sampling row when a graph computed it.
+
+        Queues the work on the device and returns without waiting for it. A sequence whose next
+        token is still pending (sampled by the previous step, not read back) takes it from
+        `prev_ids` (that step's greedy tokens, on the device) at row `source_rows[seq_id]`.
+        """
+        batch = self.prepare(scheduled, source_rows)
         graphs = self.graphs
         fits = graphs is not None and graphs.fits(len(batch.token_ids), len(scheduled), batch.max_seqlen_q)
         if graphs is not None and fits and not batch.prompt_rows:
-            return graphs.run(batch)
-        return StepLogits(self.forward(batch))
+            return graphs.run(batch, prev_ids)
+        return StepLogits(self.forward(batch, prev_ids))
 
-    def prepare(self, scheduled: list[ScheduledSeq]) -> StepBatch:
-        """Pack the step's tokens and cache addresses on the host."""
+    def start_readback(self, token_ids: torch.Tensor) -> TokenReadback:
+        """Start copying a step's sampled tokens [S] to the host, behind the work queued so far."""
+        if token_ids.device.type != "cuda":  # a copy all the same: a graph's outputs get overwritten
+            return TokenReadback(token_ids.clone(), None)
+        # Two buffers in turn: a step's copy lands while the previous step's is still being read.
+        host, event = self._readback[self._readback_turn]
+        self._readback_turn ^= 1
+        out = host[:token_ids.shape[0]]
+        out.copy_(token_ids, non_blocking=True)
+        event.record(torch.cuda.current_stream(token_ids.device))
+        return TokenReadback(out, event)
+
+    def prepare(self, scheduled: list[ScheduledSeq], source_rows: dict[int, int] | None = None) -> StepBatch:
+        """Pack the step's tokens and cache addresses on the host (a pending token as a 0 whose
+        index and source row go into `pending_indices` / `pending_rows`)."""
         bs = self.block_size
         batch = StepBatch([], [], [], [0], [], [], [], max(item.num_new_tokens for item in scheduled))
         for index, item in enumerate(scheduled):
@@ -65,7 +103,13 @@ class ModelRunner:
                     batch.prompt_logits_indices.extend(range(first_row, first_row + last - start))
                     batch.prompt_rows.append((index, start, last - start))
             if end - start == 1:  # a decode: the common case, kept free of per-token loops
-                batch.token_ids.append(seq.token_at(start))
+                if start < seq.num_tokens:
+                    batch.token_ids.append(seq.token_at(start))
+                else:  # sampled by the step still in flight
+                    assert source_rows is not None, "a pending token needs the previous step's rows"
+                    batch.pending_indices.append(len(batch.token_ids))
+                    batch.pending_rows.append(source_rows[seq.seq_id])
+                    batch.token_ids.append(0)
                 batch.slots.append(table[start // bs] * bs + start % bs)
                 batch.positions.append(start)
             else:
@@ -80,8 +124,13 @@ class ModelRunner:
         return batch
 
     @torch.inference_mode()
-    def forward(self, batch: StepBatch) -> torch.Tensor:
+    def forward(self, batch: StepBatch, prev_ids: torch.Tensor | None = None) -> torch.Tensor:
         """An eager forward of one step: logits [S + P, V]."""
+        input_ids = self._tensor(batch.token_ids, torch.int64)
+        if batch.pending_indices:
+            assert prev_ids is not None
+            rows = self._tensor(batch.pending_rows, torch.int64)
+            input_ids[self._tensor(batch.pending_indices, torch.int64)] = prev_ids.to(input_ids.device)[rows]
         width = max(len(t) for t in batch.block_tables)
         tables = [t + [0] * (width - len(t)) for t in batch.block_tables]
         meta = AttentionMetadata(
@@ -94,7 +143,7 @@ class ModelRunner:
             use_triton=self.use_triton,
         )
         out = self.model(
-            input_ids=self._tensor(batch.token_ids, torch.int64).unsqueeze(0),
+            input_ids=input_ids.unsqueeze(0),
             position_ids=self._tensor(batch.positions, torch.int64).unsqueeze(0),
             use_cache=False,
             logits_to_keep=self._tensor(batch.logits_indices + batch.prompt_logits_indices, torch.int64),

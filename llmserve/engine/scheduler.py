@@ -31,8 +31,10 @@ class ScheduledSeq:
 
     @property
     def samples(self) -> bool:
-        """True when this step reaches the sequence's last token, so a new token is sampled."""
-        return self.seq.num_computed_tokens + self.num_new_tokens == self.seq.num_tokens
+        """True when this step reaches the sequence's last token, so a new token is sampled.
+        (Valid until the step's tokens are counted as computed.)"""
+        seq = self.seq
+        return seq.num_computed_tokens + self.num_new_tokens == seq.num_tokens + seq.num_pending_tokens
 
 
 class Scheduler:
@@ -69,7 +71,9 @@ class Scheduler:
         while i < len(self.running) and budget > 0:
             seq = self.running[i]
             num_new = min(seq.num_uncomputed_tokens, budget)
-            if self._reserve(seq, num_new):
+            if num_new == 0:  # its last token is being computed in the step still in flight
+                i += 1
+            elif self._reserve(seq, num_new):
                 scheduled.append(ScheduledSeq(seq, num_new))
                 budget -= num_new
                 i += 1
@@ -105,6 +109,7 @@ class Scheduler:
     def _preempt(self, seq: Sequence) -> None:
         self.running.remove(seq)
         self.pool.free(seq)
+        seq.num_pending_tokens = 0  # recomputed from its known tokens once readmitted
         seq.status = SequenceStatus.WAITING
         self.waiting.appendleft(seq)
         self.num_preemptions += 1

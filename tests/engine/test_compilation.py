@@ -143,6 +143,7 @@ def test_inductor_steps_match_eager_steps(tiny_model_dir) -> None:
         torch.testing.assert_close(got.logits, expected, rtol=1e-4, atol=1e-4)
         kinds.add("decode" if batch.max_seqlen_q == 1 else "mixed")
         sampling = [s.seq for s in scheduled if s.samples]
+        engine._advance(scheduled)
         engine._postprocess(scheduled, sampling, engine._sample(StepLogits(expected), sampling) if sampling else None)
     assert kinds == {"decode", "mixed"}
     assert counter.frame_count <= 2

@@ -38,9 +38,12 @@ def reference(tiny_model_dir):
     return prompt_ids, outputs
 
 
-def _engine(tiny_model_dir, **overrides):
+def _engine(tiny_model_dir, async_scheduling: bool = False, **overrides):
     config = WorkerConfig(model_path=str(tiny_model_dir), dtype="float32", kv_cache_tokens=8192, **overrides)
-    return build_engine(config, 0)
+    engine = build_engine(config, 0)
+    # The builder turns it on for CUDA only (on the CPU nothing overlaps); its logic runs anywhere.
+    engine.async_scheduling = async_scheduling
+    return engine
 
 
 def _run(engine, arrivals: dict[int, list[tuple[int, list[int], SamplingParams]]]) -> dict[int, list[int]]:
@@ -57,14 +60,16 @@ def _run(engine, arrivals: dict[int, list[tuple[int, list[int], SamplingParams]]
     return tokens
 
 
+@pytest.mark.parametrize("async_scheduling", [False, True], ids=["sync", "async"])
 @pytest.mark.parametrize("overrides", [
     {},
     {"max_num_batched_tokens": 24, "block_size": 8},  # chunked prefill across several steps
     {"max_num_seqs": 3},  # requests queue behind a small running batch
 ])
-def test_greedy_is_token_exact_under_continuous_batching(tiny_model_dir, reference, overrides) -> None:
+def test_greedy_is_token_exact_under_continuous_batching(tiny_model_dir, reference, overrides,
+                                                         async_scheduling) -> None:
     prompt_ids, expected = reference
-    engine = _engine(tiny_model_dir, **overrides)
+    engine = _engine(tiny_model_dir, async_scheduling, **overrides)
     arrivals: dict[int, list] = {}
     for i, (ids, n) in enumerate(zip(prompt_ids, MAX_TOKENS, strict=True)):
         arrivals.setdefault(i * 2, []).append((i, ids, SamplingParams(max_tokens=n, temperature=0.0)))
@@ -74,9 +79,10 @@ def test_greedy_is_token_exact_under_continuous_batching(tiny_model_dir, referen
     assert engine.pool.num_free_blocks == engine.pool.num_blocks
 
 
-def test_prefix_cache_hits_keep_outputs_exact(tiny_model_dir, reference) -> None:
+@pytest.mark.parametrize("async_scheduling", [False, True], ids=["sync", "async"])
+def test_prefix_cache_hits_keep_outputs_exact(tiny_model_dir, reference, async_scheduling) -> None:
     prompt_ids, expected = reference
-    engine = _engine(tiny_model_dir, block_size=8)
+    engine = _engine(tiny_model_dir, async_scheduling, block_size=8)
     params = SamplingParams(max_tokens=MAX_TOKENS[2], temperature=0.0)
     first = _run(engine, {0: [(0, prompt_ids[2], params)]})
     hits_before = engine.pool.num_prefix_hits
@@ -85,16 +91,19 @@ def test_prefix_cache_hits_keep_outputs_exact(tiny_model_dir, reference) -> None
     assert first[0] == second[1] == expected[2]
 
 
-def test_preemption_under_a_small_cache_keeps_outputs_exact(tiny_model_dir, reference) -> None:
+@pytest.mark.parametrize("async_scheduling", [False, True], ids=["sync", "async"])
+def test_preemption_under_a_small_cache_keeps_outputs_exact(tiny_model_dir, reference, async_scheduling) -> None:
     prompt_ids, expected = reference
     engine = build_engine(WorkerConfig(model_path=str(tiny_model_dir), dtype="float32", kv_cache_tokens=192,
                                        max_model_len=160, block_size=8), 0)
+    engine.async_scheduling = async_scheduling
     arrivals = {0: [(i, prompt_ids[i], SamplingParams(max_tokens=MAX_TOKENS[i], temperature=0.0))
                     for i in range(len(PROMPTS))]}
     tokens = _run(engine, arrivals)
     assert engine.scheduler.num_preemptions > 0
     for i in range(len(PROMPTS)):
         assert tokens[i] == expected[i]
+    assert engine.pool.num_free_blocks == engine.pool.num_blocks
 
 
 def test_abort_frees_the_cache_at_once(tiny_model_dir) -> None:
@@ -107,9 +116,10 @@ def test_abort_frees_the_cache_at_once(tiny_model_dir) -> None:
     assert engine.pool.num_free_blocks == engine.pool.num_blocks and not engine.has_work
 
 
-def test_stop_strings_and_stop_tokens_end_sequences(tiny_model_dir, reference) -> None:
+@pytest.mark.parametrize("async_scheduling", [False, True], ids=["sync", "async"])
+def test_stop_strings_and_stop_tokens_end_sequences(tiny_model_dir, reference, async_scheduling) -> None:
     prompt_ids, expected = reference
-    engine = _engine(tiny_model_dir)
+    engine = _engine(tiny_model_dir, async_scheduling)
     tokenizer = engine.tokenizer
     full = tokenizer.decode(expected[2], skip_special_tokens=True)
     stop = full[10:14]
@@ -126,6 +136,62 @@ def test_stop_strings_and_stop_tokens_end_sequences(tiny_model_dir, reference) -
     assert texts[0] == full[: full.index(stop)]
     assert finals[0].finish_reason == "stop"
     assert finals[1].finish_reason == "stop" and finals[1].num_output_tokens == expected[2].index(expected[2][4]) + 1
+    assert engine.pool.num_free_blocks == engine.pool.num_blocks
+
+
+class _CountingRunner:
+    """Wraps a runner; counts the steps queued while another step's tokens were still pending."""
+
+    def __init__(self, runner) -> None:
+        self._runner = runner
+        self.num_ahead = 0
+
+    def __getattr__(self, name):
+        return getattr(self._runner, name)
+
+    def execute(self, scheduled, prev_ids=None, source_rows=None):
+        self.num_ahead += prev_ids is not None
+        return self._runner.execute(scheduled, prev_ids, source_rows)
+
+
+def test_async_scheduling_queues_greedy_steps_ahead_and_mixes_with_sampling(tiny_model_dir, reference) -> None:
+    """Greedy rows run a step ahead; a sampling request joining makes those steps synchronous
+    again; outputs equal a synchronous engine's, seeded samples included."""
+    prompt_ids, expected = reference
+    seeded = SamplingParams(max_tokens=15, temperature=1.0, seed=7)
+    arrivals = {0: [(i, prompt_ids[i], SamplingParams(max_tokens=MAX_TOKENS[i], temperature=0.0))
+                    for i in range(4)],
+                6: [(10, [1, 2, 3], seeded)],
+                30: [(11, prompt_ids[6], SamplingParams(max_tokens=MAX_TOKENS[6], temperature=0.0))]}
+    sync = _run(_engine(tiny_model_dir), arrivals)
+    engine = _engine(tiny_model_dir, True)
+    counting = _CountingRunner(engine.runner)
+    engine.runner = counting
+    got = _run(engine, arrivals)
+    assert got == sync
+    assert [got[i] for i in range(4)] == expected[:4] and got[11] == expected[6]
+    assert counting.num_ahead > 10
+    assert engine.pool.num_free_blocks == engine.pool.num_blocks
+
+
+def test_abort_while_a_step_is_in_flight(tiny_model_dir, reference) -> None:
+    prompt_ids, expected = reference
+    engine = _engine(tiny_model_dir, True)
+    for i in (0, 1):
+        engine.add(i, prompt_ids[i], SamplingParams(max_tokens=MAX_TOKENS[0], temperature=0.0))
+    tokens: dict[int, list[int]] = {0: [], 1: []}
+    for _ in range(4):
+        for out in engine.step():
+            tokens[out.seq_id] += out.token_ids
+    assert engine._in_flight is not None  # the next step is queued with both sequences in it
+    final = engine.abort(1)
+    assert final is not None and final.finish_reason == "abort"
+    while engine.has_work:
+        for out in engine.step():
+            assert out.seq_id == 0
+            tokens[0] += out.token_ids
+    assert tokens[0] == expected[0]
+    assert engine.pool.num_free_blocks == engine.pool.num_blocks and not engine.has_work
 
 
 def test_seeded_sampling_is_reproducible(tiny_model_dir) -> None:
