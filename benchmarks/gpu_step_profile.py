@@ -127,6 +127,7 @@ def main() -> int:
                                        dtype="bfloat16" if on_cuda else "float32", kv_cache_tokens=300_000,
                                        max_num_seqs=256, max_model_len=2048, max_num_batched_tokens=8192,
                                        compile=not args.no_compile), 0)
+    engine.async_scheduling = False  # phases are timed one after another, each step read back
     graphs = engine.runner.graphs
     forward = graphs.forward_fn if graphs is not None else None
     results = {"device": torch.cuda.get_device_name(0) if on_cuda else "cpu",
