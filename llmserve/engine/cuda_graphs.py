@@ -172,7 +172,7 @@ class StepGraphs:
         self._fill(batch, shape[0], shape[1])
         if batch.pending_indices:
             assert prev_ids is not None
-            self._take_pending(len(batch.pending_indices), prev_ids)
+            self._take_pending(batch, prev_ids)
         rows = len(batch.logits_indices)
         captured = self._replay(*shape)
         return StepLogits(captured.logits[:rows], captured.greedy_ids[:rows])
@@ -182,9 +182,14 @@ class StepGraphs:
         captured.graph.replay()
         return captured
 
-    def _take_pending(self, count: int, prev_ids: torch.Tensor) -> None:
+    def _take_pending(self, batch: StepBatch, prev_ids: torch.Tensor) -> None:
         """Write the previous step's greedy tokens into this step's token ids, on the device."""
         lay, inputs = self.layout, self._inputs
+        count = len(batch.pending_indices)
+        if batch.pending_indices[-1] == batch.pending_rows[-1] == count - 1 and \
+                batch.pending_indices == batch.pending_rows == list(range(count)):
+            inputs[:count].copy_(prev_ids[:count])  # the same sequences decoding again, in order: one copy
+            return
         indices = inputs[lay.pending:lay.pending + count].long()
         rows = inputs[lay.pending + lay.max_seqs:lay.pending + lay.max_seqs + count].long()
         inputs.index_copy_(0, indices, prev_ids.index_select(0, rows).to(inputs.dtype))
