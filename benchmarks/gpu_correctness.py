@@ -100,7 +100,7 @@ def check(model_path: str, dtype: str, num_prompts: int, max_tokens: int) -> dic
             while same < max_tokens and got["tokens"][same] == want["tokens"][same]:
                 same += 1
             # Plain-greedy passes carry no logprobs: zip stops at once.
-            diffs = [abs(a - b) for a, b in zip(got["logprobs"][:same], want["logprobs"][:same])]
+            diffs = [abs(a - b) for a, b in zip(got["logprobs"][:same], want["logprobs"][:same], strict=False)]
             # At the first divergence: how far apart the reference put its token and ours.
             gap = None
             if same < max_tokens:

@@ -4,8 +4,9 @@ Starts `llmserve run` on the given model (bf16, CUDA graphs, Triton attention), 
 `llmserve bench` (streaming, `ignore_eos` so lengths are exact):
   - latency: one stream of 256 output tokens after a 512-token prompt, a few times;
   - throughput: 512 requests, prompts of 64-512 tokens, 256 output tokens, max concurrency 256;
-  - extra concurrencies (1, 16, 64) on a shorter workload.
-Writes every report as JSON and prints a markdown table.
+  - extra concurrencies (16, 64) on a shorter workload;
+  - with `--sampled`, the latency and throughput rows again at temperature 1.
+Every other row is greedy (temperature 0). Writes every report as JSON and prints a markdown table.
 
     python benchmarks/gpu_serve_bench.py --model-path /tmp/llama-1b --out-dir $OUT
 """
@@ -87,6 +88,7 @@ def main() -> int:
     parser.add_argument("--no-graphs", action="store_true")
     parser.add_argument("--no-compile", action="store_true", help="capture the eager forward")
     parser.add_argument("--quick", action="store_true", help="fewer requests (smoke run)")
+    parser.add_argument("--sampled", action="store_true", help="also run the latency and throughput rows at temperature 1")
     args = parser.parse_args()
     args.out_dir.mkdir(parents=True, exist_ok=True)
     proc = start_server(args.model_path, args.port, args.out_dir / "server.log", args.max_num_seqs,
@@ -103,6 +105,12 @@ def main() -> int:
         reports.append(bench(args.port, tok, "throughput 512 req in=64-512 out=256 c=256",
                              num_prompts=128 if args.quick else 512, input_len=288, range_ratio=0.77,
                              output_len=256, max_concurrency=256))
+        if args.sampled:  # the same at temperature 1 (what the OpenAI API does by default)
+            reports.append(bench(args.port, tok, "sampled T=1 latency c=1 in=512 out=256", num_prompts=5,
+                                 input_len=512, output_len=256, max_concurrency=1, temperature=1.0))
+            reports.append(bench(args.port, tok, "sampled T=1 throughput 512 req c=256", num_prompts=512,
+                                 input_len=288, range_ratio=0.77, output_len=256, max_concurrency=256,
+                                 temperature=1.0))
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)

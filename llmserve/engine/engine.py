@@ -3,12 +3,13 @@
 Single-threaded: the worker's thread owns it. Every step returns the `SequenceOutput` events of
 that step (new text, token ids, logprobs, finish reason).
 
-With `async_scheduling` (CUDA), a step whose tokens are all plain greedy schedules and queues the
-next step before reading its own tokens back: the next step takes those tokens straight from the
-device (`Sequence.num_pending_tokens`), so the GPU never waits for the host's bookkeeping,
-detokenizing and streaming, which run while it computes. A sequence that turns out to have
-stopped wastes one row of that next step; one that is sure to stop (its last allowed token) is not
-scheduled ahead. Any other step (sampling, logprobs) is read back before the next is scheduled.
+With `async_scheduling` (CUDA), a step whose tokens depend on its logits alone (greedy or sampled,
+no penalties, no logprobs) draws them on the device, then schedules and queues the next step before
+reading them back: the next step takes those tokens straight from the device
+(`Sequence.num_pending_tokens`), so the GPU never waits for the host's bookkeeping, detokenizing
+and streaming, which run while it computes. A sequence that turns out to have stopped wastes one
+row of that next step; one that is sure to stop (its last allowed token) is not scheduled ahead.
+Steps with penalties or logprobs are read back before the next is scheduled.
 """
 
 from __future__ import annotations
@@ -25,11 +26,14 @@ from llmserve.engine.request import SamplingParams, Sequence, SequenceStatus, To
 from llmserve.engine.runner import ModelRunner, TokenReadback
 from llmserve.engine.sampler import (
     SampleResult,
+    SamplingBatch,
     build_sampling_batch,
+    can_sample_on_device,
     is_plain_greedy,
     make_generator,
     prompt_logprob_table,
     sample,
+    sample_token_ids,
 )
 from llmserve.engine.scheduler import ScheduledSeq, Scheduler
 
@@ -69,7 +73,8 @@ class _Launched:
     scheduled: list[ScheduledSeq]
     sampling: list[Sequence]  # the rows that sample, in row order
     step: StepLogits
-    readback: TokenReadback | None  # plain-greedy steps: their greedy tokens on the way to the host
+    token_ids: torch.Tensor | None  # [S] tokens drawn on the device (steps that can run ahead)
+    readback: TokenReadback | None  # those tokens on their way to the host
 
 
 class LLMEngine:
@@ -169,16 +174,25 @@ class LLMEngine:
             step = self.runner.execute(scheduled)
         else:
             rows = {seq.seq_id: row for row, seq in enumerate(prev.sampling)}
-            step = self.runner.execute(scheduled, prev.step.greedy_ids, rows)
+            step = self.runner.execute(scheduled, prev.token_ids, rows)
         if step.logits.shape[0] > len(sampling):
             self._record_prompt_logprobs(scheduled, step.logits[len(sampling):])
-        readback = None
-        if sampling and step.logits.shape[0] == len(sampling) and is_plain_greedy([s.params for s in sampling]):
-            if step.greedy_ids is None:
-                step.greedy_ids = step.logits.argmax(dim=-1)
-            readback = self.runner.start_readback(step.greedy_ids)
+        token_ids = self._tokens_on_device(step, sampling)
+        readback = self.runner.start_readback(token_ids) if token_ids is not None else None
         self._advance(scheduled)
-        return _Launched(scheduled, sampling, step, readback)
+        return _Launched(scheduled, sampling, step, token_ids, readback)
+
+    def _tokens_on_device(self, step: StepLogits, seqs: list[Sequence]) -> torch.Tensor | None:
+        """The step's tokens [S] drawn on the device where they need nothing from the host: plain
+        greedy always (one read-back), sampling too when steps may run ahead. Else None."""
+        if not seqs or step.logits.shape[0] != len(seqs):  # nothing samples, or prompt logprobs
+            return None
+        params = [s.params for s in seqs]
+        if is_plain_greedy(params):
+            return step.greedy_ids if step.greedy_ids is not None else step.logits.argmax(dim=-1)
+        if self.async_scheduling and can_sample_on_device(params):
+            return sample_token_ids(step.logits, self._sampling_batch(step.logits, seqs))
+        return None
 
     def _launch_ahead(self, launched: _Launched) -> _Launched | None:
         """Schedule and queue the next step while `launched` runs: its sampling sequences that may
@@ -233,10 +247,12 @@ class LLMEngine:
             greedy = step.greedy_ids if step.greedy_ids is not None else step.logits[: len(seqs)].argmax(dim=-1)
             return SampleResult(greedy.tolist(), None, None, None)
         logits = step.logits[: len(seqs)]
+        return sample(logits, self._sampling_batch(logits, seqs))
+
+    def _sampling_batch(self, logits: torch.Tensor, seqs: list[Sequence]) -> SamplingBatch:
         # A sequence aborted while its step was in flight samples a row nobody reads.
         generators = [t.generator if (t := self._tracked.get(s.seq_id)) is not None else None for s in seqs]
-        batch = build_sampling_batch(seqs, generators, self._generator, self.vocab_size, logits.device)
-        return sample(logits, batch)
+        return build_sampling_batch(seqs, generators, self._generator, self.vocab_size, logits.device)
 
     def _postprocess(
         self, scheduled: list[ScheduledSeq], sampling: list[Sequence], result: SampleResult | None

@@ -48,7 +48,8 @@ def build_sampling_batch(
         [[p.temperature, p.top_p, p.top_k if p.top_k > 0 else vocab_size, p.min_p, p.presence_penalty,
           p.frequency_penalty, p.repetition_penalty] for p in params],
         dtype=torch.float32,
-    ).t().contiguous().to(device)
+    ).t().contiguous()
+    columns = _to_device(columns, device)
     use_penalties = any(p.has_penalties for p in params)
     return SamplingBatch(
         temperature=columns[0],
@@ -83,7 +84,14 @@ def _bias_rows(params: list[SamplingParams], vocab_size: int, device: torch.devi
     for row, p in enumerate(params):
         for token_id, value in p.logit_bias:
             bias[row, token_id] = value
-    return bias.to(device)
+    return _to_device(bias, device)
+
+
+def _to_device(host: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Copy without waiting for the device: a step sampled ahead must not wait for its own forward."""
+    if device.type != "cuda":
+        return host.to(device)
+    return host.pin_memory().to(device, non_blocking=True)
 
 
 def _pad(rows: list[list[int]], pad: int, device: torch.device) -> torch.Tensor:
@@ -140,19 +148,29 @@ def filter_logits(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
     return torch.empty_like(logits).scatter_(1, order, sorted_logits)
 
 
-def sample(logits: torch.Tensor, batch: SamplingBatch) -> SampleResult:
-    """Pick one token per row. logits: [B, V] (any float dtype). One copy to the host at the end."""
-    logits = logits.float()
-    raw_logprobs = torch.log_softmax(logits, dim=-1) if batch.num_logprobs >= 0 else None
-    logits = apply_penalties(logits, batch)
+def can_sample_on_device(params: list[SamplingParams]) -> bool:
+    """Whether a step's tokens depend on its logits alone (no penalties, which need the previous
+    token on the host; no logprobs to read), so the next step may take them on the device."""
+    return all(not p.has_penalties and p.logprobs is None for p in params)
+
+
+def sample_token_ids(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
+    """One token per row, on the logits' device: [B] int64. logits: [B, V] (any float dtype)."""
+    logits = apply_penalties(logits.float(), batch)
     if batch.logit_bias is not None:
         logits = logits + batch.logit_bias
     greedy_ids = logits.argmax(dim=-1)
     if batch.all_greedy:
-        token_ids = greedy_ids
-    else:
-        probs = torch.softmax(filter_logits(logits, batch), dim=-1)
-        token_ids = torch.where(batch.temperature > 0, _draw(probs, batch.generators, batch.default_generator), greedy_ids)
+        return greedy_ids
+    probs = torch.softmax(filter_logits(logits, batch), dim=-1)
+    return torch.where(batch.temperature > 0, _draw(probs, batch.generators, batch.default_generator), greedy_ids)
+
+
+def sample(logits: torch.Tensor, batch: SamplingBatch) -> SampleResult:
+    """Pick one token per row. logits: [B, V] (any float dtype). One copy to the host at the end."""
+    logits = logits.float()
+    raw_logprobs = torch.log_softmax(logits, dim=-1) if batch.num_logprobs >= 0 else None
+    token_ids = sample_token_ids(logits, batch)
     if raw_logprobs is None:
         return SampleResult(token_ids.tolist(), None, None, None)
     chosen = raw_logprobs.gather(1, token_ids.unsqueeze(1)).squeeze(1)

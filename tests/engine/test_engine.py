@@ -154,15 +154,16 @@ class _CountingRunner:
         return self._runner.execute(scheduled, prev_ids, source_rows)
 
 
-def test_async_scheduling_queues_greedy_steps_ahead_and_mixes_with_sampling(tiny_model_dir, reference) -> None:
-    """Greedy rows run a step ahead; a sampling request joining makes those steps synchronous
-    again; outputs equal a synchronous engine's, seeded samples included."""
+def test_async_scheduling_queues_steps_ahead_and_matches_a_synchronous_engine(tiny_model_dir, reference) -> None:
+    """Greedy rows, seeded samples (top-p, top-k) and logit bias run a step ahead; a request with
+    penalties makes the steps it is in synchronous. Outputs equal a synchronous engine's."""
     prompt_ids, expected = reference
-    seeded = SamplingParams(max_tokens=15, temperature=1.0, seed=7)
-    arrivals = {0: [(i, prompt_ids[i], SamplingParams(max_tokens=MAX_TOKENS[i], temperature=0.0))
-                    for i in range(4)],
-                6: [(10, [1, 2, 3], seeded)],
-                30: [(11, prompt_ids[6], SamplingParams(max_tokens=MAX_TOKENS[6], temperature=0.0))]}
+    greedy = [SamplingParams(max_tokens=MAX_TOKENS[i], temperature=0.0) for i in range(7)]
+    arrivals = {0: [(i, prompt_ids[i], greedy[i]) for i in range(4)],
+                3: [(10, [1, 2, 3], SamplingParams(max_tokens=15, temperature=0.8, top_p=0.9, top_k=50, seed=7))],
+                6: [(12, prompt_ids[5], SamplingParams(max_tokens=12, temperature=0.0, logit_bias=((7, 5.0),)))],
+                20: [(13, prompt_ids[4], SamplingParams(max_tokens=8, temperature=1.0, seed=3, presence_penalty=0.5))],
+                30: [(11, prompt_ids[6], greedy[6])]}
     sync = _run(_engine(tiny_model_dir), arrivals)
     engine = _engine(tiny_model_dir, True)
     counting = _CountingRunner(engine.runner)
@@ -170,7 +171,7 @@ def test_async_scheduling_queues_greedy_steps_ahead_and_mixes_with_sampling(tiny
     got = _run(engine, arrivals)
     assert got == sync
     assert [got[i] for i in range(4)] == expected[:4] and got[11] == expected[6]
-    assert counting.num_ahead > 10
+    assert counting.num_ahead > 20
     assert engine.pool.num_free_blocks == engine.pool.num_blocks
 
 
