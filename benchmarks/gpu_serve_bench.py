@@ -43,14 +43,16 @@ max_num_batched_tokens = {budget}
 gpu_memory_utilization = 0.85
 cuda_graphs = {graphs}
 compile = {compile}
+fuse_projections = {fuse}
 """
 
 
 def start_server(model: str, port: int, log_path: Path, max_num_seqs: int, budget: int,
-                 graphs: bool, compile_model: bool) -> subprocess.Popen:
+                 graphs: bool, compile_model: bool, fuse: bool = True) -> subprocess.Popen:
     config = Path(tempfile.mkdtemp()) / "bench.toml"
     config.write_text(CONFIG.format(port=port, model=model, max_num_seqs=max_num_seqs, budget=budget,
-                                    graphs=str(graphs).lower(), compile=str(compile_model).lower()))
+                                    graphs=str(graphs).lower(), compile=str(compile_model).lower(),
+                                    fuse=str(fuse).lower()))
     log = log_path.open("w")
     proc = subprocess.Popen([sys.executable, "-m", "llmserve", "run", str(config)], stdout=log,
                             stderr=subprocess.STDOUT, cwd=REPO_ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
@@ -87,12 +89,13 @@ def main() -> int:
     parser.add_argument("--budget", type=int, default=2048, help="max_num_batched_tokens")
     parser.add_argument("--no-graphs", action="store_true")
     parser.add_argument("--no-compile", action="store_true", help="capture the eager forward")
+    parser.add_argument("--no-fuse", action="store_true", help="separate q/k/v and gate/up GEMMs")
     parser.add_argument("--quick", action="store_true", help="fewer requests (smoke run)")
     parser.add_argument("--sampled", action="store_true", help="also run the latency and throughput rows at temperature 1")
     args = parser.parse_args()
     args.out_dir.mkdir(parents=True, exist_ok=True)
     proc = start_server(args.model_path, args.port, args.out_dir / "server.log", args.max_num_seqs,
-                        args.budget, not args.no_graphs, not args.no_compile)
+                        args.budget, not args.no_graphs, not args.no_compile, not args.no_fuse)
     reports = []
     try:
         tok = args.model_path

@@ -108,6 +108,8 @@ class WorkerConfig:
     """Replay decode steps from captured CUDA graphs (CUDA with Triton only); false runs every step eagerly."""
     compile: bool = True
     """torch.compile the model for the CUDA-graph path (fuses norms, RoPE and activations); longer start-up; only used when cuda_graphs is on."""
+    fuse_projections: bool = True
+    """Run each layer's q/k/v projections as one GEMM, and gate/up as one (weights concatenated at load; plain Linears on one device)."""
     async_scheduling: bool = True
     """On CUDA, queue the next step before reading the current one's tokens when they are all plain greedy, so the host's per-step work overlaps the GPU."""
     max_waiting: int = 1024

@@ -8,6 +8,7 @@ from llmserve.config import WorkerConfig
 from llmserve.embedding.engine import EmbeddingEngine, build_embedding_engine
 from llmserve.engine import hf_attention
 from llmserve.engine.engine import LLMEngine
+from llmserve.engine.fused_projections import fuse_projections
 from llmserve.engine.kv_cache import BlockPool, KVCache
 from llmserve.engine.runner import ModelRunner
 from llmserve.engine.scheduler import Scheduler, SchedulerConfig
@@ -36,6 +37,8 @@ def build_engine(config: WorkerConfig, index: int) -> LLMEngine:
     loaded.tokenizer.chat_template = resolve_chat_template(config.chat_template, loaded.tokenizer)
     spec = kv_cache_spec(loaded, config)
     hf_attention.install(loaded.model)
+    if config.fuse_projections and not loaded.uses_device_map:  # plain Linears on one device only
+        fuse_projections(loaded.model)
     kv_cache = KVCache(spec, loaded.layer_devices or loaded.device)
     pool = BlockPool(spec.num_blocks, spec.block_size, config.enable_prefix_caching)
     scheduler = Scheduler(SchedulerConfig(config.max_num_seqs, config.max_num_batched_tokens), pool)

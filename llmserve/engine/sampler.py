@@ -32,6 +32,8 @@ class SamplingBatch:
     default_generator: torch.Generator | None
     num_logprobs: int  # most top logprobs any row asked for; -1 when none asked
     all_greedy: bool
+    uses_top_k_or_p: bool = True  # some row limits by rank or cumulative mass (needs a sort)
+    uses_min_p: bool = True
 
 
 def build_sampling_batch(
@@ -66,6 +68,8 @@ def build_sampling_batch(
         default_generator=default_generator,
         num_logprobs=max((p.logprobs for p in params if p.logprobs is not None), default=-1),
         all_greedy=all(p.is_greedy for p in params),
+        uses_top_k_or_p=any(0 < p.top_k < vocab_size or p.top_p < 1.0 for p in params),
+        uses_min_p=any(p.min_p > 0 for p in params),
     )
 
 
@@ -132,16 +136,28 @@ def apply_penalties(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
 
 
 def filter_logits(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
-    """Temperature, top-k, top-p and min-p; masked entries become -inf. logits: [B, V] float32."""
+    """Temperature, top-k, top-p and min-p; masked entries become -inf. logits: [B, V] float32.
+
+    The sort over the vocabulary that top-k and top-p need is skipped when no row uses them (plain
+    temperature sampling, the OpenAI default), which spares the step the costliest sampling kernel.
+    """
     temperature = torch.where(batch.temperature > 0, batch.temperature, torch.ones_like(batch.temperature))
     logits = logits / temperature.unsqueeze(1)
+    if not batch.uses_top_k_or_p:
+        if batch.uses_min_p:
+            probs = torch.softmax(logits, dim=-1)
+            best = probs.max(dim=-1, keepdim=True).values
+            logits = logits.masked_fill(probs < batch.min_p.unsqueeze(1) * best, float("-inf"))
+        return logits
     sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
     ranks = torch.arange(logits.shape[1], device=logits.device).unsqueeze(0)
     drop = ranks >= batch.top_k.unsqueeze(1)
     probs = torch.softmax(sorted_logits, dim=-1)
-    # Keep the smallest prefix whose mass reaches top_p (the first token always stays).
+    # Keep the smallest prefix whose mass reaches top_p (the first token always stays). A top_p
+    # of 1 keeps everything: the cumulative sum's rounding can pass 1.0 in the tail.
     mass_before = torch.cumsum(probs, dim=-1) - probs
-    drop |= mass_before > batch.top_p.unsqueeze(1)
+    top_p = batch.top_p.unsqueeze(1)
+    drop |= (mass_before > top_p) & (top_p < 1.0)
     drop |= probs < (batch.min_p.unsqueeze(1) * probs[:, :1])
     drop[:, 0] = False
     sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))

@@ -54,6 +54,20 @@ def test_min_p_drops_tokens_below_a_share_of_the_best() -> None:
     assert torch.isfinite(out[0, :2]).all() and torch.isinf(out[0, 2:]).all()
 
 
+def test_filters_without_a_sort_match_the_sorted_path() -> None:
+    """Rows without top-k / top-p skip the sort; min-p alone and plain temperature give what the
+    sorted path gives."""
+    torch.manual_seed(0)
+    logits = torch.randn(3, 50) * 3
+    for params in ([SamplingParams(temperature=0.7)] * 3,
+                   [SamplingParams(temperature=1.3, min_p=0.1), SamplingParams(min_p=0.3), SamplingParams()]):
+        fast = _batch(params, vocab=50)
+        assert not fast.uses_top_k_or_p
+        sorted_path = _batch(params, vocab=50)
+        sorted_path.uses_top_k_or_p = True
+        torch.testing.assert_close(filter_logits(logits, fast), filter_logits(logits, sorted_path))
+
+
 def test_penalties_follow_their_definitions() -> None:
     logits = torch.tensor([[2.0, -2.0, 1.0, 1.0, 0.0, 0.0]])
     params = SamplingParams(presence_penalty=0.5, frequency_penalty=0.25, repetition_penalty=2.0)
