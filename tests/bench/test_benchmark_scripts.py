@@ -1,0 +1,23 @@
+"""The GPU benchmark scripts' CPU smoke modes, so they keep running against the engine they measure."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_step_profile_runs_on_the_cpu(tiny_model_dir, tmp_path: Path) -> None:
+    out = tmp_path / "profile.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "gpu_step_profile.py"), "--model-path", str(tiny_model_dir),
+         "--device", "cpu", "--steps", "2", "--out", str(out)],
+        capture_output=True, text=True, timeout=300, cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert [row["batch"] for row in result["batches"]] == [1, 64, 256]
+    assert all(row["postprocess_ms"] > 0 for row in result["batches"])
