@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 import httpx
@@ -10,6 +11,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from llmserve.app import create_app
+from llmserve.engine.builder import build_worker_engine
 from tests.api.conftest import live_server, tiny_config
 
 PROMPTS = ["alpha beta", "def f(x):\n    return x * 2\n", "The rain in Spain " * 8, "z", "import numpy as np",
@@ -45,6 +48,58 @@ def test_concurrent_greedy_requests_match_generate(tiny_model_dir, base_url: str
         assert body["usage"]["completion_tokens"] == len(expected[i]) == len(tokens)
         assert tokens == [tokenizer.decode([t]) for t in expected[i]], f"request {i}"
         assert body["choices"][0]["text"] == tokenizer.decode(expected[i], skip_special_tokens=True)
+
+
+def _async_engine(config, index: int):
+    """The worker's engine with async scheduling on, as on CUDA (the builder enables it there only)."""
+    engine = build_worker_engine(config, index)
+    engine.async_scheduling = True
+    return engine
+
+
+def test_async_scheduling_over_http_streams_exact_text_and_frees_aborted_streams(tiny_model_dir) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    prompt_ids = [tokenizer.encode(p) for p in PROMPTS]
+    with torch.inference_mode():
+        expected = [tokenizer.decode(model.generate(torch.tensor([ids]), max_new_tokens=n, do_sample=False)[0, len(ids):],
+                                     skip_special_tokens=True)
+                    for ids, n in zip(prompt_ids, MAX_TOKENS, strict=True)]
+    config = tiny_config(tiny_model_dir)
+    app = create_app(config, engine_factory=_async_engine)
+    with live_server(config, app=app) as url:
+        async def one(client: httpx.AsyncClient, i: int) -> str:
+            await asyncio.sleep(0.01 * i)
+            body = {"model": "tiny-llama", "prompt": prompt_ids[i], "max_tokens": MAX_TOKENS[i], "temperature": 0,
+                    "stream": True}
+            text = ""
+            async with client.stream("POST", f"{url}/completions", json=body) as response:
+                async for line in response.aiter_lines():
+                    if line.startswith("data: {"):
+                        text += json.loads(line[6:])["choices"][0]["text"]
+            return text
+
+        async def drop(client: httpx.AsyncClient) -> None:
+            body = {"model": "tiny-llama", "prompt": "hello", "max_tokens": 2000, "stream": True, "ignore_eos": True}
+            async with client.stream("POST", f"{url}/completions", json=body) as response:
+                async for line in response.aiter_lines():
+                    if line.startswith("data: ") and '"text":"' in line:
+                        break
+
+        async def run_all() -> list[str]:
+            async with httpx.AsyncClient(timeout=60) as client:
+                results = await asyncio.gather(*(one(client, i) for i in range(len(PROMPTS))),
+                                               *(drop(client) for _ in range(4)))
+            return results[:len(PROMPTS)]
+
+        assert asyncio.run(run_all()) == expected
+        deadline = time.monotonic() + 3
+        while _running_from_ready(httpx.get(url.removesuffix("/v1") + "/ready").json()):
+            assert time.monotonic() < deadline, "aborted requests still hold the worker"
+            time.sleep(0.05)
+        worker = app.state.server.workers[0]
+        assert worker.engine.async_scheduling
+        assert worker.engine.pool.num_free_blocks == worker.engine.pool.num_blocks
 
 
 def _unfinished(app_state) -> int:
