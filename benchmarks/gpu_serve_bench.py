@@ -30,12 +30,13 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from llmserve.bench import BenchOptions, report_to_dict, run_bench  # noqa: E402
 
-CONFIG = """[server]
+SERVER = """[server]
 port = {port}
-[[workers]]
+"""
+WORKER = """[[workers]]
 model_path = "{model}"
 model_names = ["bench"]
-device = "cuda"
+device = "{device}"
 dtype = "bfloat16"
 max_num_seqs = {max_num_seqs}
 max_model_len = 2048
@@ -48,11 +49,14 @@ fuse_projections = {fuse}
 
 
 def start_server(model: str, port: int, log_path: Path, max_num_seqs: int, budget: int,
-                 graphs: bool, compile_model: bool, fuse: bool = True) -> subprocess.Popen:
+                 graphs: bool, compile_model: bool, fuse: bool = True, workers: int = 1) -> subprocess.Popen:
+    """`llmserve run` with one worker per GPU (cuda:0 .. cuda:N-1) serving the model as "bench"."""
     config = Path(tempfile.mkdtemp()) / "bench.toml"
-    config.write_text(CONFIG.format(port=port, model=model, max_num_seqs=max_num_seqs, budget=budget,
-                                    graphs=str(graphs).lower(), compile=str(compile_model).lower(),
-                                    fuse=str(fuse).lower()))
+    devices = ["cuda"] if workers == 1 else [f"cuda:{i}" for i in range(workers)]
+    config.write_text(SERVER.format(port=port) + "".join(
+        WORKER.format(model=model, device=device, max_num_seqs=max_num_seqs, budget=budget,
+                      graphs=str(graphs).lower(), compile=str(compile_model).lower(), fuse=str(fuse).lower())
+        for device in devices))
     log = log_path.open("w")
     proc = subprocess.Popen([sys.executable, "-m", "llmserve", "run", str(config)], stdout=log,
                             stderr=subprocess.STDOUT, cwd=REPO_ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
@@ -90,12 +94,13 @@ def main() -> int:
     parser.add_argument("--no-graphs", action="store_true")
     parser.add_argument("--no-compile", action="store_true", help="capture the eager forward")
     parser.add_argument("--no-fuse", action="store_true", help="separate q/k/v and gate/up GEMMs")
+    parser.add_argument("--workers", type=int, default=1, help="one worker per GPU, cuda:0 .. cuda:N-1")
     parser.add_argument("--quick", action="store_true", help="fewer requests (smoke run)")
     parser.add_argument("--sampled", action="store_true", help="also run the latency and throughput rows at temperature 1")
     args = parser.parse_args()
     args.out_dir.mkdir(parents=True, exist_ok=True)
     proc = start_server(args.model_path, args.port, args.out_dir / "server.log", args.max_num_seqs,
-                        args.budget, not args.no_graphs, not args.no_compile, not args.no_fuse)
+                        args.budget, not args.no_graphs, not args.no_compile, not args.no_fuse, args.workers)
     reports = []
     try:
         tok = args.model_path
