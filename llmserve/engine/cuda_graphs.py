@@ -132,19 +132,25 @@ class StepGraphs:
         lay = self.layout
         self._inputs[2 * lay.max_tokens: 3 * lay.max_tokens].fill_(-1)  # captures run on padding: no stores
         pool = None
+        # A capture stream of this card: torch's default one is created once per process, on the
+        # card current at the first capture, so a second worker on cuda:1 captured onto cuda:0's
+        # stream and failed (seen on 2 x H200).
+        capture_stream = torch.cuda.Stream(device=self._inputs.device)
         shapes = [("mixed", t) for t in reversed(self.token_buckets)] + \
                  [("decode", b) for b in reversed(self.batch_buckets)]
         for kind, size in shapes:
             num_tokens, num_seqs, max_q = (size, self.max_num_seqs, size) if kind == "mixed" else (size, size, 1)
             self._forward(num_tokens, num_seqs, max_q, warm_up=True)  # compiles outside the capture
-            torch.cuda.synchronize()
+            torch.cuda.current_stream().synchronize()  # this stream only: other workers may be capturing
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=pool):
+            # thread_local: other workers' threads serving (syncs, copies) on their own cards while
+            # this one captures must not invalidate the capture, as the default "global" mode lets them.
+            with torch.cuda.graph(graph, pool=pool, stream=capture_stream, capture_error_mode="thread_local"):
                 logits = self._forward(num_tokens, num_seqs, max_q)
                 greedy = logits.argmax(dim=-1)
             pool = graph.pool()
             (self._mixed if kind == "mixed" else self._decode)[size] = _Captured(graph, logits, greedy)
-        torch.cuda.synchronize()
+        torch.cuda.current_stream().synchronize()
         compiled = isinstance(self.forward_fn, CompiledForward) and self.forward_fn.is_compiled
         log.info("captured CUDA graphs (%s forward) for decode batches %s and mixed steps of %s tokens in %.1f s",
                  "compiled" if compiled else "eager", self.batch_buckets, self.token_buckets,
