@@ -19,10 +19,11 @@ from torch._dynamo.testing import CompileCounterWithBackend
 from llmserve.config import WorkerConfig
 from llmserve.engine.builder import build_engine
 from llmserve.engine.compilation import CompiledForward, compile_model_forward
-from llmserve.engine.cuda_graphs import StepBatch, StepGraphs, StepLogits, _Captured
+from llmserve.engine.cuda_graphs import StepBatch, StepGraphs, _Captured
 from llmserve.engine.engine import LLMEngine
 from llmserve.engine.request import SamplingParams
 from llmserve.engine.runner import ModelRunner
+from tests.engine.graph_steps import graph_and_eager_steps
 
 BLOCK_SIZE = 8
 BLOCKS_PER_SEQ = 8
@@ -131,20 +132,12 @@ def test_inductor_steps_match_eager_steps(tiny_model_dir) -> None:
     engine = _engine(tiny_model_dir)
     counter = CompileCounterWithBackend("inductor")
     graphs = _graphs(engine, compile_model_forward(engine.runner.model, counter))
-    runner = engine.runner
     for i, ids in enumerate(list(range(5, 5 + n)) for n in (3, 17, 40, 9, 2)):
         engine.add(i, ids, SamplingParams(max_tokens=6, temperature=0.0))
     kinds = set()
-    while engine.has_work:
-        scheduled = engine.scheduler.schedule()
-        batch = runner.prepare(scheduled)
-        expected = runner.forward(batch)
-        got = graphs.run(batch)
+    for batch, got, expected in graph_and_eager_steps(engine, graphs):
         torch.testing.assert_close(got.logits, expected, rtol=1e-4, atol=1e-4)
         kinds.add("decode" if batch.max_seqlen_q == 1 else "mixed")
-        sampling = [s.seq for s in scheduled if s.samples]
-        engine._advance(scheduled)
-        engine._postprocess(scheduled, sampling, engine._sample(StepLogits(expected), sampling) if sampling else None)
     assert kinds == {"decode", "mixed"}
     assert counter.frame_count <= 2
 

@@ -7,8 +7,9 @@ import torch
 
 from llmserve.config import WorkerConfig
 from llmserve.engine.builder import build_engine
-from llmserve.engine.cuda_graphs import StepGraphs, StepLogits, _Captured
+from llmserve.engine.cuda_graphs import StepGraphs, _Captured
 from llmserve.engine.request import SamplingParams
+from tests.engine.graph_steps import graph_and_eager_steps
 
 
 class UncapturedGraphs(StepGraphs):
@@ -77,17 +78,10 @@ def test_padded_static_steps_match_eager_steps(tiny_model_dir) -> None:
     for i, ids in enumerate(prompts):
         engine.add(i, ids, SamplingParams(max_tokens=6, temperature=0.0))
     shapes = set()
-    while engine.has_work:
-        scheduled = engine.scheduler.schedule()
-        batch = runner.prepare(scheduled)
-        expected = runner.forward(batch)
-        assert graphs.fits(len(batch.token_ids), len(scheduled), batch.max_seqlen_q)
-        got = graphs.run(batch)
+    for batch, got, expected in graph_and_eager_steps(engine, graphs):
+        assert graphs.fits(len(batch.token_ids), len(batch.context_lens), batch.max_seqlen_q)
         torch.testing.assert_close(got.logits, expected, rtol=1e-5, atol=1e-5)
         assert got.greedy_ids is not None
         assert got.greedy_ids.tolist() == expected.argmax(dim=-1).tolist()
         shapes.add("decode" if batch.max_seqlen_q == 1 else "mixed")
-        sampling = [s.seq for s in scheduled if s.samples]
-        engine._advance(scheduled)
-        engine._postprocess(scheduled, sampling, engine._sample(StepLogits(expected), sampling) if sampling else None)
     assert shapes == {"decode", "mixed"}
