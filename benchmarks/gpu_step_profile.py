@@ -54,13 +54,11 @@ def profile_batch(engine, batch: int, context: int, steps: int) -> dict:
         phases["schedule"] += ms
         _, ms = _timed(engine.runner.prepare, scheduled)
         phases["prepare"] += ms
-        logits, ms = _timed(engine.runner.execute, scheduled)  # prepare again + replay
+        launched, ms = _timed(engine._launch, scheduled, None)  # prepare again + replay, tokens' read-back queued
         phases["execute"] += ms
-        sampling = [item.seq for item in scheduled if item.samples]
-        result, ms = _timed(engine._sample, logits, sampling)
+        result, ms = _timed(engine._result, launched)
         phases["sample"] += ms
-        engine._advance(scheduled)
-        _, ms = _timed(engine._postprocess, scheduled, sampling, result)
+        _, ms = _timed(engine._postprocess, scheduled, launched.sampling, result)
         phases["postprocess"] += ms
     replay_ms = None
     graphs = engine.runner.graphs

@@ -185,13 +185,14 @@ class LLMEngine:
     def _tokens_on_device(self, step: StepLogits, seqs: list[Sequence]) -> torch.Tensor | None:
         """The step's tokens [S] drawn on the device where they need nothing from the host: plain
         greedy always (one read-back), sampling too when steps may run ahead. Else None."""
-        if not seqs or step.logits.shape[0] != len(seqs):  # nothing samples, or prompt logprobs
+        if not seqs:
             return None
         params = [s.params for s in seqs]
         if is_plain_greedy(params):
-            return step.greedy_ids if step.greedy_ids is not None else step.logits.argmax(dim=-1)
+            return step.greedy_ids if step.greedy_ids is not None else step.logits[: len(seqs)].argmax(dim=-1)
         if self.async_scheduling and can_sample_on_device(params):
-            return sample_token_ids(step.logits, self._sampling_batch(step.logits, seqs))
+            logits = step.logits[: len(seqs)]
+            return sample_token_ids(logits, self._sampling_batch(logits, seqs))
         return None
 
     def _launch_ahead(self, launched: _Launched) -> _Launched | None:
@@ -209,14 +210,17 @@ class LLMEngine:
             item.seq.num_computed_tokens += item.num_new_tokens
 
     def _complete(self, launched: _Launched) -> list[SequenceOutput]:
-        """Read a step's tokens (sampling them now unless they are plain greedy) and report."""
-        sampling = launched.sampling
-        result = None
+        """Read a step's tokens and report."""
+        return self._postprocess(launched.scheduled, launched.sampling, self._result(launched))
+
+    def _result(self, launched: _Launched) -> SampleResult | None:
+        """A step's sampled tokens on the host: read back, or sampled now (penalties, logprobs)."""
         if launched.readback is not None:
-            result = SampleResult(launched.readback.tolist(), None, None, None)
-        elif sampling:
-            result = self._sample(launched.step, sampling)
-        return self._postprocess(launched.scheduled, sampling, result)
+            return SampleResult(launched.readback.tolist(), None, None, None)
+        if not launched.sampling:
+            return None
+        logits = launched.step.logits[: len(launched.sampling)]
+        return sample(logits, self._sampling_batch(logits, launched.sampling))
 
     def _record_prompt_logprobs(self, scheduled: list[ScheduledSeq], logits: torch.Tensor) -> None:
         """Logprobs of the prompt tokens this step's chunks predict. logits: [P, V], in the
@@ -241,13 +245,6 @@ class LLMEngine:
                 token_id, logprob, top = values[row]
                 tracked.prompt_logprobs[p + 1] = TokenLogprob(token_id, logprob, top[:wanted])
                 row += 1
-
-    def _sample(self, step: StepLogits, seqs: list[Sequence]) -> SampleResult:
-        if is_plain_greedy([s.params for s in seqs]):  # one device-to-host copy, nothing else
-            greedy = step.greedy_ids if step.greedy_ids is not None else step.logits[: len(seqs)].argmax(dim=-1)
-            return SampleResult(greedy.tolist(), None, None, None)
-        logits = step.logits[: len(seqs)]
-        return sample(logits, self._sampling_batch(logits, seqs))
 
     def _sampling_batch(self, logits: torch.Tensor, seqs: list[Sequence]) -> SamplingBatch:
         # A sequence aborted while its step was in flight samples a row nobody reads.

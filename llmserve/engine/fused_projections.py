@@ -92,16 +92,25 @@ def fuse_projections(model: nn.Module) -> int:
     count = 0
     for module in list(model.modules()):
         for names in GROUPS:
-            linears = [getattr(module, name, None) for name in names]
-            if not all(type(lin) is nn.Linear for lin in linears):
+            linears = _fusable(module, names)
+            if linears is None:
                 continue
-            first = linears[0]
-            assert first is not None
-            if any(lin.in_features != first.in_features or lin.weight.dtype != first.weight.dtype  # type: ignore[union-attr]
-                   or lin.weight.device != first.weight.device for lin in linears):  # type: ignore[union-attr]
-                continue
-            fused = FusedLinear(linears)  # type: ignore[arg-type]
+            fused = FusedLinear(linears)
             for index, name in enumerate(names):
                 setattr(module, name, FusedPart(fused, index))
             count += 1
     return count
+
+
+def _fusable(module: nn.Module, names: tuple[str, ...]) -> list[nn.Linear] | None:
+    """The module's Linears of that group when it has all of them, plain, alike in input size,
+    dtype and device; else None."""
+    linears = [getattr(module, name, None) for name in names]
+    plain = [lin for lin in linears if type(lin) is nn.Linear]
+    if len(plain) != len(names):
+        return None
+    first = plain[0]
+    if any((lin.in_features, lin.weight.dtype, lin.weight.device) != (first.in_features, first.weight.dtype,
+                                                                       first.weight.device) for lin in plain):
+        return None
+    return plain

@@ -16,6 +16,7 @@ from llmserve.engine.cuda_graphs import StepBatch, StepGraphs, StepLogits
 from llmserve.engine.hf_attention import META_KWARG, AttentionMetadata
 from llmserve.engine.kv_cache import KVCache
 from llmserve.engine.scheduler import ScheduledSeq
+from llmserve.engine.transfer import to_device
 
 
 class TokenReadback:
@@ -152,8 +153,5 @@ class ModelRunner:
         return out.logits[0]
 
     def _tensor(self, values: list, dtype: torch.dtype) -> torch.Tensor:
-        host = torch.tensor(values, dtype=dtype)
-        if self.device.type == "cuda":
-            return host.pin_memory().to(self.device, non_blocking=True)
-        return host.to(self.device)
+        return to_device(torch.tensor(values, dtype=dtype), self.device)
 

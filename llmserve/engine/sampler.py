@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from llmserve.engine.request import SamplingParams, Sequence
+from llmserve.engine.transfer import to_device
 
 
 @dataclass
@@ -32,8 +33,8 @@ class SamplingBatch:
     default_generator: torch.Generator | None
     num_logprobs: int  # most top logprobs any row asked for; -1 when none asked
     all_greedy: bool
-    uses_top_k_or_p: bool = True  # some row limits by rank or cumulative mass (needs a sort)
-    uses_min_p: bool = True
+    uses_top_k_or_p: bool  # some row limits by rank or cumulative mass (needs a sort)
+    uses_min_p: bool
 
 
 def build_sampling_batch(
@@ -51,7 +52,7 @@ def build_sampling_batch(
           p.frequency_penalty, p.repetition_penalty] for p in params],
         dtype=torch.float32,
     ).t().contiguous()
-    columns = _to_device(columns, device)
+    columns = to_device(columns, device)
     use_penalties = any(p.has_penalties for p in params)
     return SamplingBatch(
         temperature=columns[0],
@@ -88,14 +89,7 @@ def _bias_rows(params: list[SamplingParams], vocab_size: int, device: torch.devi
     for row, p in enumerate(params):
         for token_id, value in p.logit_bias:
             bias[row, token_id] = value
-    return _to_device(bias, device)
-
-
-def _to_device(host: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Copy without waiting for the device: a step sampled ahead must not wait for its own forward."""
-    if device.type != "cuda":
-        return host.to(device)
-    return host.pin_memory().to(device, non_blocking=True)
+    return to_device(bias, device)
 
 
 def _pad(rows: list[list[int]], pad: int, device: torch.device) -> torch.Tensor:

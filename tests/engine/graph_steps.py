@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import torch
 
 from llmserve.engine.cuda_graphs import StepBatch, StepGraphs, StepLogits
-from llmserve.engine.engine import LLMEngine
+from llmserve.engine.engine import LLMEngine, _Launched
 
 
 def graph_and_eager_steps(engine: LLMEngine, graphs: StepGraphs) -> Iterator[tuple[StepBatch, StepLogits, torch.Tensor]]:
@@ -21,4 +21,4 @@ def graph_and_eager_steps(engine: LLMEngine, graphs: StepGraphs) -> Iterator[tup
         yield batch, graphs.run(batch), expected
         sampling = [s.seq for s in scheduled if s.samples]
         engine._advance(scheduled)
-        engine._postprocess(scheduled, sampling, engine._sample(StepLogits(expected), sampling) if sampling else None)
+        engine._complete(_Launched(scheduled, sampling, StepLogits(expected), None, None))
