@@ -24,7 +24,7 @@ def test_queued_outputs_come_merged_per_choice_in_order() -> None:
         first = TokenLogprob(1, -0.5, [])
         for out in (_out(7, "a", prompt_logprobs=[None, first]), _out(8, "x"), _out(7, "b"), _out(7, "c", "stop"),
                     _out(8, "y", "length")):
-            stream.queue.put_nowait(out)
+            stream.put(out)
         got = []
         async for index, out in stream:
             got.append((index, out.text, out.finish_reason))

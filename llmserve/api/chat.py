@@ -106,8 +106,8 @@ async def _complete(worker: Worker, body: ChatCompletionRequest, stream: Request
 
 
 async def _stream(worker: Worker, body: ChatCompletionRequest, stream: RequestStream, num_prompt: int,
-                  include_usage: bool) -> AsyncIterator[dict]:
-    chunk = ChunkFormat(stream.request_id, "chat.completion.chunk", body.model, include_usage)
+                  include_usage: bool) -> AsyncIterator[bytes]:
+    chunk = ChunkFormat(stream.request_id, "chat.completion.chunk", body.model, include_usage, "delta.content")
     num_output = [0] * len(stream.seq_ids)
     try:
         for index in range(len(stream.seq_ids)):
@@ -116,10 +116,11 @@ async def _stream(worker: Worker, body: ChatCompletionRequest, stream: RequestSt
         async for index, output in stream:
             raise_if_error(output)
             num_output[index] = output.num_output_tokens
-            if output.text or (body.logprobs and output.logprobs):
-                logprobs = chat_logprobs(worker.tokenizer, output.logprobs) if body.logprobs else None
-                yield chunk([{"index": index, "delta": {"content": output.text}, "logprobs": logprobs,
-                              "finish_reason": None}])
+            if body.logprobs and (output.text or output.logprobs):
+                yield chunk([{"index": index, "delta": {"content": output.text},
+                              "logprobs": chat_logprobs(worker.tokenizer, output.logprobs), "finish_reason": None}])
+            elif output.text:
+                yield chunk.text(index, output.text)
             if output.finish_reason is not None:
                 yield chunk([{"index": index, "delta": {}, "logprobs": None,
                               "finish_reason": output.finish_reason}])

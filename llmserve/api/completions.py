@@ -129,8 +129,8 @@ async def _complete(worker: Worker, body: CompletionRequest, stream: RequestStre
 
 
 async def _stream(worker: Worker, body: CompletionRequest, stream: RequestStream, echoes: list[str],
-                  usage: _Usage | None) -> AsyncIterator[dict]:
-    chunk = ChunkFormat(stream.request_id, "text_completion", body.model, usage is not None)
+                  usage: _Usage | None) -> AsyncIterator[bytes]:
+    chunk = ChunkFormat(stream.request_id, "text_completion", body.model, usage is not None, "text")
     num_output = [0] * len(echoes)
     offsets = [len(e) for e in echoes]
     scores_prompt = body.echo and body.logprobs is not None
@@ -149,8 +149,10 @@ async def _stream(worker: Worker, body: CompletionRequest, stream: RequestStream
             if body.logprobs is not None:
                 logprobs = completion_logprobs(worker.tokenizer, output.logprobs, offsets[index])
             offsets[index] += len(output.text)
-            if output.text or logprobs:
+            if logprobs:
                 yield chunk([{"index": index, "text": output.text, "logprobs": logprobs, "finish_reason": None}])
+            elif output.text:
+                yield chunk.text(index, output.text)
             if output.finish_reason is not None:
                 yield chunk([{"index": index, "text": "", "logprobs": None, "finish_reason": output.finish_reason}])
     finally:

@@ -37,23 +37,61 @@ def now_s() -> int:
     return int(time.time())
 
 
-@dataclass(frozen=True)
+def _json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def sse_event(data: dict) -> bytes:
+    """One SSE event of a JSON object."""
+    return b"data: " + _json(data).encode() + b"\n\n"
+
+
 class ChunkFormat:
-    """Builds the chunks of one stream: same id, object and created on every chunk; `usage` is
-    present (null until the final usage chunk) only when the client asked for it."""
+    """Builds the SSE events of one stream: same id, object and created on every chunk; `usage` is
+    present (null until the final usage chunk) only when the client asked for it.
 
-    chunk_id: str
-    object: str
-    model: str
-    include_usage: bool
-    created: int = field(default_factory=lambda: int(time.time()))
+    `text_field` names where a choice's new text goes ("text", or "delta.content" for chat). A chunk
+    that only carries new text, most of a stream, is filled into a template made once per stream
+    (its bytes equal `sse_event` of the same chunk) instead of encoding the whole object per token.
+    """
 
-    def __call__(self, choices: list[dict], usage: dict | None = None) -> dict:
+    def __init__(self, chunk_id: str, object: str, model: str, include_usage: bool, text_field: str) -> None:
+        self.chunk_id = chunk_id
+        self.object = object
+        self.model = model
+        self.include_usage = include_usage
+        self.created = int(time.time())
+        self._text_path = text_field.split(".")
+        marker = "\x00"
+        sample = self._text_choice(0, marker)
+        head, _, tail = _json(self._object([sample])).partition(_json(sample))
+        choice_head, _, choice_tail = _json(sample).partition(_json(marker))
+        index_key = '{"index":0,'
+        assert choice_head.startswith(index_key)
+        self._head = "data: " + head + '{"index":'
+        self._middle = "," + choice_head[len(index_key):]
+        self._tail = choice_tail + tail + "\n\n"
+
+    def _object(self, choices: list[dict], usage: dict | None = None) -> dict:
         out: dict[str, Any] = {"id": self.chunk_id, "object": self.object, "created": self.created,
                                "model": self.model, "system_fingerprint": None, "choices": choices}
         if self.include_usage:
             out["usage"] = usage
         return out
+
+    def _text_choice(self, index: int, text: str) -> dict:
+        value: Any = text
+        for key in reversed(self._text_path):
+            value = {key: value}
+        return {"index": index, **value, "logprobs": None, "finish_reason": None}
+
+    def __call__(self, choices: list[dict], usage: dict | None = None) -> bytes:
+        """The SSE event of a chunk with these choices."""
+        return sse_event(self._object(choices, usage))
+
+    def text(self, index: int, text: str) -> bytes:
+        """The SSE event of a chunk whose one choice brings new text and nothing else."""
+        return (self._head + str(index) + self._middle + _json(text) + self._tail).encode()
 
 
 @dataclass
@@ -112,26 +150,21 @@ async def _wait_disconnect(request: Request) -> None:
             return
 
 
-def _event(data: dict) -> bytes:
-    """One SSE event, encoded once (cheaper than building an event object per chunk)."""
-    return b"data: " + json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
+def sse_response(events: AsyncIterator[bytes]) -> EventSourceResponse:
+    """An SSE response of encoded events, an error event if one is raised, then `[DONE]`."""
 
-
-def sse_response(chunks: AsyncIterator[dict]) -> EventSourceResponse:
-    """An SSE response of JSON chunks, an error event if one is raised, then `[DONE]`."""
-
-    async def events() -> AsyncIterator[bytes]:
+    async def framed() -> AsyncIterator[bytes]:
         try:
-            async for chunk in chunks:
-                yield _event(chunk)
+            async for event in events:
+                yield event
         except LLMServeError as exc:
-            yield _event(render_error(exc))
+            yield sse_event(render_error(exc))
         except Exception:
             log.exception("stream failed")
-            yield _event(error_body("internal server error", "internal_error"))
+            yield sse_event(error_body("internal server error", "internal_error"))
         yield b"data: [DONE]\n\n"
 
-    return _EventStream(events(), ping=15, sep="\n", headers={"Cache-Control": "no-cache"})
+    return _EventStream(framed(), ping=15, sep="\n", headers={"Cache-Control": "no-cache"})
 
 
 class _EventStream(EventSourceResponse):
@@ -155,7 +188,7 @@ def submit(worker: Worker, prompts: list[tuple[list[int], SamplingParams]], id_p
 
 
 async def respond(request: Request, worker: Worker, stream: RequestStream,
-                  chunks: Callable[[], AsyncIterator[dict]] | None,
+                  chunks: Callable[[], AsyncIterator[bytes]] | None,
                   whole: Callable[[], Awaitable[Response]]) -> Response:
     """SSE from `chunks` when the client streams, else the `whole` answer unless the client leaves
     first; either way the request is aborted if it is left unfinished."""

@@ -38,7 +38,7 @@ from llmserve.engine.sampler import (
 from llmserve.engine.scheduler import ScheduledSeq, Scheduler
 
 
-@dataclass
+@dataclass(slots=True)
 class SequenceOutput:
     """What one sequence produced since its last event."""
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 from transformers import AutoTokenizer
 
 from llmserve.engine.detokenizer import IncrementalDetokenizer
@@ -58,3 +60,40 @@ def test_tokenizers_that_clean_up_spaces_decode_through_transformers(tiny_model_
     ids = tok.encode(text, add_special_tokens=False)
     deltas, _ = _run(tok, ids)
     assert "".join(deltas) == tok.decode(ids, skip_special_tokens=True)
+
+
+def _text(detok: IncrementalDetokenizer, ids: list[int]) -> str:
+    for token_id in ids:
+        detok.push(token_id)
+    return detok.release(is_final=True)
+
+
+def test_rust_stream_and_python_decodes_give_the_same_text(tiny_model_dir) -> None:
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    rng = random.Random(0)
+    specials = tok.all_special_ids
+    prompt = tok.encode("Once upon a time", add_special_tokens=False)
+    for _ in range(20):
+        ids = [rng.choice(specials) if rng.random() < 0.05 else rng.randrange(len(tok)) for _ in range(64)]
+        fast = IncrementalDetokenizer(tok, prompt, ())
+        assert fast._rust is not None
+        slow = IncrementalDetokenizer(tok, prompt, ())
+        slow._rust = None
+        assert _text(fast, ids) == _text(slow, ids)
+
+
+def test_a_failing_rust_stream_hands_over_to_python_decodes(tiny_model_dir) -> None:
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    text = "Grüße, 世界! naïve café"
+    ids = tok.encode(text, add_special_tokens=False)
+    detok = IncrementalDetokenizer(tok, [tok.bos_token_id], ())
+    for token_id in ids[:5]:
+        detok.push(token_id)
+
+    class _Broken:
+        def step(self, *_):
+            raise RuntimeError("invalid prefix")
+
+    detok._rust = (None, _Broken())
+    assert _text(detok, ids[5:]) == text
+    assert detok._rust is None

@@ -1,0 +1,27 @@
+"""SSE chunk encoding: the templated text chunk is byte-for-byte the encoded chunk object."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from llmserve.api.streaming import ChunkFormat, sse_event
+
+
+@pytest.mark.parametrize("text_field", ["text", "delta.content"])
+@pytest.mark.parametrize("include_usage", [False, True])
+def test_text_chunk_equals_the_encoded_object(text_field: str, include_usage: bool) -> None:
+    chunk = ChunkFormat("cmpl-1", "text_completion", 'my "model" é', include_usage, text_field)
+    for index, text in [(0, "hi"), (3, 'quote " backslash \\ newline \n'), (1, "\u2028 🙂 \x00"), (2, "data: x\n\n")]:
+        new_text = {"text": text} if text_field == "text" else {"delta": {"content": text}}
+        choice = {"index": index, **new_text, "logprobs": None, "finish_reason": None}
+        assert chunk.text(index, text) == chunk([choice])
+        event = chunk.text(index, text)
+        assert event.startswith(b"data: ") and event.endswith(b"\n\n") and event.count(b"\n") == 2
+        parsed = json.loads(event[len(b"data: "):])
+        assert parsed["model"] == 'my "model" é' and ("usage" in parsed) == include_usage
+
+
+def test_sse_event_is_one_compact_line() -> None:
+    assert sse_event({"a": "é\n", "b": None}) == 'data: {"a":"é\\n","b":null}\n\n'.encode()
