@@ -21,3 +21,18 @@ def test_step_profile_runs_on_the_cpu(tiny_model_dir, tmp_path: Path) -> None:
     result = json.loads(out.read_text())
     assert [row["batch"] for row in result["batches"]] == [1, 64, 256]
     assert all(row["postprocess_ms"] > 0 for row in result["batches"])
+
+
+def test_correctness_check_runs_on_the_cpu(tiny_model_dir, tmp_path: Path) -> None:
+    out = tmp_path / "correctness.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "gpu_correctness.py"), "--model-path", str(tiny_model_dir),
+         "--device", "cpu", "--num-prompts", "4", "--max-tokens", "8", "--out", str(out)],
+        capture_output=True, text=True, timeout=300, cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]  # float32 token-identical to model.generate
+    fp32, bf16 = json.loads(out.read_text())["checks"]
+    assert fp32["token_identical"] == fp32["num_prompts"] == 12 and fp32["prefix_cache_hit_tokens"] > 0
+    agreement = bf16["vs_float32_reference"]
+    assert set(agreement) == {"llmserve", "transformers_sdpa", "transformers_eager"}
+    assert agreement["llmserve"]["runs"] == 12 and agreement["transformers_sdpa"]["runs"] == 4
