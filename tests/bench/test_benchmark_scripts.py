@@ -36,3 +36,16 @@ def test_correctness_check_runs_on_the_cpu(tiny_model_dir, tmp_path: Path) -> No
     agreement = bf16["vs_float32_reference"]
     assert set(agreement) == {"llmserve", "transformers_sdpa", "transformers_eager"}
     assert agreement["llmserve"]["runs"] == 12 and agreement["transformers_sdpa"]["runs"] == 4
+
+
+def test_model_families_check_runs_on_the_cpu(tmp_path: Path) -> None:
+    out = tmp_path / "families.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "gpu_model_families.py"), "--device", "cpu",
+         "--families", "qwen2", "qwen3", "--num-prompts", "3", "--max-tokens", "6", "--out", str(out)],
+        capture_output=True, text=True, timeout=300, cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]  # float32 token-identical to model.generate
+    families = json.loads(out.read_text())["families"]
+    assert set(families) == {"qwen2", "qwen3"}
+    assert all(row["token_identical"] == row["num_prompts"] == 9 for row in families.values())
