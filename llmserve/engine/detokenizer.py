@@ -45,7 +45,10 @@ class IncrementalDetokenizer:
     """Turns generated token ids into text deltas, honouring stop strings.
 
     Fast tokenizers decode through the Rust `DecodeStream`; others (and a stream that fails on
-    some token) through two Python-side decodes per token with the same prefix/read offsets.
+    some token) through two Python-side decodes per token with the same prefix/read offsets. The
+    stream is also the more exact of the two: with metaspace decoders (Llama 2, Mistral) a skipped
+    special token at the start of the Python window costs the next word its leading space, while
+    the stream's text always equals the full decode.
     """
 
     def __init__(self, tokenizer: Any, prompt_ids: list[int], stop: tuple[str, ...]) -> None:

@@ -97,3 +97,35 @@ def test_a_failing_rust_stream_hands_over_to_python_decodes(tiny_model_dir) -> N
     detok._rust = (None, _Broken())
     assert _text(detok, ids[5:]) == text
     assert detok._rust is None
+
+
+def _sentencepiece_style_tokenizer():
+    """A byte-fallback BPE with Llama-2/Mistral's metaspace decoding (the first token of a decode loses
+    its leading space), trained offline; its byte tokens are special, so skipping them matters."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(byte_fallback=True, unk_token="<unk>"))
+    tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                     decoders.Strip(" ", 1, 0)])
+    specials = ["<unk>", "<s>", "</s>"] + [f"<0x{i:02X}>" for i in range(256)]
+    text = "def f(x):\n    return x + 1  # one more than x, for every x in the list of values\n"
+    tok.train_from_iterator([text * 20, "Grüße, 世界! naïve café 🙂"] * 10,
+                            trainers.BpeTrainer(vocab_size=400, special_tokens=specials))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+    fast.clean_up_tokenization_spaces = False
+    return fast
+
+
+def test_stream_text_equals_the_full_decode_with_metaspace_and_skipped_specials() -> None:
+    tok = _sentencepiece_style_tokenizer()
+    prompt = tok.encode("Hello world", add_special_tokens=False)
+    rng = random.Random(1)
+    for _ in range(50):
+        ids = [rng.randrange(len(tok)) for _ in range(30)]
+        detok = IncrementalDetokenizer(tok, prompt, ())
+        assert detok._rust is not None
+        full = tok.decode(prompt + ids, skip_special_tokens=True)
+        context = tok.decode(prompt, skip_special_tokens=True)
+        assert _text(detok, ids) == full[len(context):]
