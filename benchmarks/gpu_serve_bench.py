@@ -14,6 +14,7 @@ Every other row is greedy (temperature 0). Writes every report as JSON and print
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import signal
@@ -72,6 +73,13 @@ def start_server(model: str, port: int, log_path: Path, max_num_seqs: int, budge
         time.sleep(0.5)
 
 
+def http_stack() -> dict[str, str]:
+    """What uvicorn's "auto" settings pick in the server's environment: uvloop/httptools when
+    installed (llmserve depends on both), else asyncio/h11, which cost more per streamed chunk."""
+    found = {name: importlib.util.find_spec(name) is not None for name in ("uvloop", "httptools")}
+    return {"loop": "uvloop" if found["uvloop"] else "asyncio", "http": "httptools" if found["httptools"] else "h11"}
+
+
 def bench(port: int, tokenizer: str, name: str, **kw) -> dict:
     options = BenchOptions(base_url=f"http://127.0.0.1:{port}/v1", model="bench", endpoint="completions",
                            tokenizer=tokenizer, show_progress=False, **kw)
@@ -99,6 +107,8 @@ def main() -> int:
     parser.add_argument("--sampled", action="store_true", help="also run the latency and throughput rows at temperature 1")
     args = parser.parse_args()
     args.out_dir.mkdir(parents=True, exist_ok=True)
+    stack = http_stack()
+    print(f"server HTTP stack: {stack['loop']} + {stack['http']}", flush=True)
     proc = start_server(args.model_path, args.port, args.out_dir / "server.log", args.max_num_seqs,
                         args.budget, not args.no_graphs, not args.no_compile, not args.no_fuse, args.workers)
     reports = []
@@ -122,6 +132,8 @@ def main() -> int:
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
+    for report in reports:
+        report["server_http_stack"] = stack
     (args.out_dir / "serve_bench.json").write_text(json.dumps(reports, indent=2))
     print("| scenario | out tok/s | req/s | TTFT p50 ms | TTFT p99 ms | TPOT p50 ms | ITL p50 ms | failed |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
