@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import logging
 import signal
 import sys
@@ -41,6 +42,17 @@ def preflight(config: Config) -> None:
                 raise ConfigError(f'workers[{i}].model_names: "{name}" is served by workers[{other}] '
                                   f'(task "{other_task}") and by this worker (task "{task}"); '
                                   "one name serves one task")
+
+
+def warn_slow_http_stack() -> list[str]:
+    """Warn when uvicorn will fall back to its pure-Python pieces: without httptools every streamed
+    chunk goes through h11 (benchmarks/RESULTS.md, run 17), and without uvloop through asyncio's
+    own loop. Returns the missing packages."""
+    missing = [name for name in ("httptools", "uvloop") if importlib.util.find_spec(name) is None]
+    if missing:
+        log.warning("%s not installed: uvicorn falls back to slower pure-Python HTTP handling; "
+                    "`pip install %s` for full streaming throughput", " and ".join(missing), " ".join(missing))
+    return missing
 
 
 class DrainingServer(uvicorn.Server):
@@ -102,6 +114,7 @@ def serve(config_path: str, host: str | None = None, port: int | None = None, lo
     """Serve until SIGINT/SIGTERM; returns the exit code."""
     config = with_overrides(load_config(config_path), host=host, port=port)
     preflight(config)
+    warn_slow_http_stack()
     # Engine threads give up the GIL at every CUDA call and then wait for the event loop to hand it
     # back; at the default 5 ms switch interval a busy loop stretches every step by milliseconds.
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)

@@ -100,3 +100,16 @@ def test_streams_past_the_timeout_end_with_abort(tmp_path: Path, tiny_model_dir:
             proc.kill()
     assert results == [("abort", True)] * 2
     assert proc.returncode == 0
+
+
+def test_a_missing_httptools_is_warned_about(monkeypatch, caplog) -> None:
+    import importlib.util
+
+    from llmserve import server
+
+    assert server.warn_slow_http_stack() == []  # the dev install has both
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "httptools" else real(name, *a))
+    with caplog.at_level("WARNING", logger="llmserve.server"):
+        assert server.warn_slow_http_stack() == ["httptools"]
+    assert "httptools not installed" in caplog.text and "pip install httptools" in caplog.text
