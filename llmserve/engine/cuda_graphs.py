@@ -122,6 +122,11 @@ class StepGraphs:
         self._host_inputs = [torch.zeros(self.layout.size, dtype=torch.int32, pin_memory=pinned) for _ in range(2)]
         self._copied = [torch.cuda.Event() for _ in range(2)] if pinned else []  # each buffer's last copy
         self._host_turn = 0
+        # Per buffer and row: the block-table list last written there and how much of it. Tables
+        # only grow in place (a freed sequence gets a new list), so a row that still holds the same
+        # list needs only its new blocks: most steps write none instead of every table again.
+        self._rows_written: list[list[tuple[list[int] | None, int]]] = [
+            [(None, 0)] * max_num_seqs for _ in range(2)]
         self._decode: dict[int, _Captured] = {}
         self._mixed: dict[int, _Captured] = {}
 
@@ -232,8 +237,15 @@ class StepGraphs:
         host[lay.pending + lay.max_seqs:lay.pending + lay.max_seqs + num_pending] = batch.pending_rows
         # Columns past a row's own blocks are never read (its context length bounds the kernel).
         tables = host[lay.tables:].reshape(lay.max_seqs, lay.max_blocks)
+        written = self._rows_written[turn]
         for row, table in enumerate(batch.block_tables):
-            tables[row, :len(table)] = table
+            length = len(table)
+            last, done = written[row]
+            if last is not table or done > length:
+                done = 0
+            if done < length:
+                tables[row, done:length] = table[done:]
+                written[row] = (table, length)
         end = lay.tables + num_seqs * lay.max_blocks
         self._inputs[:end].copy_(pinned[:end], non_blocking=True)
         if self._copied:

@@ -59,8 +59,7 @@ class IncrementalDetokenizer:
         self._rust = _rust_stream(tokenizer, self._ids)
         self._stop = tuple(s for s in stop if s)
         self._holdback = max((len(s) for s in self._stop), default=1) - 1
-        self.text = ""
-        self._num_released = 0
+        self._unreleased = ""  # decoded, not yet handed out (the stop strings' hold-back included)
         self.stopped = False
 
     def push(self, token_id: int) -> None:
@@ -90,20 +89,23 @@ class IncrementalDetokenizer:
             self._append(delta)
 
     def _append(self, delta: str) -> None:
+        # Only the unreleased text is kept: released text never grows a per-token copy, and a stop
+        # string completed by this delta starts in the held-back tail, which is never released early.
         if not self._stop:
-            self.text += delta
+            self._unreleased += delta
             return
-        # A stop string completed by this delta starts no earlier than `start`.
-        start = max(0, len(self.text) - self._holdback)
-        self.text += delta
-        hits = [at for at in (self.text.find(s, start) for s in self._stop) if at >= 0]
+        start = max(0, len(self._unreleased) - self._holdback)
+        self._unreleased += delta
+        hits = [at for at in (self._unreleased.find(s, start) for s in self._stop) if at >= 0]
         if hits:
-            self.text = self.text[: min(hits)]
+            self._unreleased = self._unreleased[: min(hits)]
             self.stopped = True
 
     def release(self, is_final: bool) -> str:
         """The text that became final since the last call."""
-        end = len(self.text) if is_final or self.stopped else max(self._num_released, len(self.text) - self._holdback)
-        delta = self.text[self._num_released:end]
-        self._num_released = end
-        return delta
+        pending = self._unreleased
+        end = len(pending) if is_final or self.stopped else len(pending) - self._holdback
+        if end <= 0:
+            return ""
+        self._unreleased = pending[end:]
+        return pending[:end]

@@ -85,3 +85,21 @@ def test_padded_static_steps_match_eager_steps(tiny_model_dir) -> None:
         assert got.greedy_ids.tolist() == expected.argmax(dim=-1).tolist()
         shapes.add("decode" if batch.max_seqlen_q == 1 else "mixed")
     assert shapes == {"decode", "mixed"}
+
+
+def test_block_tables_stay_right_as_they_grow_move_rows_and_are_rebuilt_after_preemption(tiny_model_dir) -> None:
+    # A cache of 20 blocks of 8 for 6 sequences of up to 40 + 30 tokens: tables grow block by block,
+    # sequences finish at different steps (rows shift) and some are preempted (their tables rebuilt).
+    engine = build_engine(WorkerConfig(model_path=str(tiny_model_dir), dtype="float32", kv_cache_tokens=160,
+                                       max_model_len=128, max_num_batched_tokens=64, max_num_seqs=8,
+                                       block_size=8), 0)
+    runner = engine.runner
+    graphs = UncapturedGraphs(runner.model, runner.kv_cache, 8, 64, 160 // 8, torch.device("cpu"))
+    for i, (length, new) in enumerate([(3, 30), (17, 12), (40, 25), (9, 30), (2, 5), (33, 20)]):
+        engine.add(i, list(range(7 + i, 7 + i + length)), SamplingParams(max_tokens=new, temperature=0.0,
+                                                                         ignore_eos=True))
+    steps = 0
+    for _, got, expected in graph_and_eager_steps(engine, graphs):
+        torch.testing.assert_close(got.logits, expected, rtol=1e-5, atol=1e-5)
+        steps += 1
+    assert steps > 30 and engine.scheduler.num_preemptions > 0
