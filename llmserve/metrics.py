@@ -6,12 +6,14 @@ waiting sequences, KV-cache usage) are read from the workers at scrape time.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Iterable, Iterator
 from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 _LATENCY_BUCKETS_S = (0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0)
 _ITL_BUCKETS_S = (0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5)
@@ -48,8 +50,8 @@ class ServerMetrics:
                               ["type", "status"], registry=r)
         self.ttft = Histogram("llmserve_time_to_first_token_seconds", "Time to first token", ["model"],
                               buckets=_LATENCY_BUCKETS_S, registry=r)
-        self.itl = Histogram("llmserve_inter_token_latency_seconds", "Time between output events per token",
-                             ["model"], buckets=_ITL_BUCKETS_S, registry=r)
+        self.itl = LoopHistogram("llmserve_inter_token_latency_seconds", "Time between output events per token",
+                                 "model", _ITL_BUCKETS_S, registry=r)
         self.e2e = Histogram("llmserve_e2e_request_latency_seconds", "Sequence latency from submit to finish",
                              ["model"], buckets=_LATENCY_BUCKETS_S, registry=r)
 
@@ -102,3 +104,51 @@ class _WorkerCollector(Collector):
             usage.add_metric(values, w.kv_cache_usage)
             healthy.add_metric(values, 1.0 if w.is_ready else 0.0)
         yield from (running, waiting, usage, healthy)
+
+
+class LoopHistogramSeries:
+    """One label value's buckets and sum."""
+
+    __slots__ = ("_bounds", "_counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self._bounds = bounds
+        self._counts = [0] * (len(bounds) + 1)  # the last one is +Inf
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self._counts[bisect_left(self._bounds, value)] += 1  # the first bucket whose bound is >= value
+        self.sum += value
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        """(le, count of observations <= le) per bucket, +Inf last."""
+        out, total = [], 0
+        for bound, count in zip((*self._bounds, float("inf")), self._counts, strict=True):
+            total += count
+            out.append((floatToGoString(bound), float(total)))
+        return out
+
+
+class LoopHistogram(Collector):
+    """A histogram with one label, observed and scraped on the event loop only, so without a lock:
+    prometheus_client's Histogram takes one per observation (~1 us), and the inter-token latency is
+    observed for every streamed chunk. Exported like a Histogram (`_bucket`, `_count`, `_sum`)."""
+
+    def __init__(self, name: str, documentation: str, label: str, buckets: tuple[float, ...],
+                 registry: CollectorRegistry) -> None:
+        self._name, self._documentation, self._label = name, documentation, label
+        self._bounds = tuple(sorted(buckets))
+        self._series: dict[str, LoopHistogramSeries] = {}
+        registry.register(self)
+
+    def labels(self, value: str) -> LoopHistogramSeries:
+        series = self._series.get(value)
+        if series is None:
+            series = self._series[value] = LoopHistogramSeries(self._bounds)
+        return series
+
+    def collect(self) -> Iterator[Metric]:
+        family = HistogramMetricFamily(self._name, self._documentation, labels=[self._label])
+        for value, series in self._series.items():
+            family.add_metric([value], series.cumulative(), series.sum)
+        yield family
