@@ -29,6 +29,12 @@ def _decoder(tokenizer: Any) -> Callable[[list[int]], str]:
     return partial(tokenizer.decode, skip_special_tokens=True)
 
 
+def _skipped_ids(tokenizer: Any) -> frozenset[int]:
+    """Ids every decode here drops (added tokens flagged special: `skip_special_tokens=True`)."""
+    added = getattr(tokenizer, "added_tokens_decoder", None) or {}
+    return frozenset(i for i, token in added.items() if getattr(token, "special", False))
+
+
 def _rust_stream(tokenizer: Any, context: list[int]) -> tuple[Any, DecodeStream] | None:
     """The Rust tokenizer and a `DecodeStream` primed with `context`, where the stream gives the
     same text as `_decoder` (one call per token instead of two decodes): None otherwise."""
@@ -45,15 +51,15 @@ class IncrementalDetokenizer:
     """Turns generated token ids into text deltas, honouring stop strings.
 
     Fast tokenizers decode through the Rust `DecodeStream`; others (and a stream that fails on
-    some token) through two Python-side decodes per token with the same prefix/read offsets. The
-    stream is also the more exact of the two: with metaspace decoders (Llama 2, Mistral) a skipped
-    special token at the start of the Python window costs the next word its leading space, while
-    the stream's text always equals the full decode.
+    some token) through two Python-side decodes per token with the same prefix/read offsets.
+    Special tokens, which every decode here skips, never enter the window: with metaspace decoders
+    (Llama 2, Mistral) a window starting at one would cost the next word its leading space.
     """
 
     def __init__(self, tokenizer: Any, prompt_ids: list[int], stop: tuple[str, ...]) -> None:
         self._decode = _decoder(tokenizer)
-        self._ids = list(prompt_ids[-_CONTEXT_TOKENS:])
+        self._skipped = _skipped_ids(tokenizer)
+        self._ids = [i for i in prompt_ids[-4 * _CONTEXT_TOKENS:] if i not in self._skipped][-_CONTEXT_TOKENS:]
         self._prefix_offset = 0
         self._read_offset = len(self._ids)
         self._rust = _rust_stream(tokenizer, self._ids)
@@ -64,6 +70,8 @@ class IncrementalDetokenizer:
 
     def push(self, token_id: int) -> None:
         """Add one generated token; sets `stopped` when a stop string appears."""
+        if token_id in self._skipped:
+            return  # no text of its own
         self._ids.append(token_id)
         if self._rust is not None:
             backend, stream = self._rust
