@@ -111,7 +111,7 @@ class WorkerConfig:
     fuse_projections: bool = True
     """Run each layer's q/k/v projections as one GEMM, and gate/up as one (weights concatenated at load; plain Linears on one device)."""
     async_scheduling: bool = True
-    """On CUDA, queue the next step before reading the current one's tokens when they are all plain greedy, so the host's per-step work overlaps the GPU."""
+    """On CUDA, queue the next step before reading the current one's tokens when they need nothing from the host (greedy, or sampled without penalties or logprobs), so the host's per-step work overlaps the GPU."""
     max_waiting: int = 1024
     """Most requests queued behind the running batch; beyond it requests get 503."""
     stream_interval: int = 1
