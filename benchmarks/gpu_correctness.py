@@ -72,6 +72,17 @@ def reference(model, prompts: list[list[int]], max_tokens: int) -> list[dict]:
     return out
 
 
+def hf_reference(model_path: str, torch_dtype: torch.dtype, attention: str, device: str,
+                 prompts: list[list[int]], max_tokens: int) -> list[dict]:
+    """`reference` with transformers' model in this dtype and attention implementation."""
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch_dtype, attn_implementation=attention)
+    try:
+        return reference(model.to(device), prompts, max_tokens)
+    finally:
+        del model
+        torch.cuda.empty_cache()
+
+
 def matching_prefix(got: list[int], want: list[int]) -> int:
     same = 0
     while same < min(len(got), len(want)) and got[same] == want[same]:
@@ -106,22 +117,16 @@ def check(model_path: str, dtype: str, num_prompts: int, max_tokens: int,
     hits = engine.pool.num_prefix_hits
     del engine
     torch.cuda.empty_cache()
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch_dtype, attn_implementation="sdpa").to(device)
-    expected = reference(model, prompts, max_tokens)
-    del model
-    torch.cuda.empty_cache()
+    expected = hf_reference(model_path, torch_dtype, "sdpa", device, prompts, max_tokens)
+    first32 = min(32, max_tokens)
     # How fragile greedy order is in this dtype, with nothing of ours involved: transformers' eager
     # attention against its SDPA attention on the same prompts.
     hf_eager_first32 = None
     vs_float32 = None
     if dtype != "float32":
-        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch_dtype, attn_implementation="eager").to(device)
-        eager = reference(model, prompts, max_tokens)
-        del model
-        torch.cuda.empty_cache()
-        hf_eager_first32 = sum(a["tokens"][:32] == b["tokens"][:32] for a, b in zip(eager, expected, strict=True))
+        eager = hf_reference(model_path, torch_dtype, "eager", device, prompts, max_tokens)
+        hf_eager_first32 = agreement([e["tokens"] for e in eager], [e["tokens"] for e in expected], first32)["first_match"]
         if float32_tokens is not None:
-            first32 = min(32, max_tokens)
             ours = [r["tokens"] for run in (first, second, third) for r in run]
             vs_float32 = {
                 "llmserve": agreement(ours, float32_tokens * 3, first32),
@@ -146,7 +151,7 @@ def check(model_path: str, dtype: str, num_prompts: int, max_tokens: int,
         "dtype": dtype, "compiled": compiled, "async_scheduling": engine_async, "num_prompts": len(rows),
         "max_tokens": max_tokens,
         "token_identical": exact, "prefix_cache_hit_tokens": hits, "engine_s": round(engine_s, 2),
-        "first32_match": sum(r["matching_prefix"] >= min(32, max_tokens) for r in rows),
+        "first32_match": sum(r["matching_prefix"] >= first32 for r in rows),
         "hf_eager_vs_sdpa_first32_match": hf_eager_first32,  # of num_prompts / 3 prompts
         # Greedy tokens of this dtype against float32 transformers' (bf16 only): ours and transformers'.
         "vs_float32_reference": vs_float32,

@@ -19,17 +19,6 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import (
-    LlamaConfig,
-    LlamaForCausalLM,
-    MistralConfig,
-    MistralForCausalLM,
-    PreTrainedModel,
-    Qwen2Config,
-    Qwen2ForCausalLM,
-    Qwen3Config,
-    Qwen3ForCausalLM,
-)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -37,42 +26,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from gpu_correctness import check  # noqa: E402
 
 from llmserve.tiny import build_tiny_model  # noqa: E402
+from llmserve.tiny.families import FAMILIES, build_family_model  # noqa: E402
 
 SHAPE = {"hidden_size": 1024, "intermediate_size": 2816, "num_hidden_layers": 4, "num_attention_heads": 16,
          "num_key_value_heads": 4, "max_position_embeddings": 4096}
-FAMILIES: dict[str, tuple[type, type[PreTrainedModel], dict]] = {
-    "llama": (LlamaConfig, LlamaForCausalLM, {}),
-    "mistral": (MistralConfig, MistralForCausalLM, {"sliding_window": None}),
-    "qwen2": (Qwen2Config, Qwen2ForCausalLM, {}),
-    "qwen3": (Qwen3Config, Qwen3ForCausalLM, {"num_attention_heads": 8, "num_key_value_heads": 2, "head_dim": 128}),
-}
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
-                   "generation_config.json")
-
-
-def build_family(name: str, tokenizer_dir: Path, out: Path, small: bool) -> Path:
-    """A random-weight model of the family's stock class, with the tiny preset's tokenizer."""
-    config_cls, model_cls, extra = FAMILIES[name]
-    base = json.loads((tokenizer_dir / "config.json").read_text())
-    shape = {**SHAPE, **extra}
-    if small:  # CPU smoke runs
-        shape.update(hidden_size=128, intermediate_size=256, num_hidden_layers=2)
-    config = config_cls(vocab_size=base["vocab_size"], bos_token_id=base["bos_token_id"],
-                        eos_token_id=base["eos_token_id"], pad_token_id=base.get("pad_token_id"), **shape)
-    torch.manual_seed(0)
-    model = model_cls(config)
-    with torch.no_grad():  # a wider embedding than HF's init, so greedy outputs vary with the prompt
-        model.get_input_embeddings().weight.normal_(0, 0.1)
-        for param_name, param in model.named_parameters():
-            if param_name.endswith(".bias"):  # Qwen2's q/k/v biases start at zero: make them count
-                param.normal_(0, 0.1)
-            elif "q_norm" in param_name or "k_norm" in param_name:  # Qwen3's q/k norms start at one
-                param.uniform_(0.5, 1.5)
-    model.save_pretrained(out)
-    for file in TOKENIZER_FILES:
-        if (tokenizer_dir / file).exists():
-            (out / file).write_bytes((tokenizer_dir / file).read_bytes())
-    return out
+SMALL = {"hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 2}  # CPU smoke runs
+PER_FAMILY = {"qwen3": {"num_attention_heads": 8, "num_key_value_heads": 2, "head_dim": 128}}
 
 
 def main() -> int:
@@ -90,7 +49,8 @@ def main() -> int:
                      "torch": torch.__version__, "families": {}}
     for name in args.families:
         started = time.perf_counter()
-        model_dir = build_family(name, tokenizer_dir, work / name, small=not on_cuda)
+        shape = {**SHAPE, **PER_FAMILY.get(name, {}), **({} if on_cuda else SMALL)}
+        model_dir = build_family_model(name, tokenizer_dir, work / name, **shape)
         row = check(str(model_dir), "float32", args.num_prompts, args.max_tokens, device=args.device)
         row.pop("reference_tokens")
         row["seconds"] = round(time.perf_counter() - started, 1)

@@ -10,28 +10,28 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_step_profile_runs_on_the_cpu(tiny_model_dir, tmp_path: Path) -> None:
-    out = tmp_path / "profile.json"
+def _run_on_cpu(script: str, out: Path, *args: str) -> dict:
+    """Run benchmarks/`script` with `--device cpu --out out`; its exit status must be 0 (for the
+    correctness checks: float32 token-identical to model.generate). Returns the JSON it wrote."""
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "gpu_step_profile.py"), "--model-path", str(tiny_model_dir),
-         "--device", "cpu", "--steps", "2", "--out", str(out)],
+        [sys.executable, str(ROOT / "benchmarks" / script), "--device", "cpu", "--out", str(out), *args],
         capture_output=True, text=True, timeout=300, cwd=ROOT,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    result = json.loads(out.read_text())
+    return json.loads(out.read_text())
+
+
+def test_step_profile_runs_on_the_cpu(tiny_model_dir, tmp_path: Path) -> None:
+    result = _run_on_cpu("gpu_step_profile.py", tmp_path / "profile.json", "--model-path", str(tiny_model_dir),
+                         "--steps", "2")
     assert [row["batch"] for row in result["batches"]] == [1, 64, 256]
     assert all(row["postprocess_ms"] > 0 for row in result["batches"])
 
 
 def test_correctness_check_runs_on_the_cpu(tiny_model_dir, tmp_path: Path) -> None:
-    out = tmp_path / "correctness.json"
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "gpu_correctness.py"), "--model-path", str(tiny_model_dir),
-         "--device", "cpu", "--num-prompts", "4", "--max-tokens", "8", "--out", str(out)],
-        capture_output=True, text=True, timeout=300, cwd=ROOT,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]  # float32 token-identical to model.generate
-    fp32, bf16 = json.loads(out.read_text())["checks"]
+    result = _run_on_cpu("gpu_correctness.py", tmp_path / "correctness.json", "--model-path", str(tiny_model_dir),
+                         "--num-prompts", "4", "--max-tokens", "8")
+    fp32, bf16 = result["checks"]
     assert fp32["token_identical"] == fp32["num_prompts"] == 12 and fp32["prefix_cache_hit_tokens"] > 0
     agreement = bf16["vs_float32_reference"]
     assert set(agreement) == {"llmserve", "transformers_sdpa", "transformers_eager"}
@@ -39,13 +39,8 @@ def test_correctness_check_runs_on_the_cpu(tiny_model_dir, tmp_path: Path) -> No
 
 
 def test_model_families_check_runs_on_the_cpu(tmp_path: Path) -> None:
-    out = tmp_path / "families.json"
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "gpu_model_families.py"), "--device", "cpu",
-         "--families", "qwen2", "qwen3", "--num-prompts", "3", "--max-tokens", "6", "--out", str(out)],
-        capture_output=True, text=True, timeout=300, cwd=ROOT,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]  # float32 token-identical to model.generate
-    families = json.loads(out.read_text())["families"]
+    result = _run_on_cpu("gpu_model_families.py", tmp_path / "families.json", "--families", "qwen2", "qwen3",
+                         "--num-prompts", "3", "--max-tokens", "6")
+    families = result["families"]
     assert set(families) == {"qwen2", "qwen3"}
     assert all(row["token_identical"] == row["num_prompts"] == 9 for row in families.values())

@@ -1,6 +1,6 @@
 """Stock Hugging Face classes of the Llama family run unchanged over the paged cache:
-greedy outputs are token-exact against `model.generate` for Qwen2 (attention biases), Qwen3
-(q/k norms) and Mistral, as for Llama (tests/engine/test_engine.py)."""
+greedy outputs are token-exact against `model.generate` for Llama, Mistral, Qwen2 (attention
+biases) and Qwen3 (q/k norms), built by `llmserve.tiny.families`."""
 
 from __future__ import annotations
 
@@ -9,46 +9,22 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import (
-    AutoModelForCausalLM,
-    AutoTokenizer,
-    MistralConfig,
-    MistralForCausalLM,
-    Qwen2Config,
-    Qwen2ForCausalLM,
-    Qwen3Config,
-    Qwen3ForCausalLM,
-)
+from transformers import AutoModelForCausalLM, AutoTokenizer, MistralConfig, MistralForCausalLM
 
 from llmserve.config import WorkerConfig
 from llmserve.engine.builder import build_engine
 from llmserve.engine.request import SamplingParams
+from llmserve.tiny.families import FAMILIES, build_family_model
 
 SHAPE = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
          "num_key_value_heads": 2, "max_position_embeddings": 1024}
-FAMILIES = {
-    "qwen2": (Qwen2Config, Qwen2ForCausalLM, {}),
-    "qwen3": (Qwen3Config, Qwen3ForCausalLM, {"head_dim": 16}),
-    "mistral": (MistralConfig, MistralForCausalLM, {"sliding_window": None}),
-}
+PER_FAMILY = {"qwen3": {"head_dim": 16}}
 
 
 @pytest.fixture(scope="module", params=sorted(FAMILIES))
 def family_dir(request, tiny_model_dir: Path, tmp_path_factory) -> Path:
-    config_cls, model_cls, extra = FAMILIES[request.param]
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     out = tmp_path_factory.mktemp(request.param)
-    torch.manual_seed(1)
-    config = config_cls(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
-                        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **SHAPE, **extra)
-    model = model_cls(config)
-    with torch.no_grad():
-        model.get_input_embeddings().weight.normal_(0, 0.1)
-    model.save_pretrained(out)
-    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "generation_config.json"):
-        if (tiny_model_dir / name).exists():
-            shutil.copy(tiny_model_dir / name, out / name)
-    return out
+    return build_family_model(request.param, tiny_model_dir, out, seed=1, **SHAPE, **PER_FAMILY.get(request.param, {}))
 
 
 def test_greedy_outputs_match_generate(family_dir: Path) -> None:
