@@ -47,7 +47,8 @@ def build_family_model(family: str, tokenizer_dir: Path, out_dir: Path, seed: in
     torch.manual_seed(seed)
     model = model_cls(model_config)
     with torch.no_grad():
-        embedding: torch.Tensor = model.get_input_embeddings().weight
+        embedding = model.get_input_embeddings().weight
+        assert isinstance(embedding, torch.Tensor)
         embedding.normal_(0, 0.1)
         for name, param in model.named_parameters():
             if name.endswith(".bias"):
