@@ -32,15 +32,27 @@ from llmserve.config import WorkerConfig  # noqa: E402
 from llmserve.engine.builder import build_engine  # noqa: E402
 from llmserve.engine.request import SamplingParams  # noqa: E402
 
+sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+from gpu_train_checkpoint import corpus_token_split  # noqa: E402
 
-def make_prompts(vocab: int, num: int, seed: int) -> list[list[int]]:
-    """Mixed lengths; every third prompt reuses the long prefix of the first one."""
+
+def make_prompts(vocab: int, num: int, seed: int, text: list[int] | None = None) -> list[list[int]]:
+    """Mixed lengths; every third prompt reuses the long prefix of the first one.
+
+    Tokens are random ids, or with `text` (a tokenized corpus) random windows of it.
+    """
     rng = random.Random(seed)
-    shared = [rng.randrange(100, vocab - 300) for _ in range(300)]
+
+    def draw(length: int) -> list[int]:
+        if text is None:
+            return [rng.randrange(100, vocab - 300) for _ in range(length)]
+        start = rng.randrange(0, len(text) - length)
+        return text[start:start + length]
+
+    shared = draw(300)
     prompts = []
     for i in range(num):
-        length = rng.choice([7, 33, 129, 257, 400, 613])
-        tail = [rng.randrange(100, vocab - 300) for _ in range(length)]
+        tail = draw(rng.choice([7, 33, 129, 257, 400, 613]))
         prompts.append(shared + tail if i % 3 == 0 else tail)
     return prompts
 
@@ -98,7 +110,8 @@ def agreement(runs: list[list[int]], truth: list[list[int]], first: int) -> dict
 
 
 def check(model_path: str, dtype: str, num_prompts: int, max_tokens: int,
-          float32_tokens: list[list[int]] | None = None, device: str = "cuda") -> dict:
+          float32_tokens: list[list[int]] | None = None, device: str = "cuda",
+          text: list[int] | None = None) -> dict:
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
     config = WorkerConfig(model_path=model_path, device=device, dtype=dtype, max_model_len=2048,
                           max_num_seqs=64, max_num_batched_tokens=1024, kv_cache_tokens=131072)
@@ -106,7 +119,7 @@ def check(model_path: str, dtype: str, num_prompts: int, max_tokens: int,
     graphs = engine.runner.graphs
     compiled = bool(graphs is not None and getattr(graphs.forward_fn, "is_compiled", False))
     engine_async = engine.async_scheduling
-    prompts = make_prompts(engine.vocab_size, num_prompts, seed=0)
+    prompts = make_prompts(engine.vocab_size, num_prompts, seed=0, text=text)
     started = time.perf_counter()
     # Plain greedy steps run with async scheduling (queued a step ahead); asking for logprobs
     # makes every step synchronous. Passes after the first hit the prefix cache.
@@ -170,11 +183,17 @@ def main() -> int:
     parser.add_argument("--max-tokens", type=int, default=48)
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--device", default="cuda", help="cpu only smoke-tests this script")
+    parser.add_argument("--text-prompts", action="store_true",
+                        help="prompts from the held-out stdlib text (for a gpu_train_checkpoint.py model), "
+                             "not random token ids")
     args = parser.parse_args()
-    fp32 = check(args.model_path, "float32", args.num_prompts, args.max_tokens, device=args.device)
-    bf16 = check(args.model_path, "bfloat16", args.num_prompts, args.max_tokens, fp32["reference_tokens"], args.device)
+    text = corpus_token_split(args.model_path)[1] if args.text_prompts else None
+    fp32 = check(args.model_path, "float32", args.num_prompts, args.max_tokens, device=args.device, text=text)
+    bf16 = check(args.model_path, "bfloat16", args.num_prompts, args.max_tokens, fp32["reference_tokens"], args.device,
+                 text=text)
     device = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else args.device
-    results = {"device": device, "torch": torch.__version__, "checks": [fp32, bf16]}
+    results = {"device": device, "torch": torch.__version__, "model_path": args.model_path,
+               "prompts": "held-out stdlib text" if args.text_prompts else "random token ids", "checks": [fp32, bf16]}
     for c in results["checks"]:
         print(f"{c['dtype']} (compiled={c['compiled']}): {c['token_identical']}/{c['num_prompts']} token-identical over {c['max_tokens']} "
               f"tokens, first-32 match {c['first32_match']}/{c['num_prompts']}, max |dlogprob| "
