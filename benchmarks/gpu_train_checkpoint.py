@@ -10,7 +10,7 @@ The last files of the corpus are held out: their loss is reported and gpu_correc
 `--text-prompts` draws its prompts from them. The result is saved like a Hub checkpoint (bf16
 safetensors, the tokenizer files copied).
 
-    python benchmarks/gpu_train_checkpoint.py --model-path /tmp/llama-1b --out /tmp/llama-1b-trained --seconds 240
+    python benchmarks/gpu_train_checkpoint.py --model-path /tmp/llama-1b --save-dir /tmp/llama-1b-trained --seconds 240
 """
 
 from __future__ import annotations
@@ -114,7 +114,7 @@ def train(args: argparse.Namespace) -> dict:
         torch.cuda.synchronize()
     train_s = time.perf_counter() - started
     final_loss = held_out_loss(model, held_tokens, args.seq_len, args.device)
-    save(model, args.model_path, args.out)
+    save(model, args.model_path, args.save_dir)
     return {
         "device": torch.cuda.get_device_name(0) if on_gpu else args.device,
         "parameters": sum(p.numel() for p in model.parameters()),
@@ -139,7 +139,7 @@ def save(model, source: str, out: Path) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-path", required=True, help="a `llmserve tiny-model` directory")
-    parser.add_argument("--out", type=Path, required=True, help="directory for the trained checkpoint")
+    parser.add_argument("--save-dir", type=Path, required=True, help="directory for the trained checkpoint")
     parser.add_argument("--seconds", type=float, default=240.0, help="training wall-clock budget")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--seq-len", type=int, default=512)
@@ -148,14 +148,14 @@ def main() -> int:
     parser.add_argument("--log-every", type=int, default=25)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cuda", help="cpu only smoke-tests this script")
-    parser.add_argument("--results", type=Path, default=None, help="write the loss curve and totals here (JSON)")
+    parser.add_argument("--out", type=Path, default=None, help="write the loss curve and totals here (JSON)")
     args = parser.parse_args()
     results = train(args)
     print(f"{results['steps']} steps, {results['tokens_seen']:,} tokens in {results['train_s']} s "
           f"({results['tokens_per_s']:,} tok/s); held-out loss {results['held_out_loss_before']} -> "
           f"{results['held_out_loss_after']}")
-    if args.results:
-        args.results.write_text(json.dumps(results, indent=2))
+    if args.out:
+        args.out.write_text(json.dumps(results, indent=2))
     return 0
 
 

@@ -44,3 +44,17 @@ def test_model_families_check_runs_on_the_cpu(tmp_path: Path) -> None:
     families = result["families"]
     assert set(families) == {"qwen2", "qwen3"}
     assert all(row["token_identical"] == row["num_prompts"] == 9 for row in families.values())
+
+
+def test_training_then_text_prompt_correctness_run_on_the_cpu(tiny_model_dir, tmp_path: Path) -> None:
+    trained = tmp_path / "trained"
+    result = _run_on_cpu("gpu_train_checkpoint.py", tmp_path / "train.json", "--model-path", str(tiny_model_dir),
+                         "--save-dir", str(trained), "--seconds", "2", "--batch-size", "2", "--seq-len", "32",
+                         "--log-every", "1")
+    assert result["steps"] >= 1 and len(result["curve"]) == result["steps"]
+    assert result["held_out_tokens"] > 1000 and result["train_tokens_in_corpus"] > result["held_out_tokens"]
+    assert (trained / "model.safetensors").exists() and (trained / "tokenizer.json").exists()
+    check = _run_on_cpu("gpu_correctness.py", tmp_path / "correctness.json", "--model-path", str(trained),
+                        "--text-prompts", "--num-prompts", "3", "--max-tokens", "6")
+    assert check["prompts"] == "held-out stdlib text"
+    assert check["checks"][0]["token_identical"] == 9
