@@ -111,7 +111,7 @@ class WorkerConfig:
     fuse_projections: bool = True
     """Run each layer's q/k/v projections as one GEMM, and gate/up as one (weights concatenated at load; plain Linears on one device)."""
     async_scheduling: bool = True
-    """On CUDA, queue the next step before reading the current one's tokens when they need nothing from the host (greedy, or sampled without penalties or logprobs), so the host's per-step work overlaps the GPU."""
+    """On CUDA, draw each step's tokens (with their logprobs) on the GPU and queue the next step before reading them back, so the host's per-step work overlaps the GPU; penalties count the token still in flight on the GPU as well."""
     max_waiting: int = 1024
     """Most requests queued behind the running batch; beyond it requests get 503."""
     stream_interval: int = 1

@@ -3,13 +3,13 @@
 Single-threaded: the worker's thread owns it. Every step returns the `SequenceOutput` events of
 that step (new text, token ids, logprobs, finish reason).
 
-With `async_scheduling` (CUDA), a step whose tokens depend on its logits alone (greedy or sampled,
-no penalties, no logprobs) draws them on the device, then schedules and queues the next step before
-reading them back: the next step takes those tokens straight from the device
-(`Sequence.num_pending_tokens`), so the GPU never waits for the host's bookkeeping, detokenizing
-and streaming, which run while it computes. A sequence that turns out to have stopped wastes one
-row of that next step; one that is sure to stop (its last allowed token) is not scheduled ahead.
-Steps with penalties or logprobs are read back before the next is scheduled.
+With `async_scheduling` (CUDA), a step draws its tokens on the device (logprobs and penalties
+included), then schedules and queues the next step before reading them back: the next step takes
+those tokens straight from the device (`Sequence.num_pending_tokens`), so the GPU never waits for
+the host's bookkeeping, detokenizing and streaming, which run while it computes. Penalties of the
+next step count each row's in-flight token from the device too. A sequence that turns out to have
+stopped wastes one row of that next step; one that is sure to stop (its last allowed token) is not
+scheduled ahead. Only prompt logprobs are read at once, when their step is queued.
 """
 
 from __future__ import annotations
@@ -23,19 +23,20 @@ from llmserve.engine.cuda_graphs import StepLogits
 from llmserve.engine.detokenizer import IncrementalDetokenizer
 from llmserve.engine.kv_cache import BlockPool
 from llmserve.engine.request import SamplingParams, Sequence, SequenceStatus, TokenLogprob
-from llmserve.engine.runner import ModelRunner, TokenReadback
+from llmserve.engine.runner import ModelRunner, Readback
 from llmserve.engine.sampler import (
     SampleResult,
     SamplingBatch,
     build_sampling_batch,
-    can_sample_on_device,
     is_plain_greedy,
     make_generator,
     prompt_logprob_table,
+    read_sample,
     sample,
-    sample_token_ids,
+    sample_on_device,
 )
 from llmserve.engine.scheduler import ScheduledSeq, Scheduler
+from llmserve.engine.transfer import to_device
 
 
 @dataclass(slots=True)
@@ -74,7 +75,7 @@ class _Launched:
     sampling: list[Sequence]  # the rows that sample, in row order
     step: StepLogits
     token_ids: torch.Tensor | None  # [S] tokens drawn on the device (steps that can run ahead)
-    readback: TokenReadback | None  # those tokens on their way to the host
+    readback: Readback | None  # those tokens (with their logprobs, if asked) on their way to the host
 
 
 class LLMEngine:
@@ -170,30 +171,42 @@ class LLMEngine:
         ids = [item.seq.seq_id for item in scheduled]
         self.last_scheduled = ids if prev is None else [item.seq.seq_id for item in prev.scheduled] + ids
         sampling = [item.seq for item in scheduled if item.samples]
-        if prev is None:
-            step = self.runner.execute(scheduled)
-        else:
-            rows = {seq.seq_id: row for row, seq in enumerate(prev.sampling)}
-            step = self.runner.execute(scheduled, prev.token_ids, rows)
+        rows = None if prev is None else {seq.seq_id: row for row, seq in enumerate(prev.sampling)}
+        step = self.runner.execute(scheduled) if prev is None else self.runner.execute(scheduled, prev.token_ids, rows)
         if step.logits.shape[0] > len(sampling):
             self._record_prompt_logprobs(scheduled, step.logits[len(sampling):])
-        token_ids = self._tokens_on_device(step, sampling)
-        readback = self.runner.start_readback(token_ids) if token_ids is not None else None
+        drawn = self._draw_on_device(step, sampling, prev, rows)
+        token_ids, readback = None, None
+        if drawn is not None:
+            token_ids, for_host = drawn
+            readback = self.runner.start_readback(for_host)
         self._advance(scheduled)
         return _Launched(scheduled, sampling, step, token_ids, readback)
 
-    def _tokens_on_device(self, step: StepLogits, seqs: list[Sequence]) -> torch.Tensor | None:
-        """The step's tokens [S] drawn on the device where they need nothing from the host: plain
-        greedy always (one read-back), sampling too when steps may run ahead. Else None."""
+    def _draw_on_device(self, step: StepLogits, seqs: list[Sequence], prev: _Launched | None,
+                        rows: dict[int, int] | None) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The step's tokens [S] drawn on the device, and what the host reads of them (see
+        `sample_on_device`): plain greedy always (its argmax only), every step with async
+        scheduling. None where the host samples after reading the logits."""
         if not seqs:
             return None
-        params = [s.params for s in seqs]
-        if is_plain_greedy(params):
-            return step.greedy_ids if step.greedy_ids is not None else step.logits[: len(seqs)].argmax(dim=-1)
-        if self.async_scheduling and can_sample_on_device(params):
-            logits = step.logits[: len(seqs)]
-            return sample_token_ids(logits, self._sampling_batch(logits, seqs))
-        return None
+        if is_plain_greedy([s.params for s in seqs]):
+            ids = step.greedy_ids if step.greedy_ids is not None else step.logits[: len(seqs)].argmax(dim=-1)
+            return ids, ids
+        if not self.async_scheduling:
+            return None
+        logits = step.logits[: len(seqs)]
+        return sample_on_device(logits, self._sampling_batch(logits, seqs, self._pending_ids(seqs, prev, rows)))
+
+    def _pending_ids(self, seqs: list[Sequence], prev: _Launched | None,
+                     rows: dict[int, int] | None) -> torch.Tensor | None:
+        """For penalties: each row's token drawn by the step in flight (`vocab_size` where none), [S]
+        on the device. None when no row has penalties or no step is in flight."""
+        if prev is None or prev.token_ids is None or rows is None or not any(s.params.has_penalties for s in seqs):
+            return None
+        source = to_device(torch.tensor([rows[s.seq_id] if s.num_pending_tokens else -1 for s in seqs],
+                                         dtype=torch.int64), prev.token_ids.device)
+        return torch.where(source >= 0, prev.token_ids[source.clamp(min=0)], self.vocab_size)
 
     def _launch_ahead(self, launched: _Launched) -> _Launched | None:
         """Schedule and queue the next step while `launched` runs: its sampling sequences that may
@@ -214,9 +227,9 @@ class LLMEngine:
         return self._postprocess(launched.scheduled, launched.sampling, self._result(launched))
 
     def _result(self, launched: _Launched) -> SampleResult | None:
-        """A step's sampled tokens on the host: read back, or sampled now (penalties, logprobs)."""
+        """A step's sampled tokens on the host: read back, or sampled now (synchronous steps)."""
         if launched.readback is not None:
-            return SampleResult(launched.readback.tolist(), None, None, None)
+            return read_sample(launched.readback.wait())
         if not launched.sampling:
             return None
         logits = launched.step.logits[: len(launched.sampling)]
@@ -246,10 +259,11 @@ class LLMEngine:
                 tracked.prompt_logprobs[p + 1] = TokenLogprob(token_id, logprob, top[:wanted])
                 row += 1
 
-    def _sampling_batch(self, logits: torch.Tensor, seqs: list[Sequence]) -> SamplingBatch:
+    def _sampling_batch(self, logits: torch.Tensor, seqs: list[Sequence],
+                        pending_ids: torch.Tensor | None = None) -> SamplingBatch:
         # A sequence aborted while its step was in flight samples a row nobody reads.
         generators = [t.generator if (t := self._tracked.get(s.seq_id)) is not None else None for s in seqs]
-        return build_sampling_batch(seqs, generators, self._generator, self.vocab_size, logits.device)
+        return build_sampling_batch(seqs, generators, self._generator, self.vocab_size, logits.device, pending_ids)
 
     def _postprocess(
         self, scheduled: list[ScheduledSeq], sampling: list[Sequence], result: SampleResult | None

@@ -19,17 +19,18 @@ from llmserve.engine.scheduler import ScheduledSeq
 from llmserve.engine.transfer import to_device
 
 
-class TokenReadback:
-    """Sampled token ids on their way to the host; `tolist()` waits for them (without the GIL)."""
+class Readback:
+    """A step's sampled tokens (and their logprobs, if asked) on their way to the host; `wait()`
+    blocks until they landed (without holding the GIL) and returns them."""
 
-    def __init__(self, ids: torch.Tensor, event: torch.cuda.Event | None) -> None:
-        self._ids = ids
+    def __init__(self, values: torch.Tensor, event: torch.cuda.Event | None) -> None:
+        self._values = values
         self._event = event
 
-    def tolist(self) -> list[int]:
+    def wait(self) -> torch.Tensor:
         if self._event is not None:
             self._event.synchronize()
-        return self._ids.tolist()  # type: ignore[no-any-return]
+        return self._values
 
 
 class ModelRunner:
@@ -44,11 +45,14 @@ class ModelRunner:
         self.block_size = kv_cache.spec.block_size
         self.use_triton = use_triton and is_triton_usable(device)
         self.graphs: StepGraphs | None = None
-        self._readback: list[tuple[torch.Tensor, torch.cuda.Event]] = []
-        self._readback_turn = 0
+        # Pinned landing buffers for read-backs, two of each dtype used in turn (see start_readback).
+        self._readback_buffers: dict[torch.dtype, list[torch.Tensor]] = {}
+        self._readback_events: list[torch.cuda.Event] = []
         if device.type == "cuda":
-            self._readback = [(torch.zeros(max_num_seqs, dtype=torch.int64, pin_memory=True), torch.cuda.Event())
-                              for _ in range(2)]
+            self._readback_buffers[torch.int64] = [torch.empty(max_num_seqs, dtype=torch.int64, pin_memory=True)
+                                                   for _ in range(2)]
+            self._readback_events = [torch.cuda.Event(), torch.cuda.Event()]
+        self._readback_turn = 0
         if use_cuda_graphs and self.use_triton:
             max_blocks = -(-max_model_len // self.block_size)
             forward = CompiledForward(model) if compile_model else None
@@ -74,17 +78,27 @@ class ModelRunner:
             return graphs.run(batch, prev_ids)
         return StepLogits(self.forward(batch, prev_ids))
 
-    def start_readback(self, token_ids: torch.Tensor) -> TokenReadback:
-        """Start copying a step's sampled tokens [S] to the host, behind the work queued so far."""
-        if token_ids.device.type != "cuda":  # a copy all the same: a graph's outputs get overwritten
-            return TokenReadback(token_ids.clone(), None)
+    def start_readback(self, values: torch.Tensor) -> Readback:
+        """Start copying a step's sampled values (token ids [S], or logprob rows [S, W]) to the
+        host, behind the work queued so far."""
+        if values.device.type != "cuda":  # a copy all the same: a graph's outputs get overwritten
+            return Readback(values.clone(), None)
         # Two buffers in turn: a step's copy lands while the previous step's is still being read.
-        host, event = self._readback[self._readback_turn]
+        turn = self._readback_turn
         self._readback_turn ^= 1
-        out = host[:token_ids.shape[0]]
-        out.copy_(token_ids, non_blocking=True)
-        event.record(torch.cuda.current_stream(token_ids.device))
-        return TokenReadback(out, event)
+        out = self._landing_buffer(values.dtype, values.numel(), turn)[: values.numel()].view(values.shape)
+        out.copy_(values, non_blocking=True)
+        event = self._readback_events[turn]
+        event.record(torch.cuda.current_stream(values.device))
+        return Readback(out, event)
+
+    def _landing_buffer(self, dtype: torch.dtype, numel: int, turn: int) -> torch.Tensor:
+        """The pinned buffer of this dtype and turn, (re)allocated when too small; a buffer still
+        being read stays alive through its `Readback`."""
+        buffers = self._readback_buffers.setdefault(dtype, [torch.empty(0, dtype=dtype)] * 2)
+        if buffers[turn].numel() < numel:
+            buffers[turn] = torch.empty(max(numel, 2 * buffers[turn].numel()), dtype=dtype, pin_memory=True)
+        return buffers[turn]
 
     def prepare(self, scheduled: list[ScheduledSeq], source_rows: dict[int, int] | None = None) -> StepBatch:
         """Pack the step's tokens and cache addresses on the host (a pending token as a 0 whose

@@ -43,8 +43,13 @@ def build_sampling_batch(
     default_generator: torch.Generator | None,
     vocab_size: int,
     device: torch.device,
+    pending_ids: torch.Tensor | None = None,
 ) -> SamplingBatch:
-    """Gather the parameters of the sequences that sample this step."""
+    """Gather the parameters of the sequences that sample this step.
+
+    pending_ids: [B] int64 on `device`, each row's output token still on its way to the host (drawn
+    by the step in flight; `vocab_size` where none), counted by the penalties like the others.
+    """
     params = [s.params for s in seqs]
     # One host-to-device copy for all seven columns (top-k travels as float32: exact below 2**24).
     columns = torch.tensor(
@@ -63,7 +68,7 @@ def build_sampling_batch(
         frequency=columns[5],
         repetition=columns[6],
         logit_bias=_bias_rows(params, vocab_size, device),
-        output_ids=_pad([s.output_ids for s in seqs], vocab_size, device) if use_penalties else None,
+        output_ids=_output_ids(seqs, vocab_size, device, pending_ids) if use_penalties else None,
         prompt_ids=_pad([s.prompt_ids for s in seqs], vocab_size, device) if use_penalties else None,
         generators=generators,
         default_generator=default_generator,
@@ -90,6 +95,13 @@ def _bias_rows(params: list[SamplingParams], vocab_size: int, device: torch.devi
         for token_id, value in p.logit_bias:
             bias[row, token_id] = value
     return to_device(bias, device)
+
+
+def _output_ids(seqs: list[Sequence], vocab_size: int, device: torch.device,
+                pending_ids: torch.Tensor | None) -> torch.Tensor:
+    """[B, L] output ids padded with `vocab_size`, the pending tokens as the last column."""
+    known = _pad([s.output_ids for s in seqs], vocab_size, device)
+    return known if pending_ids is None else torch.cat([known, pending_ids.unsqueeze(1)], dim=1)
 
 
 def _pad(rows: list[list[int]], pad: int, device: torch.device) -> torch.Tensor:
@@ -158,12 +170,6 @@ def filter_logits(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
     return torch.empty_like(logits).scatter_(1, order, sorted_logits)
 
 
-def can_sample_on_device(params: list[SamplingParams]) -> bool:
-    """Whether a step's tokens depend on its logits alone (no penalties, which need the previous
-    token on the host; no logprobs to read), so the next step may take them on the device."""
-    return all(not p.has_penalties and p.logprobs is None for p in params)
-
-
 def sample_token_ids(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
     """One token per row, on the logits' device: [B] int64. logits: [B, V] (any float dtype)."""
     logits = apply_penalties(logits.float(), batch)
@@ -176,25 +182,41 @@ def sample_token_ids(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor
     return torch.where(batch.temperature > 0, _draw(probs, batch.generators, batch.default_generator), greedy_ids)
 
 
-def sample(logits: torch.Tensor, batch: SamplingBatch) -> SampleResult:
-    """Pick one token per row. logits: [B, V] (any float dtype). One copy to the host at the end."""
+def sample_on_device(logits: torch.Tensor, batch: SamplingBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pick one token per row without reading anything back. logits: [B, V] (any float dtype).
+
+    Returns (token ids [B] int64, what the host needs of the step): the token ids themselves, or,
+    when some row asks for logprobs, [B, 2 + 2k] float64 rows of (token id, its logprob, the top k
+    ids, their logprobs), token ids exact in float64 for any vocabulary. Either way one tensor, so
+    one device-to-host copy serves the whole batch (`read_sample` turns it into a `SampleResult`).
+    """
     logits = logits.float()
     raw_logprobs = torch.log_softmax(logits, dim=-1) if batch.num_logprobs >= 0 else None
     token_ids = sample_token_ids(logits, batch)
     if raw_logprobs is None:
-        return SampleResult(token_ids.tolist(), None, None, None)
-    chosen = raw_logprobs.gather(1, token_ids.unsqueeze(1)).squeeze(1)
-    k = max(batch.num_logprobs, 1)
-    top_values, top_ids = raw_logprobs.topk(k, dim=-1)
-    # One device-to-host copy for the whole batch: token ids travel as float64 (exact for any vocabulary).
-    columns = [token_ids.unsqueeze(1), chosen.unsqueeze(1), top_ids, top_values]
-    packed = torch.cat([c.double() for c in columns], dim=1).cpu()
+        return token_ids, token_ids
+    chosen = raw_logprobs.gather(1, token_ids.unsqueeze(1))
+    top_values, top_ids = raw_logprobs.topk(max(batch.num_logprobs, 1), dim=-1)
+    columns = [token_ids.unsqueeze(1), chosen, top_ids, top_values]
+    return token_ids, torch.cat([c.double() for c in columns], dim=1)
+
+
+def read_sample(values: torch.Tensor) -> SampleResult:
+    """A `sample_on_device` result on the host: token ids [B], or the [B, 2 + 2k] logprob rows."""
+    if values.dim() == 1:
+        return SampleResult(values.tolist(), None, None, None)
+    k = (values.shape[1] - 2) // 2
     return SampleResult(
-        token_ids=packed[:, 0].long().tolist(),
-        logprobs=packed[:, 1].tolist(),
-        top_ids=packed[:, 2:2 + k].long().tolist(),
-        top_logprobs=packed[:, 2 + k:].tolist(),
+        token_ids=values[:, 0].long().tolist(),
+        logprobs=values[:, 1].tolist(),
+        top_ids=values[:, 2:2 + k].long().tolist(),
+        top_logprobs=values[:, 2 + k:].tolist(),
     )
+
+
+def sample(logits: torch.Tensor, batch: SamplingBatch) -> SampleResult:
+    """Pick one token per row and read the result back at once. logits: [B, V] (any float dtype)."""
+    return read_sample(sample_on_device(logits, batch)[1].cpu())
 
 
 def _draw(

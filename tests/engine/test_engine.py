@@ -155,8 +155,8 @@ class _CountingRunner:
 
 
 def test_async_scheduling_queues_steps_ahead_and_matches_a_synchronous_engine(tiny_model_dir, reference) -> None:
-    """Greedy rows, seeded samples (top-p, top-k) and logit bias run a step ahead; a request with
-    penalties makes the steps it is in synchronous. Outputs equal a synchronous engine's."""
+    """Greedy rows, seeded samples (top-p, top-k), logit bias and penalties run a step ahead;
+    outputs equal a synchronous engine's."""
     prompt_ids, expected = reference
     greedy = [SamplingParams(max_tokens=MAX_TOKENS[i], temperature=0.0) for i in range(7)]
     arrivals = {0: [(i, prompt_ids[i], greedy[i]) for i in range(4)],
@@ -172,6 +172,52 @@ def test_async_scheduling_queues_steps_ahead_and_matches_a_synchronous_engine(ti
     assert got == sync
     assert [got[i] for i in range(4)] == expected[:4] and got[11] == expected[6]
     assert counting.num_ahead > 20
+    assert engine.pool.num_free_blocks == engine.pool.num_blocks
+
+
+def _run_with_logprobs(engine, requests: list[tuple[int, list[int], SamplingParams]]) -> dict[int, list]:
+    """All requests at once; per sequence its (token, logprob, top ids, top logprobs) events."""
+    for seq_id, ids, params in requests:
+        engine.add(seq_id, ids, params)
+    events: dict[int, list] = {seq_id: [] for seq_id, _, _ in requests}
+    while engine.has_work:
+        for out in engine.step():
+            if out.logprobs:
+                events[out.seq_id] += [(lp.token_id, lp.logprob, [t for t, _ in lp.top], [v for _, v in lp.top])
+                                       for lp in out.logprobs]
+            else:
+                events[out.seq_id] += [(token, None, [], []) for token in out.token_ids]
+    return events
+
+
+def test_penalties_and_logprobs_run_ahead_and_match_a_synchronous_engine(tiny_model_dir, reference) -> None:
+    """Penalties count the token still in flight (drawn by the step queued before) and logprobs
+    come back with the tokens: both run a step ahead and give what a synchronous engine gives."""
+    prompt_ids, _ = reference
+    requests = [
+        (0, prompt_ids[1], SamplingParams(max_tokens=24, temperature=0.0, frequency_penalty=1.5)),
+        (1, prompt_ids[8], SamplingParams(max_tokens=24, temperature=0.0, repetition_penalty=1.8)),
+        (2, prompt_ids[6], SamplingParams(max_tokens=20, temperature=0.9, seed=5, presence_penalty=1.0,
+                                          logprobs=3)),
+        (3, prompt_ids[2], SamplingParams(max_tokens=20, temperature=0.0, logprobs=2)),
+        (4, prompt_ids[3], SamplingParams(max_tokens=16, temperature=0.0)),
+    ]
+    sync = _run_with_logprobs(_engine(tiny_model_dir), requests)
+    engine = _engine(tiny_model_dir, True)
+    counting = _CountingRunner(engine.runner)
+    engine.runner = counting
+    got = _run_with_logprobs(engine, requests)
+    assert counting.num_ahead >= 15
+    assert {k: [e[0] for e in v] for k, v in got.items()} == {k: [e[0] for e in v] for k, v in sync.items()}
+    for seq_id in (2, 3):
+        for mine, theirs in zip(got[seq_id], sync[seq_id], strict=True):
+            assert mine[2] == theirs[2] and len(mine[2]) == requests[seq_id][2].logprobs
+            assert mine[1] == pytest.approx(theirs[1], abs=1e-5)
+            assert mine[3] == pytest.approx(theirs[3], abs=1e-5)
+    # The penalties bite: without them these prompts repeat tokens and decode differently.
+    plain = _run_with_logprobs(_engine(tiny_model_dir), [(i, ids, SamplingParams(max_tokens=24, temperature=0.0))
+                                                        for i, ids, _ in requests[:2]])
+    assert all([e[0] for e in plain[i]] != [e[0] for e in got[i]] for i in (0, 1))
     assert engine.pool.num_free_blocks == engine.pool.num_blocks
 
 
