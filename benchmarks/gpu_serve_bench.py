@@ -5,7 +5,9 @@ Starts `llmserve run` on the given model (bf16, CUDA graphs, Triton attention), 
   - latency: one stream of 256 output tokens after a 512-token prompt, a few times;
   - throughput: 512 requests, prompts of 64-512 tokens, 256 output tokens, max concurrency 256;
   - extra concurrencies (16, 64) on a shorter workload;
-  - with `--sampled`, the latency and throughput rows again at temperature 1.
+  - with `--sampled`, the latency and throughput rows again at temperature 1;
+  - with `--logprobs`, the same two rows greedy, each token's logprob and its top alternative asked;
+  - with `--throughput-runs N`, the greedy throughput row N times (how much it moves on one host).
 Every other row is greedy (temperature 0). Writes every report as JSON and prints a markdown table.
 
     python benchmarks/gpu_serve_bench.py --model-path /tmp/llama-1b --out-dir $OUT
@@ -105,6 +107,8 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=1, help="one worker per GPU, cuda:0 .. cuda:N-1")
     parser.add_argument("--quick", action="store_true", help="fewer requests (smoke run)")
     parser.add_argument("--sampled", action="store_true", help="also run the latency and throughput rows at temperature 1")
+    parser.add_argument("--logprobs", action="store_true", help="also run them asking for logprobs (top 1)")
+    parser.add_argument("--throughput-runs", type=int, default=1, help="times to run the greedy throughput row")
     args = parser.parse_args()
     args.out_dir.mkdir(parents=True, exist_ok=True)
     stack = http_stack()
@@ -120,15 +124,23 @@ def main() -> int:
         for conc in (16, 64):
             reports.append(bench(args.port, tok, f"c={conc} in=256 out=256", num_prompts=conc * 2,
                                  input_len=256, output_len=256, max_concurrency=conc))
-        reports.append(bench(args.port, tok, "throughput 512 req in=64-512 out=256 c=256",
-                             num_prompts=128 if args.quick else 512, input_len=288, range_ratio=0.77,
-                             output_len=256, max_concurrency=256))
+        for run in range(args.throughput_runs):
+            reports.append(bench(args.port, tok, "throughput 512 req in=64-512 out=256 c=256"
+                                 + (f" (run {run + 1})" if args.throughput_runs > 1 else ""),
+                                 num_prompts=128 if args.quick else 512, input_len=288, range_ratio=0.77,
+                                 output_len=256, max_concurrency=256))
         if args.sampled:  # the same at temperature 1 (what the OpenAI API does by default)
             reports.append(bench(args.port, tok, "sampled T=1 latency c=1 in=512 out=256", num_prompts=5,
                                  input_len=512, output_len=256, max_concurrency=1, temperature=1.0))
             reports.append(bench(args.port, tok, "sampled T=1 throughput 512 req c=256", num_prompts=512,
                                  input_len=288, range_ratio=0.77, output_len=256, max_concurrency=256,
                                  temperature=1.0))
+        if args.logprobs:  # greedy, each token's logprob and top alternative sent back
+            reports.append(bench(args.port, tok, "logprobs=1 latency c=1 in=512 out=256", num_prompts=5,
+                                 input_len=512, output_len=256, max_concurrency=1, logprobs=1))
+            reports.append(bench(args.port, tok, "logprobs=1 throughput 512 req c=256", num_prompts=512,
+                                 input_len=288, range_ratio=0.77, output_len=256, max_concurrency=256,
+                                 logprobs=1))
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)

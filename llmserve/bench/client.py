@@ -33,8 +33,10 @@ class RequestResult:
     error: str | None = None
 
 
-def build_payload(endpoint: str, model: str, prompt: BenchPrompt, temperature: float) -> dict[str, Any]:
-    """The JSON body of a streaming request for `prompt` (exact length via `ignore_eos`)."""
+def build_payload(endpoint: str, model: str, prompt: BenchPrompt, temperature: float,
+                  logprobs: int | None = None) -> dict[str, Any]:
+    """The JSON body of a streaming request for `prompt` (exact length via `ignore_eos`), asking
+    for `logprobs` top alternatives per token when set (chat: `logprobs` + `top_logprobs`)."""
     body: dict[str, Any] = {
         "model": model,
         "max_tokens": prompt.num_output_tokens,
@@ -45,8 +47,13 @@ def build_payload(endpoint: str, model: str, prompt: BenchPrompt, temperature: f
     }
     if endpoint == "chat":
         body["messages"] = [{"role": "user", "content": prompt.text}]
+        if logprobs is not None:
+            body["logprobs"] = True
+            body["top_logprobs"] = logprobs
     else:
         body["prompt"] = prompt.text
+        if logprobs is not None:
+            body["logprobs"] = logprobs
     return body
 
 

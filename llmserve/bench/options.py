@@ -44,6 +44,8 @@ class BenchOptions:
     """Mean arrivals per second (Poisson); inf sends everything at once."""
     temperature: float = 0.0
     """Sampling temperature sent with every request (>= 0)."""
+    logprobs: int | None = None
+    """Ask for the sampled tokens' logprobs and this many top alternatives (>= 0); None asks none."""
     api_key: str | None = field(default=None, repr=False)
     """Sent as `Authorization: Bearer <key>` when set; never written to reports."""
     request_timeout_s: float = 3600.0
@@ -59,6 +61,7 @@ class BenchOptions:
         _require(self.max_concurrency is None or self.max_concurrency >= 1, "max_concurrency", "must be >= 1")
         _require(self.request_rate > 0, "request_rate", "must be > 0 (use inf for all at once)")
         _require(self.temperature >= 0, "temperature", "must be >= 0")
+        _require(self.logprobs is None or self.logprobs >= 0, "logprobs", "must be >= 0")
         _require(self.request_timeout_s > 0, "request_timeout_s", "must be > 0")
         _require(self.base_url.startswith(("http://", "https://")), "base_url", "must start with http(s)://")
 

@@ -65,7 +65,7 @@ async def _send_one(
     semaphore: asyncio.Semaphore | None,
 ) -> RequestResult:
     """Send one prompt, waiting for a concurrency slot first when there is a limit."""
-    payload = build_payload(options.endpoint, model, prompt, options.temperature)
+    payload = build_payload(options.endpoint, model, prompt, options.temperature, options.logprobs)
     if semaphore is None:
         return await send_request(client, options.url, payload, prompt.num_prompt_tokens)
     async with semaphore:

@@ -47,6 +47,8 @@ def register(subparsers: Any) -> None:
     data.add_argument("--seed", type=int, default=0)
     data.add_argument("--tokenizer", default=None, help="local HF tokenizer folder for exact prompt lengths")
     data.add_argument("--temperature", type=float, default=0.0)
+    data.add_argument("--logprobs", type=int, default=None, metavar="K",
+                      help="ask for each token's logprob and K top alternatives")
     load = parser.add_argument_group("load")
     load.add_argument(
         "--max-concurrency", type=_positive_int, default=None, help="requests in flight at most"
@@ -76,6 +78,7 @@ def options_from_args(args: argparse.Namespace) -> BenchOptions:
         max_concurrency=args.max_concurrency,
         request_rate=args.request_rate,
         temperature=args.temperature,
+        logprobs=args.logprobs,
         api_key=args.api_key,
         request_timeout_s=args.timeout,
         show_progress=not args.no_progress,

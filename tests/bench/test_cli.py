@@ -38,6 +38,8 @@ def test_flags_map_onto_options() -> None:
             "4",
             "--temperature",
             "0.5",
+            "--logprobs",
+            "3",
             "--api-key",
             "k",
             "--no-progress",
@@ -54,7 +56,7 @@ def test_flags_map_onto_options() -> None:
     )
     assert (options.range_ratio, options.max_concurrency, options.request_rate) == (0.25, 3, 2.5)
     assert (options.seed, options.temperature, options.api_key, options.tokenizer) == (4, 0.5, "k", "tok")
-    assert options.show_progress is False
+    assert options.show_progress is False and options.logprobs == 3
 
 
 def test_bad_flags_are_rejected() -> None:

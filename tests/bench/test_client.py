@@ -32,6 +32,13 @@ def test_completions_payload_sends_a_prompt() -> None:
     assert body["temperature"] == 0.7
 
 
+def test_logprobs_are_asked_the_way_each_endpoint_takes_them() -> None:
+    chat = build_payload("chat", "m", PROMPT, 0.0, logprobs=2)
+    assert (chat["logprobs"], chat["top_logprobs"]) == (True, 2)
+    assert build_payload("completions", "m", PROMPT, 0.0, logprobs=0)["logprobs"] == 0
+    assert "logprobs" not in build_payload("completions", "m", PROMPT, 0.0)
+
+
 def test_chunk_text_reads_chat_and_completion_chunks() -> None:
     assert chunk_text({"choices": [{"delta": {"content": "hi"}}]}) == "hi"
     assert chunk_text({"choices": [{"delta": {"role": "assistant"}}]}) == ""
