@@ -25,6 +25,7 @@ from llmserve.engine.kv_cache import BlockPool
 from llmserve.engine.request import SamplingParams, Sequence, SequenceStatus, TokenLogprob
 from llmserve.engine.runner import ModelRunner, Readback
 from llmserve.engine.sampler import (
+    DeviceSample,
     SampleResult,
     SamplingBatch,
     build_sampling_batch,
@@ -74,8 +75,13 @@ class _Launched:
     scheduled: list[ScheduledSeq]
     sampling: list[Sequence]  # the rows that sample, in row order
     step: StepLogits
-    token_ids: torch.Tensor | None  # [S] tokens drawn on the device (steps that can run ahead)
-    readback: Readback | None  # those tokens (with their logprobs, if asked) on their way to the host
+    drawn: DeviceSample | None  # the tokens drawn on the device (with logprobs, if asked); None: host samples
+    readback: Readback | None  # what the host reads of them, on its way
+
+    @property
+    def token_ids(self) -> torch.Tensor | None:
+        """[S] the step's tokens on the device."""
+        return self.drawn.token_ids if self.drawn is not None else None
 
 
 class LLMEngine:
@@ -176,27 +182,24 @@ class LLMEngine:
         if step.logits.shape[0] > len(sampling):
             self._record_prompt_logprobs(scheduled, step.logits[len(sampling):])
         drawn = self._draw_on_device(step, sampling, prev, rows)
-        token_ids, readback = None, None
-        if drawn is not None:
-            token_ids, for_host = drawn
-            readback = self.runner.start_readback(for_host)
+        readback = self.runner.start_readback(drawn.for_host) if drawn is not None else None
         self._advance(scheduled)
-        return _Launched(scheduled, sampling, step, token_ids, readback)
+        return _Launched(scheduled, sampling, step, drawn, readback)
 
     def _draw_on_device(self, step: StepLogits, seqs: list[Sequence], prev: _Launched | None,
-                        rows: dict[int, int] | None) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """The step's tokens [S] drawn on the device, and what the host reads of them (see
-        `sample_on_device`): plain greedy always (its argmax only), every step with async
-        scheduling. None where the host samples after reading the logits."""
+                        rows: dict[int, int] | None) -> DeviceSample | None:
+        """The step's tokens [S] drawn on the device: plain greedy always (its argmax only), every
+        step with async scheduling. None where the host samples after reading the logits."""
         if not seqs:
             return None
         if is_plain_greedy([s.params for s in seqs]):
             ids = step.greedy_ids if step.greedy_ids is not None else step.logits[: len(seqs)].argmax(dim=-1)
-            return ids, ids
+            return DeviceSample(ids, ids, [], 0)
         if not self.async_scheduling:
             return None
         logits = step.logits[: len(seqs)]
-        return sample_on_device(logits, self._sampling_batch(logits, seqs, self._pending_ids(seqs, prev, rows)))
+        batch = self._sampling_batch(logits, seqs, self._pending_ids(seqs, prev, rows))
+        return sample_on_device(logits, batch, step.greedy_ids)
 
     def _pending_ids(self, seqs: list[Sequence], prev: _Launched | None,
                      rows: dict[int, int] | None) -> torch.Tensor | None:
@@ -228,8 +231,8 @@ class LLMEngine:
 
     def _result(self, launched: _Launched) -> SampleResult | None:
         """A step's sampled tokens on the host: read back, or sampled now (synchronous steps)."""
-        if launched.readback is not None:
-            return read_sample(launched.readback.wait())
+        if launched.drawn is not None and launched.readback is not None:
+            return read_sample(launched.drawn, launched.readback.wait())
         if not launched.sampling:
             return None
         logits = launched.step.logits[: len(launched.sampling)]

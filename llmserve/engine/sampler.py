@@ -32,7 +32,9 @@ class SamplingBatch:
     generators: list[torch.Generator | None]
     default_generator: torch.Generator | None
     num_logprobs: int  # most top logprobs any row asked for; -1 when none asked
+    logprob_rows: list[int]  # the rows that asked for logprobs
     all_greedy: bool
+    argmax_only: bool  # every row's token is its argmax: greedy, no penalties, no bias
     uses_top_k_or_p: bool  # some row limits by rank or cumulative mass (needs a sort)
     uses_min_p: bool
 
@@ -73,7 +75,9 @@ def build_sampling_batch(
         generators=generators,
         default_generator=default_generator,
         num_logprobs=max((p.logprobs for p in params if p.logprobs is not None), default=-1),
+        logprob_rows=[row for row, p in enumerate(params) if p.logprobs is not None],
         all_greedy=all(p.is_greedy for p in params),
+        argmax_only=all(p.is_greedy and not p.has_penalties and not p.logit_bias for p in params),
         uses_top_k_or_p=any(0 < p.top_k < vocab_size or p.top_p < 1.0 for p in params),
         uses_min_p=any(p.min_p > 0 for p in params),
     )
@@ -182,41 +186,70 @@ def sample_token_ids(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor
     return torch.where(batch.temperature > 0, _draw(probs, batch.generators, batch.default_generator), greedy_ids)
 
 
-def sample_on_device(logits: torch.Tensor, batch: SamplingBatch) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pick one token per row without reading anything back. logits: [B, V] (any float dtype).
+@dataclass
+class DeviceSample:
+    """A step's sampled tokens on the device, and the one tensor the host reads of them."""
 
-    Returns (token ids [B] int64, what the host needs of the step): the token ids themselves, or,
-    when some row asks for logprobs, [B, 2 + 2k] float64 rows of (token id, its logprob, the top k
-    ids, their logprobs), token ids exact in float64 for any vocabulary. Either way one tensor, so
-    one device-to-host copy serves the whole batch (`read_sample` turns it into a `SampleResult`).
+    token_ids: torch.Tensor  # [B] int64
+    for_host: torch.Tensor  # token_ids, or with logprobs float64 [B + R * (1 + 2k)] (see sample_on_device)
+    logprob_rows: list[int]  # the R rows whose logprobs follow the token ids
+    num_logprobs: int  # k
+
+
+def sample_on_device(logits: torch.Tensor, batch: SamplingBatch,
+                     greedy_ids: torch.Tensor | None = None) -> DeviceSample:
+    """Pick one token per row without reading anything back. logits: [B, V] (any float dtype);
+    `greedy_ids`: their argmax when already taken (a graph does), used where every row is greedy.
+
+    Logprobs (of the raw distribution) are computed for the rows that asked only, so a few such
+    requests cost a large batch little. The host reads one tensor: the token ids, or, with
+    logprobs, float64 token ids (exact for any vocabulary) followed by R rows of (the token's
+    logprob, the top k ids, their logprobs) flattened; `read_sample` turns it into a `SampleResult`.
     """
-    logits = logits.float()
-    raw_logprobs = torch.log_softmax(logits, dim=-1) if batch.num_logprobs >= 0 else None
-    token_ids = sample_token_ids(logits, batch)
-    if raw_logprobs is None:
-        return token_ids, token_ids
-    chosen = raw_logprobs.gather(1, token_ids.unsqueeze(1))
-    top_values, top_ids = raw_logprobs.topk(max(batch.num_logprobs, 1), dim=-1)
-    columns = [token_ids.unsqueeze(1), chosen, top_ids, top_values]
-    return token_ids, torch.cat([c.double() for c in columns], dim=1)
+    if batch.argmax_only:
+        token_ids = greedy_ids if greedy_ids is not None else logits.argmax(dim=-1)
+    else:
+        token_ids = sample_token_ids(logits, batch)
+    rows = batch.logprob_rows
+    if not rows:
+        return DeviceSample(token_ids, token_ids, rows, 0)
+    k = max(batch.num_logprobs, 1)
+    index = rows_index(rows, len(token_ids), logits.device)
+    raw_logprobs = torch.log_softmax(logits[index].float(), dim=-1)
+    chosen = raw_logprobs.gather(1, token_ids[index].unsqueeze(1))
+    top_values, top_ids = raw_logprobs.topk(k, dim=-1)
+    per_row = torch.cat([chosen.double(), top_ids.double(), top_values.double()], dim=1)
+    return DeviceSample(token_ids, torch.cat([token_ids.double(), per_row.flatten()]), rows, k)
 
 
-def read_sample(values: torch.Tensor) -> SampleResult:
-    """A `sample_on_device` result on the host: token ids [B], or the [B, 2 + 2k] logprob rows."""
-    if values.dim() == 1:
+def rows_index(rows: list[int], num_rows: int, device: torch.device) -> torch.Tensor | slice:
+    """An index selecting `rows` (sorted) of a batch: a slice when they are all of it."""
+    if len(rows) == num_rows:
+        return slice(None)
+    return to_device(torch.tensor(rows, dtype=torch.int64), device)
+
+
+def read_sample(sample: DeviceSample, values: torch.Tensor) -> SampleResult:
+    """`sample.for_host`, copied to the host as `values`, as per-row lists (rows that did not ask
+    for logprobs get a logprob of 0.0 and no alternatives: nobody reads them)."""
+    if not sample.logprob_rows:
         return SampleResult(values.tolist(), None, None, None)
-    k = (values.shape[1] - 2) // 2
-    return SampleResult(
-        token_ids=values[:, 0].long().tolist(),
-        logprobs=values[:, 1].tolist(),
-        top_ids=values[:, 2:2 + k].long().tolist(),
-        top_logprobs=values[:, 2 + k:].tolist(),
-    )
+    num_rows, k = len(sample.token_ids), sample.num_logprobs
+    token_ids = values[:num_rows].long().tolist()
+    per_row = values[num_rows:].view(len(sample.logprob_rows), 1 + 2 * k)
+    logprobs: list[float] = [0.0] * num_rows
+    top_ids: list[list[int]] = [[] for _ in range(num_rows)]
+    top_logprobs: list[list[float]] = [[] for _ in range(num_rows)]
+    chosen, ids, values_k = per_row[:, 0].tolist(), per_row[:, 1:1 + k].long().tolist(), per_row[:, 1 + k:].tolist()
+    for i, row in enumerate(sample.logprob_rows):
+        logprobs[row], top_ids[row], top_logprobs[row] = chosen[i], ids[i], values_k[i]
+    return SampleResult(token_ids, logprobs, top_ids, top_logprobs)
 
 
 def sample(logits: torch.Tensor, batch: SamplingBatch) -> SampleResult:
     """Pick one token per row and read the result back at once. logits: [B, V] (any float dtype)."""
-    return read_sample(sample_on_device(logits, batch)[1].cpu())
+    drawn = sample_on_device(logits, batch)
+    return read_sample(drawn, drawn.for_host.cpu())
 
 
 def _draw(

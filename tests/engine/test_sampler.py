@@ -12,7 +12,9 @@ from llmserve.engine.sampler import (
     build_sampling_batch,
     filter_logits,
     make_generator,
+    read_sample,
     sample,
+    sample_on_device,
 )
 
 CPU = torch.device("cpu")
@@ -105,3 +107,26 @@ def test_logprobs_are_of_the_raw_distribution() -> None:
     assert math.isclose(result.logprobs[0], expected[2].item(), rel_tol=1e-6)
     assert result.top_ids[0] == [2, 1]
     assert math.isclose(result.top_logprobs[0][1], expected[1].item(), rel_tol=1e-6)
+
+
+def test_logprobs_are_computed_for_the_rows_that_ask_only() -> None:
+    """Rows without logprobs cost nothing extra: only the asking rows go to the host with their
+    top-k, and the tokens equal the argmax (or a given argmax) like any greedy step's."""
+    torch.manual_seed(0)
+    logits = torch.randn(5, 6)
+    params = [SamplingParams(temperature=0.0, logprobs=2 if row in (1, 3) else None) for row in range(5)]
+    batch = _batch(params)
+    drawn = sample_on_device(logits, batch)
+    assert drawn.logprob_rows == [1, 3] and drawn.for_host.shape == (5 + 2 * (1 + 2 * 2),)
+    result = read_sample(drawn, drawn.for_host)
+    expected = torch.log_softmax(logits, -1)
+    assert result.token_ids == logits.argmax(-1).tolist()
+    for row in (1, 3):
+        token = result.token_ids[row]
+        assert math.isclose(result.logprobs[row], expected[row, token].item(), rel_tol=1e-6)
+        assert result.top_ids[row] == expected[row].topk(2).indices.tolist()
+    assert result.top_ids[0] == [] and result.logprobs[0] == 0.0
+    given = torch.tensor([5, 4, 3, 2, 1])  # a graph's argmax is taken as it is
+    assert sample_on_device(logits, batch, greedy_ids=given).token_ids is given
+    biased = _batch([SamplingParams(temperature=0.0, logprobs=1, logit_bias=((0, 100.0),))] * 5)
+    assert sample_on_device(logits, biased, greedy_ids=given).token_ids.tolist() == [0] * 5
