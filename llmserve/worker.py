@@ -124,6 +124,7 @@ class Worker:
         self._series = metrics.for_model(self.model_names[0]) if metrics is not None else None
         self._inbox: queue.SimpleQueue[_Add | _Abort | None] = queue.SimpleQueue()
         self._streams: dict[int, RequestStream] = {}
+        self._token_texts: dict[int, str] = {}  # at most one entry per vocabulary id
         self.num_finished = 0  # sequences finished since start, for /ready and metrics
         self._seq_ids = itertools.count()
         self._thread: threading.Thread | None = None
@@ -174,6 +175,14 @@ class Worker:
     def tokenizer(self) -> Any:
         assert self.engine is not None
         return self.engine.tokenizer
+
+    def token_text(self, token_id: int) -> str:
+        """The text of one token as a client would see it on its own (for logprobs), cached: a
+        stream with logprobs asks for every token it sends and for each alternative."""
+        text = self._token_texts.get(token_id)
+        if text is None:
+            text = self._token_texts[token_id] = self.tokenizer.decode([token_id], skip_special_tokens=False)
+        return text
 
     async def start(self) -> None:
         """Load the model (in a thread, so the server keeps answering) and start stepping."""

@@ -89,7 +89,7 @@ async def _complete(worker: Worker, body: ChatCompletionRequest, stream: Request
         choices.append({
             "index": index,
             "message": {"role": "assistant", "content": result.text, "tool_calls": None},
-            "logprobs": chat_logprobs(worker.tokenizer, result.logprobs) if body.logprobs else None,
+            "logprobs": chat_logprobs(worker.token_text, result.logprobs) if body.logprobs else None,
             "finish_reason": result.finish_reason,
         })
     num_output = sum(r.num_output_tokens for r in results)
@@ -117,8 +117,7 @@ async def _stream(worker: Worker, body: ChatCompletionRequest, stream: RequestSt
             raise_if_error(output)
             num_output[index] = output.num_output_tokens
             if body.logprobs and (output.text or output.logprobs):
-                yield chunk([{"index": index, "delta": {"content": output.text},
-                              "logprobs": chat_logprobs(worker.tokenizer, output.logprobs), "finish_reason": None}])
+                yield chunk.text(index, output.text, chat_logprobs(worker.token_text, output.logprobs))
             elif output.text:
                 yield chunk.text(index, output.text)
             if output.finish_reason is not None:

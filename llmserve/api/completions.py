@@ -110,11 +110,11 @@ async def _complete(worker: Worker, body: CompletionRequest, stream: RequestStre
     for index, result in enumerate(results):
         logprobs = None
         if body.logprobs is not None:
-            logprobs = completion_logprobs(worker.tokenizer, result.logprobs, len(echoes[index]))
+            logprobs = completion_logprobs(worker.token_text, result.logprobs, len(echoes[index]))
             if result.prompt_logprobs is not None:
                 prompt_ids = stream.prompt_ids[index]
                 logprobs = join_logprobs(
-                    prompt_completion_logprobs(worker.tokenizer, prompt_ids, result.prompt_logprobs), logprobs)
+                    prompt_completion_logprobs(worker.token_text, prompt_ids, result.prompt_logprobs), logprobs)
         choices.append({"index": index, "text": echoes[index] + result.text, "logprobs": logprobs,
                         "finish_reason": result.finish_reason})
     return JSONResponse({
@@ -141,16 +141,16 @@ async def _stream(worker: Worker, body: CompletionRequest, stream: RequestStream
         async for index, output in stream:
             raise_if_error(output)
             if output.prompt_logprobs is not None:  # the echo waits for its prompt's logprobs
-                scored = prompt_completion_logprobs(worker.tokenizer, stream.prompt_ids[index],
+                scored = prompt_completion_logprobs(worker.token_text, stream.prompt_ids[index],
                                                     output.prompt_logprobs)
                 yield chunk([{"index": index, "text": echoes[index], "logprobs": scored, "finish_reason": None}])
             num_output[index] = output.num_output_tokens
             logprobs = None
             if body.logprobs is not None:
-                logprobs = completion_logprobs(worker.tokenizer, output.logprobs, offsets[index])
+                logprobs = completion_logprobs(worker.token_text, output.logprobs, offsets[index])
             offsets[index] += len(output.text)
             if logprobs:
-                yield chunk([{"index": index, "text": output.text, "logprobs": logprobs, "finish_reason": None}])
+                yield chunk.text(index, output.text, logprobs)
             elif output.text:
                 yield chunk.text(index, output.text)
             if output.finish_reason is not None:

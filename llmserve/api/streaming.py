@@ -51,8 +51,9 @@ class ChunkFormat:
     present (null until the final usage chunk) only when the client asked for it.
 
     `text_field` names where a choice's new text goes ("text", or "delta.content" for chat). A chunk
-    that only carries new text, most of a stream, is filled into a template made once per stream
-    (its bytes equal `sse_event` of the same chunk) instead of encoding the whole object per token.
+    that only carries new text (and its logprobs), most of a stream, is filled into a template made
+    once per stream (its bytes equal `sse_event` of the same chunk) instead of encoding the whole
+    object per token.
     """
 
     def __init__(self, chunk_id: str, object: str, model: str, include_usage: bool, text_field: str) -> None:
@@ -70,7 +71,11 @@ class ChunkFormat:
         assert choice_head.startswith(index_key)
         self._head = "data: " + head + '{"index":'
         self._middle = "," + choice_head[len(index_key):]
+        before, null_logprobs, after = choice_tail.partition('"logprobs":null')
+        assert null_logprobs
         self._tail = choice_tail + tail + "\n\n"
+        self._before_logprobs = before + '"logprobs":'
+        self._after_logprobs = after + tail + "\n\n"
 
     def _object(self, choices: list[dict], usage: dict | None = None) -> dict:
         out: dict[str, Any] = {"id": self.chunk_id, "object": self.object, "created": self.created,
@@ -89,9 +94,12 @@ class ChunkFormat:
         """The SSE event of a chunk with these choices."""
         return sse_event(self._object(choices, usage))
 
-    def text(self, index: int, text: str) -> bytes:
-        """The SSE event of a chunk whose one choice brings new text and nothing else."""
-        return (self._head + str(index) + self._middle + _json(text) + self._tail).encode()
+    def text(self, index: int, text: str, logprobs: dict | None = None) -> bytes:
+        """The SSE event of a chunk whose one choice brings new text (and its logprobs), nothing else."""
+        if logprobs is None:
+            return (self._head + str(index) + self._middle + _json(text) + self._tail).encode()
+        return (self._head + str(index) + self._middle + _json(text) + self._before_logprobs + _json(logprobs)
+                + self._after_logprobs).encode()
 
 
 @dataclass

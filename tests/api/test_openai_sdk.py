@@ -88,6 +88,24 @@ def test_chat_logprobs(client: OpenAI) -> None:
         assert bytes(entry.bytes).decode() == entry.token
 
 
+def test_streamed_logprobs_equal_the_whole_answer(client: OpenAI) -> None:
+    """Streamed chunks with logprobs (the templated path) parse in the SDK and carry the same
+    tokens and logprobs as the non-streamed answer, for chat and for completions."""
+    kwargs = dict(model=MODEL, messages=MESSAGES, max_tokens=8, temperature=0, logprobs=True, top_logprobs=2)
+    whole = client.chat.completions.create(**kwargs).choices[0]
+    chunks = [c.choices[0] for c in client.chat.completions.create(**kwargs, stream=True) if c.choices]
+    entries = [e for c in chunks if c.logprobs is not None for e in c.logprobs.content]
+    assert [(e.token, e.logprob, len(e.top_logprobs)) for e in entries] == \
+        [(e.token, e.logprob, 2) for e in whole.logprobs.content]
+    assert "".join(c.delta.content or "" for c in chunks) == whole.message.content
+    text_kwargs = dict(model=MODEL, prompt="Hello", max_tokens=8, temperature=0, logprobs=1)
+    text_whole = client.completions.create(**text_kwargs).choices[0].logprobs
+    streamed = [c.choices[0].logprobs for c in client.completions.create(**text_kwargs, stream=True)
+                if c.choices and c.choices[0].logprobs is not None]
+    assert [t for lp in streamed for t in lp.tokens] == text_whole.tokens
+    assert [o for lp in streamed for o in lp.text_offset] == text_whole.text_offset
+
+
 def test_completions_echo_and_token_prompts(client: OpenAI) -> None:
     out = client.completions.create(model=MODEL, prompt="def main():", max_tokens=5, temperature=0, echo=True)
     assert out.choices[0].text.startswith("def main():")

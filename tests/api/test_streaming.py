@@ -17,6 +17,8 @@ def test_text_chunk_equals_the_encoded_object(text_field: str, include_usage: bo
         new_text = {"text": text} if text_field == "text" else {"delta": {"content": text}}
         choice = {"index": index, **new_text, "logprobs": None, "finish_reason": None}
         assert chunk.text(index, text) == chunk([choice])
+        logprobs = {"content": [{"token": text, "logprob": -0.5, "bytes": [1, 2], "top_logprobs": []}], "refusal": None}
+        assert chunk.text(index, text, logprobs) == chunk([{**choice, "logprobs": logprobs}])
         event = chunk.text(index, text)
         assert event.startswith(b"data: ") and event.endswith(b"\n\n") and event.count(b"\n") == 2
         parsed = json.loads(event[len(b"data: "):])
