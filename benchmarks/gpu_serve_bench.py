@@ -6,7 +6,8 @@ Starts `llmserve run` on the given model (bf16, CUDA graphs, Triton attention), 
   - throughput: 512 requests, prompts of 64-512 tokens, 256 output tokens, max concurrency 256;
   - extra concurrencies (16, 64) on a shorter workload;
   - with `--sampled`, the latency and throughput rows again at temperature 1;
-  - with `--logprobs`, the same two rows greedy, each token's logprob and its top alternative asked;
+  - with `--logprobs`, the same two rows greedy, each token's logprob and its top alternative asked,
+    and a mixed row: the throughput workload where 8 of the 256 streams ask for logprobs;
   - with `--throughput-runs N`, the greedy throughput row N times (how much it moves on one host).
 Every other row is greedy (temperature 0). Writes every report as JSON and prints a markdown table.
 
@@ -16,6 +17,7 @@ Every other row is greedy (temperature 0). Writes every report as JSON and print
 from __future__ import annotations
 
 import argparse
+import asyncio
 import importlib.util
 import json
 import os
@@ -32,6 +34,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 from llmserve.bench import BenchOptions, report_to_dict, run_bench  # noqa: E402
+from llmserve.bench.runner import run_bench_async  # noqa: E402
 
 SERVER = """[server]
 port = {port}
@@ -94,6 +97,34 @@ def bench(port: int, tokenizer: str, name: str, **kw) -> dict:
     return report
 
 
+def bench_mixed(port: int, tokenizer: str, name: str, num_logprob_streams: int = 8) -> dict:
+    """The 512-request throughput workload at c=256, of which `num_logprob_streams` streams (and
+    their share of requests) ask for logprobs: two load generators at once, one event loop."""
+    def options(**kw) -> BenchOptions:
+        return BenchOptions(base_url=f"http://127.0.0.1:{port}/v1", model="bench", endpoint="completions",
+                            tokenizer=tokenizer, show_progress=False, input_len=288, range_ratio=0.77,
+                            output_len=256, **kw)
+
+    async def both() -> tuple:
+        plain = 256 - num_logprob_streams
+        return await asyncio.gather(
+            run_bench_async(options(num_prompts=2 * plain, max_concurrency=plain)),
+            run_bench_async(options(num_prompts=2 * num_logprob_streams, max_concurrency=num_logprob_streams,
+                                    logprobs=1, seed=1)))
+
+    started = time.perf_counter()
+    plain, with_logprobs = (report_to_dict(r) for r in asyncio.run(both()))
+    wall_s = time.perf_counter() - started
+    tokens = plain["metrics"]["total_output_tokens"] + with_logprobs["metrics"]["total_output_tokens"]
+    report = {"scenario": name, "metrics": {**plain["metrics"], "output_tokens_per_s": tokens / wall_s},
+              "plain": plain, "logprobs": with_logprobs}
+    lm = with_logprobs["metrics"]
+    report["metrics"]["num_failed"] += lm["num_failed"]
+    print(f"{name}: {tokens / wall_s:.0f} out tok/s overall, plain TPOT p50 {plain['metrics']['tpot']['median_ms']:.2f} ms, "
+          f"logprobs TPOT p50 {lm['tpot']['median_ms']:.2f} ms, failed {report['metrics']['num_failed']}", flush=True)
+    return report
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-path", required=True)
@@ -141,6 +172,7 @@ def main() -> int:
             reports.append(bench(args.port, tok, "logprobs=1 throughput 512 req c=256", num_prompts=512,
                                  input_len=288, range_ratio=0.77, output_len=256, max_concurrency=256,
                                  logprobs=1))
+            reports.append(bench_mixed(args.port, tok, "mixed: 8 of 256 streams with logprobs=1, 512 req"))
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
