@@ -15,7 +15,13 @@ git rev-parse HEAD 2>/dev/null | tee "$OUT/commit.txt" || true
 [ -f "$MODEL/config.json" ] || python3 -m llmserve tiny-model "$MODEL" --preset llama-3.2-1b
 python3 benchmarks/gpu_attention_check.py --quick | tee "$OUT/attention.txt"
 python3 benchmarks/gpu_correctness.py --model-path "$MODEL" --out "$OUT/correctness.json" | tee "$OUT/correctness.txt"
+# bf16 greedy agreement means little on random weights (near-ties everywhere): train the same shape
+# for a few minutes on the stdlib corpus and check again with held-out text as prompts.
+python3 benchmarks/gpu_train_checkpoint.py --model-path "$MODEL" --save-dir "$MODEL-trained" --seconds 200 \
+  --out "$OUT/train.json" | tee "$OUT/train.txt"
+python3 benchmarks/gpu_correctness.py --model-path "$MODEL-trained" --text-prompts \
+  --out "$OUT/correctness_trained.json" | tee "$OUT/correctness_trained.txt"
 python3 benchmarks/gpu_model_families.py --out "$OUT/families.json" | tee "$OUT/families.txt"
-python3 benchmarks/gpu_serve_bench.py --model-path "$MODEL" --out-dir "$OUT" --sampled | tee "$OUT/serve.txt"
+python3 benchmarks/gpu_serve_bench.py --model-path "$MODEL" --out-dir "$OUT" --sampled --logprobs | tee "$OUT/serve.txt"
 python3 benchmarks/gpu_references.py --model-path "$MODEL" --out "$OUT/references.json" | tee "$OUT/references.txt"
 python3 benchmarks/gpu_step_profile.py --model-path "$MODEL" --out "$OUT/step_profile.json" | tee "$OUT/step_profile.txt"
