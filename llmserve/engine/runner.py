@@ -79,8 +79,8 @@ class ModelRunner:
         return StepLogits(self.forward(batch, prev_ids))
 
     def start_readback(self, values: torch.Tensor) -> Readback:
-        """Start copying a step's sampled values (token ids [S], or logprob rows [S, W]) to the
-        host, behind the work queued so far."""
+        """Start copying a step's sampled values (token ids [S], or with logprobs the flat float64
+        tensor of `sample_on_device`) to the host, behind the work queued so far."""
         if values.device.type != "cuda":  # a copy all the same: a graph's outputs get overwritten
             return Readback(values.clone(), None)
         # Two buffers in turn: a step's copy lands while the previous step's is still being read.
