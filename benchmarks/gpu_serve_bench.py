@@ -85,10 +85,19 @@ def http_stack() -> dict[str, str]:
     return {"loop": "uvloop" if found["uvloop"] else "asyncio", "http": "httptools" if found["httptools"] else "h11"}
 
 
+# The rows' workloads: one stream after a 512-token prompt; 512 requests (prompts 64-512) at c=256.
+LATENCY = {"input_len": 512, "output_len": 256, "max_concurrency": 1}
+THROUGHPUT = {"input_len": 288, "range_ratio": 0.77, "output_len": 256}
+
+
+def bench_options(port: int, tokenizer: str, **kw) -> BenchOptions:
+    """`llmserve bench` against the server on `port`: streaming completions for the model "bench"."""
+    return BenchOptions(base_url=f"http://127.0.0.1:{port}/v1", model="bench", endpoint="completions",
+                        tokenizer=tokenizer, show_progress=False, **kw)
+
+
 def bench(port: int, tokenizer: str, name: str, **kw) -> dict:
-    options = BenchOptions(base_url=f"http://127.0.0.1:{port}/v1", model="bench", endpoint="completions",
-                           tokenizer=tokenizer, show_progress=False, **kw)
-    report = report_to_dict(run_bench(options))
+    report = report_to_dict(run_bench(bench_options(port, tokenizer, **kw)))
     report["scenario"] = name
     m = report["metrics"]
     print(f"{name}: {m['output_tokens_per_s']:.0f} out tok/s, {m['requests_per_s']:.2f} req/s, "
@@ -101,9 +110,7 @@ def bench_mixed(port: int, tokenizer: str, name: str, num_logprob_streams: int =
     """The 512-request throughput workload at c=256, of which `num_logprob_streams` streams (and
     their share of requests) ask for logprobs: two load generators at once, one event loop."""
     def options(**kw) -> BenchOptions:
-        return BenchOptions(base_url=f"http://127.0.0.1:{port}/v1", model="bench", endpoint="completions",
-                            tokenizer=tokenizer, show_progress=False, input_len=288, range_ratio=0.77,
-                            output_len=256, **kw)
+        return bench_options(port, tokenizer, **THROUGHPUT, **kw)
 
     async def both() -> tuple:
         plain = 256 - num_logprob_streams
@@ -151,27 +158,24 @@ def main() -> int:
         tok = args.model_path
         bench(args.port, tok, "warmup", num_prompts=8, input_len=128, output_len=16, max_concurrency=8)
         reports.append(bench(args.port, tok, "latency c=1 in=512 out=256", num_prompts=3 if args.quick else 5,
-                             input_len=512, output_len=256, max_concurrency=1))
+                             **LATENCY))
         for conc in (16, 64):
             reports.append(bench(args.port, tok, f"c={conc} in=256 out=256", num_prompts=conc * 2,
                                  input_len=256, output_len=256, max_concurrency=conc))
         for run in range(args.throughput_runs):
             reports.append(bench(args.port, tok, "throughput 512 req in=64-512 out=256 c=256"
                                  + (f" (run {run + 1})" if args.throughput_runs > 1 else ""),
-                                 num_prompts=128 if args.quick else 512, input_len=288, range_ratio=0.77,
-                                 output_len=256, max_concurrency=256))
+                                 num_prompts=128 if args.quick else 512, max_concurrency=256, **THROUGHPUT))
         if args.sampled:  # the same at temperature 1 (what the OpenAI API does by default)
             reports.append(bench(args.port, tok, "sampled T=1 latency c=1 in=512 out=256", num_prompts=5,
-                                 input_len=512, output_len=256, max_concurrency=1, temperature=1.0))
+                                 temperature=1.0, **LATENCY))
             reports.append(bench(args.port, tok, "sampled T=1 throughput 512 req c=256", num_prompts=512,
-                                 input_len=288, range_ratio=0.77, output_len=256, max_concurrency=256,
-                                 temperature=1.0))
+                                 max_concurrency=256, temperature=1.0, **THROUGHPUT))
         if args.logprobs:  # greedy, each token's logprob and top alternative sent back
             reports.append(bench(args.port, tok, "logprobs=1 latency c=1 in=512 out=256", num_prompts=5,
-                                 input_len=512, output_len=256, max_concurrency=1, logprobs=1))
+                                 logprobs=1, **LATENCY))
             reports.append(bench(args.port, tok, "logprobs=1 throughput 512 req c=256", num_prompts=512,
-                                 input_len=288, range_ratio=0.77, output_len=256, max_concurrency=256,
-                                 logprobs=1))
+                                 max_concurrency=256, logprobs=1, **THROUGHPUT))
             reports.append(bench_mixed(args.port, tok, "mixed: 8 of 256 streams with logprobs=1, 512 req"))
     finally:
         proc.send_signal(signal.SIGTERM)

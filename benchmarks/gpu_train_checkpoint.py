@@ -64,6 +64,11 @@ def sample_batch(tokens: torch.Tensor, batch: int, seq_len: int, generator: torc
     return torch.stack([tokens[s:s + seq_len] for s in starts.tolist()])
 
 
+def autocast(device: str) -> torch.autocast:
+    """bf16 autocast on a GPU (float32 master weights stay as they are); off on the CPU."""
+    return torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=device != "cpu")
+
+
 @torch.no_grad()
 def held_out_loss(model, tokens: torch.Tensor, seq_len: int, device: str, max_windows: int = 32) -> float:
     """Mean next-token loss over consecutive held-out windows."""
@@ -71,7 +76,7 @@ def held_out_loss(model, tokens: torch.Tensor, seq_len: int, device: str, max_wi
     windows = tokens[: (tokens.numel() // seq_len) * seq_len].view(-1, seq_len)[:max_windows]
     losses = []
     for row in windows:
-        with torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=device != "cpu"):
+        with autocast(device):
             ids = row.unsqueeze(0).to(device)
             losses.append(model(input_ids=ids, labels=ids).loss.item())
     model.train()
@@ -98,7 +103,7 @@ def train(args: argparse.Namespace) -> dict:
         for group in optimizer.param_groups:
             group["lr"] = lr
         batch = sample_batch(train_tokens, args.batch_size, args.seq_len, generator).to(args.device)
-        with torch.autocast(device_type=args.device.split(":")[0], dtype=torch.bfloat16, enabled=on_gpu):
+        with autocast(args.device):
             loss = model(input_ids=batch, labels=batch).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

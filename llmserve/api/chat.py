@@ -116,10 +116,9 @@ async def _stream(worker: Worker, body: ChatCompletionRequest, stream: RequestSt
         async for index, output in stream:
             raise_if_error(output)
             num_output[index] = output.num_output_tokens
-            if body.logprobs and (output.text or output.logprobs):
-                yield chunk.text(index, output.text, chat_logprobs(worker.token_text, output.logprobs))
-            elif output.text:
-                yield chunk.text(index, output.text)
+            if output.text or (body.logprobs and output.logprobs):
+                logprobs = chat_logprobs(worker.token_text, output.logprobs) if body.logprobs else None
+                yield chunk.text(index, output.text, logprobs)
             if output.finish_reason is not None:
                 yield chunk([{"index": index, "delta": {}, "logprobs": None,
                               "finish_reason": output.finish_reason}])

@@ -149,10 +149,8 @@ async def _stream(worker: Worker, body: CompletionRequest, stream: RequestStream
             if body.logprobs is not None:
                 logprobs = completion_logprobs(worker.token_text, output.logprobs, offsets[index])
             offsets[index] += len(output.text)
-            if logprobs:
+            if output.text or logprobs:
                 yield chunk.text(index, output.text, logprobs)
-            elif output.text:
-                yield chunk.text(index, output.text)
             if output.finish_reason is not None:
                 yield chunk([{"index": index, "text": "", "logprobs": None, "finish_reason": output.finish_reason}])
     finally:

@@ -73,7 +73,6 @@ class ChunkFormat:
         self._middle = "," + choice_head[len(index_key):]
         before, null_logprobs, after = choice_tail.partition('"logprobs":null')
         assert null_logprobs
-        self._tail = choice_tail + tail + "\n\n"
         self._before_logprobs = before + '"logprobs":'
         self._after_logprobs = after + tail + "\n\n"
 
@@ -96,10 +95,8 @@ class ChunkFormat:
 
     def text(self, index: int, text: str, logprobs: dict | None = None) -> bytes:
         """The SSE event of a chunk whose one choice brings new text (and its logprobs), nothing else."""
-        if logprobs is None:
-            return (self._head + str(index) + self._middle + _json(text) + self._tail).encode()
-        return (self._head + str(index) + self._middle + _json(text) + self._before_logprobs + _json(logprobs)
-                + self._after_logprobs).encode()
+        return (self._head + str(index) + self._middle + _json(text) + self._before_logprobs
+                + ("null" if logprobs is None else _json(logprobs)) + self._after_logprobs).encode()
 
 
 @dataclass

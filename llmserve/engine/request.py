@@ -54,6 +54,11 @@ class SamplingParams:
     def has_penalties(self) -> bool:
         return self.presence_penalty != 0 or self.frequency_penalty != 0 or self.repetition_penalty != 1
 
+    @property
+    def takes_argmax(self) -> bool:
+        """Whether the next token is the raw logits' argmax: greedy, no penalties, no bias."""
+        return self.is_greedy and not self.has_penalties and not self.logit_bias
+
 
 @dataclass
 class TokenLogprob:

@@ -77,7 +77,7 @@ def build_sampling_batch(
         num_logprobs=max((p.logprobs for p in params if p.logprobs is not None), default=-1),
         logprob_rows=[row for row, p in enumerate(params) if p.logprobs is not None],
         all_greedy=all(p.is_greedy for p in params),
-        argmax_only=all(p.is_greedy and not p.has_penalties and not p.logit_bias for p in params),
+        argmax_only=all(p.takes_argmax for p in params),
         uses_top_k_or_p=any(0 < p.top_k < vocab_size or p.top_p < 1.0 for p in params),
         uses_min_p=any(p.min_p > 0 for p in params),
     )
@@ -88,7 +88,7 @@ def is_plain_greedy(params: list[SamplingParams]) -> bool:
 
     Such a step needs nothing from the logits but the argmax, which a CUDA graph already took.
     """
-    return all(p.is_greedy and not p.has_penalties and not p.logit_bias and p.logprobs is None for p in params)
+    return all(p.takes_argmax and p.logprobs is None for p in params)
 
 
 def _bias_rows(params: list[SamplingParams], vocab_size: int, device: torch.device) -> torch.Tensor | None:
@@ -214,7 +214,7 @@ def sample_on_device(logits: torch.Tensor, batch: SamplingBatch,
     if not rows:
         return DeviceSample(token_ids, token_ids, rows, 0)
     k = max(batch.num_logprobs, 1)
-    index = rows_index(rows, len(token_ids), logits.device)
+    index = _rows_index(rows, len(token_ids), logits.device)
     raw_logprobs = torch.log_softmax(logits[index].float(), dim=-1)
     chosen = raw_logprobs.gather(1, token_ids[index].unsqueeze(1))
     top_values, top_ids = raw_logprobs.topk(k, dim=-1)
@@ -222,7 +222,7 @@ def sample_on_device(logits: torch.Tensor, batch: SamplingBatch,
     return DeviceSample(token_ids, torch.cat([token_ids.double(), per_row.flatten()]), rows, k)
 
 
-def rows_index(rows: list[int], num_rows: int, device: torch.device) -> torch.Tensor | slice:
+def _rows_index(rows: list[int], num_rows: int, device: torch.device) -> torch.Tensor | slice:
     """An index selecting `rows` (sorted) of a batch: a slice when they are all of it."""
     if len(rows) == num_rows:
         return slice(None)
