@@ -14,7 +14,7 @@ scheduled ahead. Only prompt logprobs are read at once, when their step is queue
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -22,6 +22,8 @@ import torch
 from llmserve.engine.cuda_graphs import StepLogits
 from llmserve.engine.detokenizer import IncrementalDetokenizer
 from llmserve.engine.kv_cache import BlockPool
+from llmserve.engine.outputs import SequenceOutput, check_stop, emit, token_logprob
+from llmserve.engine.outputs import TrackedSequence as _Tracked
 from llmserve.engine.request import SamplingParams, Sequence, SequenceStatus, TokenLogprob
 from llmserve.engine.runner import ModelRunner, Readback
 from llmserve.engine.sampler import (
@@ -38,34 +40,6 @@ from llmserve.engine.sampler import (
 )
 from llmserve.engine.scheduler import ScheduledSeq, Scheduler
 from llmserve.engine.transfer import to_device
-
-
-@dataclass(slots=True)
-class SequenceOutput:
-    """What one sequence produced since its last event."""
-
-    seq_id: int
-    text: str
-    token_ids: list[int]
-    logprobs: list[TokenLogprob]
-    finish_reason: str | None
-    num_prompt_tokens: int
-    num_output_tokens: int
-    num_cached_tokens: int = 0
-    error: str | None = None
-    # Logprobs of the prompt tokens (None for the first), on the sequence's first event only.
-    prompt_logprobs: list[TokenLogprob | None] | None = None
-
-
-@dataclass
-class _Tracked:
-    seq: Sequence
-    detok: IncrementalDetokenizer
-    generator: torch.Generator | None
-    pending_ids: list[int] = field(default_factory=list)
-    pending_logprobs: list[TokenLogprob] = field(default_factory=list)
-    prompt_logprobs: list[TokenLogprob | None] | None = None  # filled as prefill chunks run
-    has_emitted: bool = False
 
 
 @dataclass
@@ -297,21 +271,10 @@ class LLMEngine:
         return outputs
 
     def _logprob(self, result: SampleResult, row: int, k: int) -> TokenLogprob:
-        assert result.logprobs is not None and result.top_ids is not None and result.top_logprobs is not None
-        top = list(zip(result.top_ids[row][:k], result.top_logprobs[row][:k], strict=True))
-        return TokenLogprob(result.token_ids[row], result.logprobs[row], top)
+        return token_logprob(result, row, k)
 
     def _check_stop(self, tracked: _Tracked, token_id: int) -> SequenceStatus | None:
-        seq, params = tracked.seq, tracked.seq.params
-        is_eos = token_id in self.stop_token_ids and not params.ignore_eos
-        if is_eos or token_id in params.stop_token_ids:
-            return SequenceStatus.FINISHED_STOPPED
-        tracked.detok.push(token_id)
-        if tracked.detok.stopped:
-            return SequenceStatus.FINISHED_STOPPED
-        if seq.num_output_tokens >= params.max_tokens:
-            return SequenceStatus.FINISHED_LENGTH
-        return None
+        return check_stop(tracked, token_id, self.stop_token_ids)
 
     def _finish(self, tracked: _Tracked, status: SequenceStatus, error: str | None = None) -> SequenceOutput:
         seq = tracked.seq
@@ -323,19 +286,4 @@ class LLMEngine:
         return output
 
     def _emit(self, tracked: _Tracked, finish_reason: str | None) -> SequenceOutput:
-        seq = tracked.seq
-        output = SequenceOutput(
-            seq_id=seq.seq_id,
-            text=tracked.detok.release(is_final=finish_reason is not None),
-            token_ids=tracked.pending_ids,
-            logprobs=tracked.pending_logprobs,
-            finish_reason=finish_reason,
-            num_prompt_tokens=seq.num_prompt_tokens,
-            num_output_tokens=seq.num_output_tokens,
-            num_cached_tokens=seq.num_cached_tokens,
-            prompt_logprobs=None if tracked.has_emitted else tracked.prompt_logprobs,
-        )
-        tracked.has_emitted = True
-        tracked.pending_ids = []
-        tracked.pending_logprobs = []
-        return output
+        return emit(tracked, finish_reason)
