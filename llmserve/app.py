@@ -99,8 +99,9 @@ def _middleware(config: Config) -> list[Middleware]:
     stack = []
     if server.allowed_origins:
         stack.append(Middleware(CORSMiddleware, allow_origins=list(server.allowed_origins),
-                                allow_methods=["GET", "POST", "OPTIONS"],
-                                allow_headers=["Authorization", "Content-Type"]))
+                                allow_credentials=server.allow_credentials,
+                                allow_methods=list(server.allowed_methods),
+                                allow_headers=list(server.allowed_headers)))
     stack.append(Middleware(BodySizeLimitMiddleware, max_bytes=server.max_request_bytes))
     open_paths = OPEN_PATHS + ui.OPEN_PATHS + (() if server.metrics_require_key else ("/metrics",))
     stack.append(Middleware(APIKeyMiddleware, keys=server.api_keys, open_paths=open_paths,

@@ -24,6 +24,9 @@ from llmserve.errors import ConfigError
 DISPATCH_POLICIES = ("shortest_queue", "lottery")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 TASKS = ("auto", "generate", "embed")
+CERT_REQS = ("none", "optional", "required")
+HTTP_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
+_HEADER_RE = re.compile(r"^(\*|[A-Za-z0-9!#$%&'*+.^_`|~-]+)$")
 _DEVICE_RE = re.compile(r"^(cpu|mps|cuda(:\d+)?)$")
 _MEMORY_RE = re.compile(r"^(\d+(?:\.\d+)?)\s*(GiB|MiB|GB|MB)$")
 _MEMORY_UNITS = {"GiB": 1024**3, "MiB": 1024**2, "GB": 10**9, "MB": 10**6}
@@ -40,7 +43,23 @@ class ServerConfig:
     api_keys: tuple[str, ...] = ()
     """Accepted `Authorization: Bearer` keys; empty means no authentication."""
     allowed_origins: tuple[str, ...] = ()
-    """Origins allowed by CORS; empty turns CORS off."""
+    """Origins allowed by CORS; empty turns CORS off ("*" allows every origin)."""
+    allow_credentials: bool = False
+    """CORS: let browsers send cookies and Authorization to the allowed origins (never with "*")."""
+    allowed_methods: tuple[str, ...] = ("GET", "POST", "OPTIONS")
+    """CORS: methods a cross-origin request may use ("*": any)."""
+    allowed_headers: tuple[str, ...] = ("Authorization", "Content-Type")
+    """CORS: request headers a cross-origin request may send ("*": any)."""
+    ssl_certfile: str = ""
+    """PEM certificate (chain) of the server; with ssl_keyfile the port speaks HTTPS only."""
+    ssl_keyfile: str = ""
+    """PEM private key of ssl_certfile."""
+    ssl_keyfile_password: str = ""
+    """Password of an encrypted ssl_keyfile."""
+    ssl_ca_certs: str = ""
+    """PEM bundle of the CAs whose client certificates are accepted (needs ssl_cert_reqs)."""
+    ssl_cert_reqs: str = "none"
+    """Client certificates: "none" (not asked for), "optional" (verified when sent) or "required"."""
     dispatch: str = "shortest_queue"
     """How a worker is picked among those serving a model: "shortest_queue" or "lottery"."""
     max_request_bytes: int = 4_194_304
@@ -74,6 +93,42 @@ class ServerConfig:
         for name in ("max_n", "max_stop_sequences", "max_stop_length", "max_messages", "max_logprobs"):
             value = getattr(self, name)
             _check(value >= 1, f"server.{name}", value, "expected at least 1")
+        self._validate_tls()
+        self._validate_cors()
+
+    def _validate_tls(self) -> None:
+        """TLS settings that contradict each other; the files themselves are checked by llmserve.tls."""
+        _check(self.ssl_cert_reqs in CERT_REQS, "server.ssl_cert_reqs", self.ssl_cert_reqs,
+               f"expected one of {', '.join(CERT_REQS)}")
+        _check(bool(self.ssl_keyfile) or not self.ssl_certfile, "server.ssl_keyfile", self.ssl_keyfile,
+               "ssl_certfile is set: HTTPS needs the certificate's private key too")
+        _check(bool(self.ssl_certfile) or not self.ssl_keyfile, "server.ssl_certfile", self.ssl_certfile,
+               "ssl_keyfile is set: HTTPS needs the certificate too")
+        _check(bool(self.ssl_keyfile) or not self.ssl_keyfile_password, "server.ssl_keyfile_password", "***",
+               "set without ssl_keyfile")
+        _check(bool(self.ssl_certfile) or not self.ssl_ca_certs, "server.ssl_ca_certs", self.ssl_ca_certs,
+               "client certificates need HTTPS: set ssl_certfile and ssl_keyfile")
+        _check(bool(self.ssl_ca_certs) or self.ssl_cert_reqs == "none", "server.ssl_cert_reqs",
+               self.ssl_cert_reqs, "needs ssl_ca_certs (the CAs that sign client certificates)")
+        _check(not self.ssl_ca_certs or self.ssl_cert_reqs != "none", "server.ssl_ca_certs", self.ssl_ca_certs,
+               'client certificates are not asked for: set ssl_cert_reqs = "optional" or "required"')
+
+    def _validate_cors(self) -> None:
+        """FastChat's CORS options, refused where a browser would refuse them or they would do nothing."""
+        is_any_origin = "*" in self.allowed_origins
+        _check(not (self.allow_credentials and is_any_origin), "server.allow_credentials", True,
+               'browsers refuse credentials with allowed_origins = ["*"]; list the origins instead')
+        defaults = ServerConfig()
+        for name in ("allow_credentials", "allowed_methods", "allowed_headers"):
+            value = getattr(self, name)
+            _check(bool(self.allowed_origins) or value == getattr(defaults, name), f"server.{name}",
+                   value if isinstance(value, bool) else list(value), "has no effect without allowed_origins")
+        for i, method in enumerate(self.allowed_methods):
+            _check(method == "*" or method in HTTP_METHODS, f"server.allowed_methods[{i}]", method,
+                   f'expected "*" or one of {", ".join(HTTP_METHODS)}')
+        for i, header in enumerate(self.allowed_headers):
+            _check(bool(_HEADER_RE.match(header)), f"server.allowed_headers[{i}]", header,
+                   'expected "*" or an HTTP header name')
 
 
 @dataclass(frozen=True)

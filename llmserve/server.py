@@ -26,12 +26,14 @@ from llmserve.config import Config, load_config, with_overrides
 from llmserve.errors import ConfigError
 from llmserve.loading import check_worker
 from llmserve.templates import check_chat_template
+from llmserve.tls import check_tls, is_tls, uvicorn_tls_kwargs
 
 log = logging.getLogger(__name__)
 
 
 def preflight(config: Config) -> None:
     """Fail with one clear line on impossible settings, before any worker loads."""
+    check_tls(config.server)
     task_of_name: dict[str, tuple[str, int]] = {}
     for i, worker in enumerate(config.workers):
         task = check_worker(worker, f"workers[{i}]")
@@ -119,8 +121,9 @@ def serve(config_path: str, host: str | None = None, port: int | None = None, lo
     # back; at the default 5 ms switch interval a busy loop stretches every step by milliseconds.
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     app = create_app(config)
-    log.info("llmserve listening on http://%s:%d", config.server.host, config.server.port)
+    scheme = "https" if is_tls(config.server) else "http"
+    log.info("llmserve listening on %s://%s:%d", scheme, config.server.host, config.server.port)
     uv_config = uvicorn.Config(app, host=config.server.host, port=config.server.port, log_level=log_level,
-                               access_log=False, timeout_graceful_shutdown=5)
+                               access_log=False, timeout_graceful_shutdown=5, **uvicorn_tls_kwargs(config.server))
     DrainingServer(uv_config, app.state.server).run()
     return 0

@@ -44,10 +44,14 @@ class MessageCheck:
 
 def check_message(base_url: str, model: str, api_key: str | None = None, message: str = DEFAULT_MESSAGE,
                   max_tokens: int = 128, write: Callable[[str], None] | None = None,
-                  transport: httpx.BaseTransport | None = None) -> MessageCheck:
-    """Run the check against `base_url`; `write` receives the transcript as it streams."""
+                  transport: httpx.BaseTransport | None = None, ca_cert: str | None = None) -> MessageCheck:
+    """Run the check against `base_url`; `write` receives the transcript as it streams; an https
+    server is verified against `ca_cert` when given (else the system's CAs or SSL_CERT_FILE)."""
     out = write or (lambda text: None)
-    client = OpenAIClient(base_url, api_key, transport)
+    try:
+        client = OpenAIClient(base_url, api_key, transport, ca_cert=ca_cert)
+    except ChatError as exc:
+        raise MessageCheckError(str(exc)) from None
     try:
         served = _served_models(client)
         out(f"models: {', '.join(served)}\n")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 Endpoint = Literal["chat", "completions"]
@@ -48,6 +49,9 @@ class BenchOptions:
     """Ask for the sampled tokens' logprobs and this many top alternatives (>= 0); None asks none."""
     api_key: str | None = field(default=None, repr=False)
     """Sent as `Authorization: Bearer <key>` when set; never written to reports."""
+    ca_cert: str | None = None
+    """PEM file of the CA that signed an https server's certificate; None trusts the system's CAs
+    (or SSL_CERT_FILE / SSL_CERT_DIR when set)."""
     request_timeout_s: float = 3600.0
     """Per-request timeout (connect, read, write, pool) in seconds (> 0)."""
     show_progress: bool = True
@@ -64,6 +68,8 @@ class BenchOptions:
         _require(self.logprobs is None or self.logprobs >= 0, "logprobs", "must be >= 0")
         _require(self.request_timeout_s > 0, "request_timeout_s", "must be > 0")
         _require(self.base_url.startswith(("http://", "https://")), "base_url", "must start with http(s)://")
+        _require(self.ca_cert is None or Path(self.ca_cert).expanduser().is_file(), "ca_cert",
+                 f"no such file: {self.ca_cert}")
 
     @property
     def url(self) -> str:

@@ -16,6 +16,7 @@ from llmserve.bench.metrics import compute_metrics
 from llmserve.bench.options import BenchError, BenchOptions
 from llmserve.bench.progress import ProgressBar
 from llmserve.bench.report import BenchReport
+from llmserve.tls import client_verify
 
 
 def arrival_offsets_s(num: int, request_rate: float, rng: np.random.Generator) -> list[float]:
@@ -36,11 +37,16 @@ def make_client(
     num_connections = options.max_concurrency or options.num_prompts
     limits = httpx.Limits(max_connections=num_connections, max_keepalive_connections=num_connections)
     headers = {"Authorization": f"Bearer {options.api_key}"} if options.api_key else {}
+    try:
+        verify = client_verify(options.ca_cert)
+    except ValueError as exc:
+        raise BenchError(str(exc)) from None
     return httpx.AsyncClient(
         timeout=httpx.Timeout(options.request_timeout_s),
         limits=limits,
         headers=headers,
         transport=transport,
+        verify=verify,
     )
 
 

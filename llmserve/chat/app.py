@@ -47,7 +47,8 @@ def open_backend(options: ChatOptions) -> ChatBackend:
         from llmserve.chat.remote import RemoteBackend
 
         assert options.base_url is not None
-        return RemoteBackend.connect(options.base_url, options.model, options.api_key, options.seed)
+        return RemoteBackend.connect(options.base_url, options.model, options.api_key, options.seed,
+                                     options.ca_cert)
     config = worker_config(options)
     from llmserve.chat.local import LocalBackend
 

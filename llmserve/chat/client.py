@@ -16,6 +16,7 @@ import httpx
 
 from llmserve.bench.sse import DONE, SseDecoder
 from llmserve.chat.backends import ChatError, ContextTooLongError, Message
+from llmserve.tls import client_verify
 
 # Seconds to wait for a connection, and between two chunks of an answer.
 _CONNECT_TIMEOUT_S = 10.0
@@ -93,14 +94,19 @@ class ChatStream:
 
 
 class OpenAIClient:
-    """Talks to `base_url` (which includes `/v1`), optionally with a bearer key."""
+    """Talks to `base_url` (which includes `/v1`), optionally with a bearer key; an https URL is
+    verified against `ca_cert` when given, else the system's CAs or `SSL_CERT_FILE`."""
 
     def __init__(self, base_url: str, api_key: str | None = None,
-                 transport: httpx.BaseTransport | None = None) -> None:
+                 transport: httpx.BaseTransport | None = None, ca_cert: str | None = None) -> None:
         self.base_url = base_url.rstrip("/")
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         timeout = httpx.Timeout(_READ_TIMEOUT_S, connect=_CONNECT_TIMEOUT_S)
-        self._http = httpx.Client(headers=headers, timeout=timeout, transport=transport)
+        try:
+            verify = client_verify(ca_cert)
+        except ValueError as exc:
+            raise ChatError(str(exc)) from None
+        self._http = httpx.Client(headers=headers, timeout=timeout, transport=transport, verify=verify)
 
     def list_models(self) -> list[str]:
         """Ids of the served models (GET /models)."""
@@ -138,6 +144,8 @@ def describe_http_error(exc: httpx.HTTPError) -> str:
     """A short reason for a transport failure ("connection refused", "timed out", ...)."""
     if isinstance(exc, httpx.ConnectError):
         text = str(exc).lower()
+        if "certificate" in text:
+            return f"TLS certificate not trusted ({str(exc)[:150]}); pass the server's CA with --ca-cert"
         return "connection refused" if "refused" in text else f"cannot connect ({str(exc)[:100]})"
     if isinstance(exc, httpx.TimeoutException):
         return "timed out"

@@ -42,6 +42,8 @@ class ChatOptions:
     """Model name on the server; default the first it lists."""
     api_key: str | None = None
     """Bearer key for the server."""
+    ca_cert: str | None = None
+    """PEM file of the CA that signed an https server's certificate (else the system's, or SSL_CERT_FILE)."""
     device: str = "auto"
     """"auto" (cuda, then mps, then cpu), "cpu", "cuda", "cuda:N" or "mps"."""
     dtype: str = "auto"
@@ -80,6 +82,7 @@ def options_from_args(args: argparse.Namespace) -> ChatOptions:
                     if getattr(args, field) not in (None, False))
     options = ChatOptions(
         model_path=args.model_path, base_url=args.base_url, model=args.model, api_key=args.api_key,
+        ca_cert=getattr(args, "ca_cert", None),
         device=args.device or "auto", dtype=args.dtype or "auto", chat_template=args.chat_template or "",
         max_model_len=args.max_model_len or 0, trust_remote_code=args.trust_remote_code, seed=args.seed,
         loading=loading,
@@ -94,6 +97,8 @@ def options_from_args(args: argparse.Namespace) -> ChatOptions:
             raise ChatError(f"{', '.join(given)}: only with --model-path (the server loads its own model)")
     elif options.model or options.api_key:
         raise ChatError("--model and --api-key go with --base-url")
+    elif options.ca_cert:
+        raise ChatError("--ca-cert goes with --base-url")
     return options
 
 

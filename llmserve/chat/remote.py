@@ -23,9 +23,9 @@ class RemoteBackend:
 
     @classmethod
     def connect(cls, base_url: str, model: str | None, api_key: str | None,
-                seed: int | None = None) -> RemoteBackend:
+                seed: int | None = None, ca_cert: str | None = None) -> RemoteBackend:
         """Check the server answers and serves `model` (default: the first model it lists)."""
-        client = OpenAIClient(base_url, api_key)
+        client = OpenAIClient(base_url, api_key, ca_cert=ca_cert)
         try:
             served = client.list_models()
             if not served:

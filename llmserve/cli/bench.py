@@ -38,6 +38,8 @@ def register(subparsers: Any) -> None:
     target.add_argument("--model", default=None, help="model id (default: the first one GET /models lists)")
     target.add_argument("--endpoint", choices=("chat", "completions"), default="chat")
     target.add_argument("--api-key", default=None, help="sent as Authorization: Bearer KEY")
+    target.add_argument("--ca-cert", default=None, metavar="FILE",
+                        help="PEM file of the CA of an https server (default: system CAs, or SSL_CERT_FILE)")
     target.add_argument("--timeout", type=float, default=3600.0, help="per-request timeout in seconds")
     data = parser.add_argument_group("prompts")
     data.add_argument("--num-prompts", type=_positive_int, default=100)
@@ -80,6 +82,7 @@ def options_from_args(args: argparse.Namespace) -> BenchOptions:
         temperature=args.temperature,
         logprobs=args.logprobs,
         api_key=args.api_key,
+        ca_cert=args.ca_cert,
         request_timeout_s=args.timeout,
         show_progress=not args.no_progress,
     )

@@ -29,6 +29,8 @@ def register(subparsers: Any) -> None:
     remote = parser.add_argument_group("remote (with --base-url)")
     remote.add_argument("--model", help="model name on the server (default: the first it lists)")
     remote.add_argument("--api-key", help="sent as Authorization: Bearer KEY")
+    remote.add_argument("--ca-cert", metavar="FILE",
+                        help="PEM file of the CA of an https server (default: system CAs, or SSL_CERT_FILE)")
     local = parser.add_argument_group("loading (with --model-path)")
     local.add_argument("--device", help='"cpu", "cuda", "cuda:N" or "mps" (default: the best present)')
     local.add_argument("--dtype", choices=DTYPES, help="weight dtype (default: auto)")

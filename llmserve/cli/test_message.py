@@ -17,6 +17,8 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--model-name", required=True, help="the model to test, as the server names it")
     parser.add_argument("--base-url", default="http://127.0.0.1:8000/v1", help="server URL including /v1")
     parser.add_argument("--api-key", help="sent as Authorization: Bearer KEY")
+    parser.add_argument("--ca-cert", metavar="FILE",
+                        help="PEM file of the CA of an https server (default: system CAs, or SSL_CERT_FILE)")
     parser.add_argument("--message", help="the message to send (default: ask for a story)")
     parser.add_argument("--max-tokens", type=int, default=128, help="longest reply (default: 128)")
     parser.set_defaults(func=run)
@@ -32,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         result = check_message(args.base_url, args.model_name, args.api_key, args.message or DEFAULT_MESSAGE,
-                               args.max_tokens, write)
+                               args.max_tokens, write, ca_cert=args.ca_cert)
     except MessageCheckError as exc:
         print(f"llmserve test-message: {exc}", file=sys.stderr)
         return 1
