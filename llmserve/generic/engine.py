@@ -1,0 +1,284 @@
+"""The generic path's engine: the model's own forward and cache, continuous batching per request.
+
+It offers the worker what `LLMEngine` offers (`add`, `abort`, `fail`, `step`, `has_work`,
+`last_scheduled`, `tokenizer`, `vocab_size`, `max_model_len`, `device`), so the worker and the API
+never learn which path runs. A step admits waiting sequences (each prompt prefilled alone, through
+a cache the model builds for itself, as `generate` does), decodes the running ones one token each,
+samples every row at once with the shared sampler and reports through the shared bookkeeping
+(`engine/outputs.py`).
+
+Running sequences decode together in one left-padded `RowBatch` when the builder found that the
+model's cache stacks and a stacked decode equals a single one (`layout` given); otherwise each
+sequence decodes in a forward of its own. A sequence leaves its batch the step it finishes or the
+moment it is aborted, freeing its cache. Fault isolation: a prompt that fails its prefill fails
+alone; a failed decode is retried one sequence at a time (each re-running its tokens so far), so
+only sequences that fail on their own are failed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from llmserve.engine.outputs import SequenceOutput, TrackedSequence, check_stop, emit, token_logprob, track
+from llmserve.engine.request import SamplingParams, Sequence, SequenceStatus, TokenLogprob
+from llmserve.engine.sampler import build_sampling_batch, prompt_logprob_table, sample
+from llmserve.generic.batch import RowBatch
+from llmserve.generic.forward import ModelForward
+from llmserve.generic.rows import CacheLayout, CannotStack
+
+log = logging.getLogger(__name__)
+
+_NO_LAYOUT = CacheLayout({}, frozenset())  # groups of one row: nothing to trim
+
+
+@dataclass
+class _Row:
+    """A sequence that samples this step, from these logits [V]."""
+
+    tracked: TrackedSequence
+    logits: torch.Tensor
+
+
+class GenericEngine:
+    """Request-level continuous batching over a model's own forward; owned by the worker's thread."""
+
+    task = "generate"
+
+    def __init__(self, forward: ModelForward, tokenizer: Any, stop_token_ids: frozenset[int], vocab_size: int,
+                 max_model_len: int, layout: CacheLayout | None, max_num_seqs: int = 256,
+                 max_num_batched_tokens: int = 8192, stream_interval: int = 1, seed: int = 0) -> None:
+        self.forward = forward
+        self.tokenizer = tokenizer
+        self.stop_token_ids = stop_token_ids
+        self.vocab_size = vocab_size
+        self.max_model_len = max_model_len
+        self.layout = layout  # None: every sequence decodes alone
+        self.max_num_seqs = max_num_seqs
+        self.max_num_batched_tokens = max_num_batched_tokens
+        self.stream_interval = stream_interval
+        self.serving_path: Any = None  # set by the builder that chose this path
+        self.last_scheduled: list[int] = []
+        self._tracked: dict[int, TrackedSequence] = {}
+        self._waiting: deque[int] = deque()
+        self._groups: list[RowBatch] = []  # one when batching, one per sequence otherwise
+        self._group_of: dict[int, RowBatch] = {}
+        self._rejected: list[SequenceOutput] = []  # sequences whose state could not be built, reported next step
+        self._generator = torch.Generator(device=forward.device)
+        self._generator.manual_seed(seed)
+
+    @property
+    def device(self) -> torch.device:
+        return self.forward.device
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self._tracked) or bool(self._rejected)
+
+    @property
+    def num_running(self) -> int:
+        return len(self._group_of)
+
+    def add(self, seq_id: int, prompt_ids: list[int], params: SamplingParams) -> None:
+        """Queue a sequence; it is prefilled and joins the running batch at the next step."""
+        try:
+            tracked = track(Sequence(seq_id, list(prompt_ids), params), self.tokenizer, self.device)
+        except Exception as exc:  # a bad request fails alone, at the next step
+            log.exception("sequence %d: could not be set up", seq_id)
+            self._rejected.append(SequenceOutput(seq_id, "", [], [], SequenceStatus.FINISHED_ERROR.finish_reason,
+                                                 len(prompt_ids), 0, error=_message("set-up", exc)))
+            return
+        self._tracked[seq_id] = tracked
+        self._waiting.append(seq_id)
+
+    @torch.inference_mode()
+    def abort(self, seq_id: int) -> SequenceOutput | None:
+        """Stop a sequence now and free its cache; its final event, or None if unknown."""
+        tracked = self._tracked.get(seq_id)
+        if tracked is None:
+            return None
+        return self._finish(tracked, SequenceStatus.FINISHED_ABORTED)
+
+    @torch.inference_mode()
+    def fail(self, seq_ids: list[int], message: str) -> list[SequenceOutput]:
+        """End sequences with an error (their step failed); frees their cache."""
+        return [self._finish(t, SequenceStatus.FINISHED_ERROR, message)
+                for seq_id in seq_ids if (t := self._tracked.get(seq_id)) is not None]
+
+    @torch.inference_mode()
+    def step(self) -> list[SequenceOutput]:
+        """Prefill the admitted prompts, decode the running sequences, sample every row, report."""
+        outputs, self._rejected = self._rejected, []
+        self.last_scheduled = list(self._group_of)
+        decoded, rejoining = self._decode(outputs)
+        admitted, joining = self._admit(outputs)
+        rows = decoded + admitted
+        if rows:
+            outputs += self._postprocess(rows)
+        self._join(rejoining + joining)
+        return outputs
+
+    # ---- admission and prefill ---------------------------------------------------------------
+
+    def _admit(self, outputs: list[SequenceOutput]) -> tuple[list[_Row], list[RowBatch]]:
+        """Prefill waiting prompts alone, within the token budget (at least one) and `max_num_seqs`."""
+        rows: list[_Row] = []
+        groups: list[RowBatch] = []
+        budget = self.max_num_batched_tokens
+        while self._waiting and self.num_running + len(groups) < self.max_num_seqs:
+            tracked = self._tracked[self._waiting[0]]
+            if rows and tracked.seq.num_prompt_tokens > budget:
+                break
+            self._waiting.popleft()
+            budget -= tracked.seq.num_prompt_tokens
+            self.last_scheduled.append(tracked.seq.seq_id)
+            try:
+                row, group = self._prefill(tracked)
+            except Exception as exc:
+                log.exception("sequence %d: prefill failed", tracked.seq.seq_id)
+                outputs.append(self._finish(tracked, SequenceStatus.FINISHED_ERROR, _message("prefill", exc)))
+                continue
+            rows.append(row)
+            groups.append(group)
+        return rows, groups
+
+    def _prefill(self, tracked: TrackedSequence) -> tuple[_Row, RowBatch]:
+        """Run a sequence's tokens so far from an empty cache; its next-token logits and batch of one."""
+        seq = tracked.seq
+        wants_prompt_logprobs = seq.params.prompt_logprobs is not None and not seq.output_ids
+        prefilled = self.forward.prefill(seq.all_ids, all_logits=wants_prompt_logprobs)
+        if wants_prompt_logprobs:
+            self._record_prompt_logprobs(tracked, prefilled.logits[:-1])
+        group = RowBatch(seq.seq_id, prefilled.cache, seq.num_tokens, self.device)
+        return _Row(tracked, prefilled.logits[-1]), group
+
+    def _record_prompt_logprobs(self, tracked: TrackedSequence, logits: torch.Tensor) -> None:
+        """logits [P - 1, V]: position p's row predicts prompt token p + 1."""
+        seq = tracked.seq
+        wanted = seq.params.prompt_logprobs or 0
+        if seq.num_prompt_tokens < 2 or tracked.prompt_logprobs is None:
+            return
+        table = prompt_logprob_table(logits, seq.prompt_ids[1:], max(wanted, 1))
+        for p, (token_id, logprob, top) in enumerate(table):
+            tracked.prompt_logprobs[p + 1] = TokenLogprob(token_id, logprob, top[:wanted])
+
+    # ---- decode ------------------------------------------------------------------------------
+
+    def _decode(self, outputs: list[SequenceOutput]) -> tuple[list[_Row], list[RowBatch]]:
+        """One token for every running sequence; a group whose forward fails is retried alone."""
+        rows: list[_Row] = []
+        retried: list[RowBatch] = []
+        for group in list(self._groups):
+            tracked = [self._tracked[seq_id] for seq_id in group.seq_ids]
+            mask, positions = group.decode_inputs()
+            try:
+                logits, cache = self.forward.decode(group.cache, [t.seq.output_ids[-1] for t in tracked], mask,
+                                                    positions)
+            except Exception:
+                log.exception("decode of %d sequences failed; retrying them one by one", group.num_rows)
+                self._drop_group(group)
+                for one in tracked:
+                    try:
+                        row, alone = self._prefill(one)
+                    except Exception as exc:
+                        log.exception("sequence %d: decode failed alone", one.seq.seq_id)
+                        outputs.append(self._finish(one, SequenceStatus.FINISHED_ERROR, _message("decode", exc)))
+                        continue
+                    rows.append(row)
+                    retried.append(alone)
+                continue
+            group.advance(cache, mask)
+            rows += [_Row(t, logits[i]) for i, t in enumerate(tracked)]
+        return rows, retried
+
+    # ---- batches -----------------------------------------------------------------------------
+
+    def _join(self, groups: list[RowBatch]) -> None:
+        """New groups into the running batch (when batching), else running on their own."""
+        for group in groups:  # sequences that finished in the step that prefilled them leave at once
+            group.remove({s for s in group.seq_ids if s not in self._tracked}, self.layout or _NO_LAYOUT)
+        groups = [g for g in groups if g.num_rows]
+        for group in groups:
+            for seq_id in group.seq_ids:
+                self._group_of[seq_id] = group
+        if self.layout is None or not groups:
+            self._groups += groups
+            return
+        if not self._groups:
+            self._groups.append(groups.pop(0))
+        main = self._groups[0]
+        try:
+            main.join(groups, self.layout)
+        except (CannotStack, RuntimeError):  # a cache that would not stack: those rows run on their own
+            log.exception("could not batch %d sequences; they decode alone", len(groups))
+            self._groups += groups
+            return
+        for group in groups:
+            for seq_id in group.seq_ids:
+                self._group_of[seq_id] = main
+
+    def _drop_group(self, group: RowBatch) -> None:
+        self._groups.remove(group)
+        for seq_id in group.seq_ids:
+            self._group_of.pop(seq_id, None)
+
+    def _free(self, seq_ids: set[int]) -> None:
+        """Take finished sequences out of their batches (their cache rows freed at once)."""
+        for group in {id(g): g for s in seq_ids if (g := self._group_of.pop(s, None)) is not None}.values():
+            group.remove(seq_ids, self.layout or _NO_LAYOUT)
+            if not group.num_rows and group in self._groups:
+                self._groups.remove(group)
+        for seq_id in seq_ids:
+            if seq_id in self._waiting:
+                self._waiting.remove(seq_id)
+
+    # ---- sampling and outputs ----------------------------------------------------------------
+
+    def _postprocess(self, rows: list[_Row]) -> list[SequenceOutput]:
+        seqs = [r.tracked.seq for r in rows]
+        logits = torch.stack([r.logits for r in rows])  # [R, V]
+        generators = [r.tracked.generator for r in rows]
+        batch = build_sampling_batch(seqs, generators, self._generator, self.vocab_size, logits.device)
+        result = sample(logits, batch)
+        outputs = []
+        finished: set[int] = set()
+        for row, r in enumerate(rows):
+            tracked, seq = r.tracked, r.tracked.seq
+            if seq.params.max_tokens == 0:  # prompt logprobs only (echo with max_tokens = 0)
+                outputs.append(self._finish(tracked, SequenceStatus.FINISHED_LENGTH, free=False))
+                finished.add(seq.seq_id)
+                continue
+            token_id = result.token_ids[row]
+            seq.output_ids.append(token_id)
+            tracked.pending_ids.append(token_id)
+            if seq.params.logprobs is not None and result.logprobs is not None:
+                tracked.pending_logprobs.append(token_logprob(result, row, seq.params.logprobs))
+            status = check_stop(tracked, token_id, self.stop_token_ids)
+            if status is None and seq.num_tokens >= self.max_model_len:
+                status = SequenceStatus.FINISHED_LENGTH
+            if status is not None:
+                outputs.append(self._finish(tracked, status, free=False))
+                finished.add(seq.seq_id)
+            elif len(tracked.pending_ids) >= self.stream_interval:
+                outputs.append(emit(tracked, None))
+        self._free(finished)
+        return outputs
+
+    def _finish(self, tracked: TrackedSequence, status: SequenceStatus, error: str | None = None,
+                free: bool = True) -> SequenceOutput:
+        seq = tracked.seq
+        seq.status = status
+        del self._tracked[seq.seq_id]
+        if free:
+            self._free({seq.seq_id})
+        output = emit(tracked, status.finish_reason)
+        output.error = error
+        return output
+
+
+def _message(stage: str, exc: BaseException) -> str:
+    return f"the model's {stage} failed for this request: {type(exc).__name__}"
