@@ -40,6 +40,7 @@ from llmserve.engine.sampler import (
 )
 from llmserve.engine.scheduler import ScheduledSeq, Scheduler
 from llmserve.engine.transfer import to_device
+from llmserve.structured.decoding import StructuredDecoding
 
 
 @dataclass
@@ -86,6 +87,7 @@ class LLMEngine:
         self.last_scheduled: list[int] = []  # sequence ids of the latest steps, failed together on error
         self._generator = torch.Generator(device=runner.device)
         self._generator.manual_seed(seed)
+        self.structured = StructuredDecoding(tokenizer, vocab_size, stop_token_ids)  # grammar rows' masks
 
     @property
     def pool(self) -> BlockPool:
@@ -190,7 +192,9 @@ class LLMEngine:
         go on decode their pending token, and the scheduler may admit waiting ones as usual."""
         for seq in launched.sampling:
             params = seq.params
-            if seq.num_output_tokens + 1 < params.max_tokens and seq.num_tokens + 1 < self.max_model_len:
+            # A grammar row's next mask needs its token on the host first: it waits for the read-back.
+            if (params.grammar is None and seq.num_output_tokens + 1 < params.max_tokens
+                    and seq.num_tokens + 1 < self.max_model_len):
                 seq.num_pending_tokens = 1
         return self._launch(self.scheduler.schedule(), launched)
 
@@ -240,7 +244,9 @@ class LLMEngine:
                         pending_ids: torch.Tensor | None = None) -> SamplingBatch:
         # A sequence aborted while its step was in flight samples a row nobody reads.
         generators = [t.generator if (t := self._tracked.get(s.seq_id)) is not None else None for s in seqs]
-        return build_sampling_batch(seqs, generators, self._generator, self.vocab_size, logits.device, pending_ids)
+        batch = build_sampling_batch(seqs, generators, self._generator, self.vocab_size, logits.device, pending_ids)
+        batch.token_mask = self.structured.token_mask(seqs, logits.device)
+        return batch
 
     def _postprocess(
         self, scheduled: list[ScheduledSeq], sampling: list[Sequence], result: SampleResult | None

@@ -5,6 +5,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+from llmserve.structured.spec import GrammarSpec
+
 
 class SequenceStatus(enum.Enum):
     """Where a sequence is in its life; the finished ones map to OpenAI finish reasons."""
@@ -45,6 +47,7 @@ class SamplingParams:
     logprobs: int | None = None  # None = no logprobs; k = the sampled token's plus the top k
     logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias added to its logit)
     prompt_logprobs: int | None = None  # logprobs (and top k) of every prompt token after the first
+    grammar: GrammarSpec | None = None  # the output's constraint (structured output), None = free text
 
     @property
     def is_greedy(self) -> bool:
@@ -56,8 +59,8 @@ class SamplingParams:
 
     @property
     def takes_argmax(self) -> bool:
-        """Whether the next token is the raw logits' argmax: greedy, no penalties, no bias."""
-        return self.is_greedy and not self.has_penalties and not self.logit_bias
+        """Whether the next token is the raw logits' argmax: greedy, no penalties, no bias, no grammar."""
+        return self.is_greedy and not self.has_penalties and not self.logit_bias and self.grammar is None
 
 
 @dataclass

@@ -37,6 +37,9 @@ class SamplingBatch:
     argmax_only: bool  # every row's token is its argmax: greedy, no penalties, no bias
     uses_top_k_or_p: bool  # some row limits by rank or cumulative mass (needs a sort)
     uses_min_p: bool
+    # [B, V] bool: the tokens a grammar allows each row (all True for rows without one); None when
+    # no row has a grammar. Set by the engine from `llmserve/structured/decoding.py`.
+    token_mask: torch.Tensor | None = None
 
 
 def build_sampling_batch(
@@ -179,6 +182,8 @@ def sample_token_ids(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor
     logits = apply_penalties(logits.float(), batch)
     if batch.logit_bias is not None:
         logits = logits + batch.logit_bias
+    if batch.token_mask is not None:
+        logits = logits.masked_fill(~batch.token_mask, float("-inf"))
     greedy_ids = logits.argmax(dim=-1)
     if batch.all_greedy:
         return greedy_ids
