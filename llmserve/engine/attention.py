@@ -15,14 +15,28 @@ Conventions shared with :mod:`llmserve.engine.triton_attention` (the CUDA fast p
 - a sequence with ``context_lens[b] == 0`` (a padding sequence) yields zero rows;
 - rows at or past ``cu_seqlens_q[-1]`` belong to no sequence: zero here, unspecified on the Triton path.
 
+The rest of the contract transformers' attention interface hands over, per layer (``Features``):
+
+- ``sliding_window`` W > 0: query position ``p`` sees keys ``p - W + 1 .. p`` (W positions, itself
+  included), as transformers' ``sliding_window_overlay`` masks them (``kv_idx > q_idx - W``);
+- ``softcap`` c > 0: scores become ``c * tanh(score / c)`` after scaling, before masking (Gemma 2);
+- ``sinks`` ``[H]``: one learned logit per query head joins each row's softmax and takes its share of
+  the weight without a value (gpt-oss's ``s_aux``);
+- ``alibi_slopes`` ``[H]``: ``slope * (key position - query position)`` is added to the scores;
+- keys and values may have different head dims (``k_cache [..., Dk]``, ``v_cache [..., Dv]``: the
+  expanded k/v of multi-head latent attention); the output has the values' head dim.
+
 This path syncs with the host (it reads the lengths) and is not CUDA-graph capturable; use it on CPU,
-MPS, or as the CUDA reference. It calls ``scaled_dot_product_attention`` like transformers' ``sdpa``
-implementation does, so float32 outputs follow ``model.generate`` closely.
+MPS, or as the CUDA reference. Plain causal attention (and a sliding window alone) calls
+``scaled_dot_product_attention`` like transformers' ``sdpa`` implementation does, so float32 outputs
+follow ``model.generate`` closely; soft-caps, sinks and ALiBi take an explicit float32 softmax as
+transformers' ``eager`` implementation does.
 """
 
 from __future__ import annotations
 
 import importlib.util
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -30,11 +44,31 @@ import torch.nn.functional as F
 _SDPA_HAS_GQA = torch.__version__ >= (2, 5)  # type: ignore[operator]
 
 
+@dataclass(frozen=True)
+class Features:
+    """What one layer's attention does beyond plain causal softmax (everything off by default)."""
+
+    sliding_window: int = 0  # W > 0: a query sees its last W positions, itself included
+    softcap: float = 0.0  # c > 0: scores -> c * tanh(scores / c)
+    sinks: torch.Tensor | None = None  # [H], one learned logit per query head
+    alibi_slopes: torch.Tensor | None = None  # [H], bias slope * (key position - query position)
+
+    @property
+    def is_plain(self) -> bool:
+        """Plain causal softmax: no feature switched on."""
+        return self.sliding_window <= 0 and not self.needs_explicit_softmax
+
+    @property
+    def needs_explicit_softmax(self) -> bool:
+        """Whether SDPA (which takes a mask, not a soft-cap or a sink) cannot compute it."""
+        return self.softcap > 0 or self.sinks is not None or self.alibi_slopes is not None
+
+
 def write_kv(
-    key: torch.Tensor,  # [T, Hkv, D]
-    value: torch.Tensor,  # [T, Hkv, D]
-    k_cache: torch.Tensor,  # [num_blocks, block_size, Hkv, D]
-    v_cache: torch.Tensor,  # [num_blocks, block_size, Hkv, D]
+    key: torch.Tensor,  # [T, Hkv, Dk]
+    value: torch.Tensor,  # [T, Hkv, Dv]
+    k_cache: torch.Tensor,  # [num_blocks, block_size, Hkv, Dk]
+    v_cache: torch.Tensor,  # [num_blocks, block_size, Hkv, Dv]
     slot_mapping: torch.Tensor,  # [T] int64; < 0 means "don't store" (padding)
 ) -> None:
     """Store this step's keys and values at their slots, in place.
@@ -42,10 +76,10 @@ def write_kv(
     Host-syncs when some slot is negative (boolean indexing); the Triton module has a
     graph-capturable version with the same contract.
     """
-    num_kv_heads, head_dim = k_cache.shape[2], k_cache.shape[3]
+    num_kv_heads = k_cache.shape[2]
     # .view (not .reshape) so a non-viewable cache raises instead of writing into a copy.
-    flat_k = k_cache.view(-1, num_kv_heads, head_dim)  # [num_slots, Hkv, D]
-    flat_v = v_cache.view(-1, num_kv_heads, head_dim)  # [num_slots, Hkv, D]
+    flat_k = k_cache.view(-1, num_kv_heads, k_cache.shape[3])  # [num_slots, Hkv, Dk]
+    flat_v = v_cache.view(-1, num_kv_heads, v_cache.shape[3])  # [num_slots, Hkv, Dv]
     slots = slot_mapping.to(device=k_cache.device, dtype=torch.long)
     is_stored = slots >= 0
     if not bool(is_stored.all()):
@@ -70,14 +104,22 @@ def gather_kv(
     return gathered.transpose(1, 2)
 
 
+def output_like(query: torch.Tensor, head_dim_v: int) -> torch.Tensor:  # [T, H, Dv], uninitialised
+    """The attention output for ``query`` [T, H, Dk]: ``empty_like(query)`` (its strides kept) when
+    values share the keys' head dim, else contiguous. Both kernels and the custom op's fake use it."""
+    if head_dim_v == query.shape[2]:
+        return torch.empty_like(query)
+    return query.new_empty(query.shape[0], query.shape[1], head_dim_v)
+
+
 def _sdpa(
-    query: torch.Tensor,  # [N, H, Lq, D]
-    key: torch.Tensor,  # [N, Hkv, Lk, D]
-    value: torch.Tensor,  # [N, Hkv, Lk, D]
+    query: torch.Tensor,  # [N, H, Lq, Dk]
+    key: torch.Tensor,  # [N, Hkv, Lk, Dk]
+    value: torch.Tensor,  # [N, Hkv, Lk, Dv]
     mask: torch.Tensor | None,  # [N or 1, 1, Lq, Lk] bool, True = attend
     scale: float,
     is_causal: bool = False,
-) -> torch.Tensor:  # [N, H, Lq, D]
+) -> torch.Tensor:  # [N, H, Lq, Dv]
     """SDPA with grouped-query heads (native ``enable_gqa`` needs torch >= 2.5)."""
     num_groups = query.shape[1] // key.shape[1]
     if num_groups > 1 and not _SDPA_HAS_GQA:  # pragma: no cover - torch 2.4
@@ -89,75 +131,149 @@ def _sdpa(
     )
 
 
+def _visible(
+    q_pos: torch.Tensor,  # [N, Lq] position of each query row
+    num_keys: int,
+    sliding_window: int,
+) -> torch.Tensor:  # [N, 1, Lq, Lk] bool, True = attend
+    """Causal (and windowed) visibility of keys ``0 .. num_keys - 1`` from each query row."""
+    k_pos = torch.arange(num_keys, device=q_pos.device)
+    delta = q_pos[:, None, :, None] - k_pos  # [N, 1, Lq, Lk], query position minus key position
+    visible = delta >= 0
+    if sliding_window > 0:
+        visible &= delta < sliding_window
+    return visible
+
+
+def _explicit_softmax(
+    query: torch.Tensor,  # [N, H, Lq, Dk]
+    key: torch.Tensor,  # [N, Hkv, Lk, Dk]
+    value: torch.Tensor,  # [N, Hkv, Lk, Dv]
+    q_pos: torch.Tensor,  # [N, Lq]
+    scale: float,
+    features: Features,
+) -> torch.Tensor:  # [N, H, Lq, Dv]
+    """Attention with soft-caps, sinks and ALiBi, in float32 as transformers' eager path does."""
+    num_groups = query.shape[1] // key.shape[1]
+    key = key.float().repeat_interleave(num_groups, dim=1)  # [N, H, Lk, Dk]
+    value = value.float().repeat_interleave(num_groups, dim=1)  # [N, H, Lk, Dv]
+    scores = query.float() @ key.transpose(-1, -2) * scale  # [N, H, Lq, Lk]
+    if features.softcap > 0:
+        scores = torch.tanh(scores / features.softcap) * features.softcap
+    if features.alibi_slopes is not None:
+        k_pos = torch.arange(key.shape[2], device=query.device)
+        distance = (k_pos - q_pos[:, None, :, None]).float()  # [N, 1, Lq, Lk], <= 0 where visible
+        scores = scores + features.alibi_slopes.float()[None, :, None, None] * distance
+    scores = scores.masked_fill(~_visible(q_pos, key.shape[2], features.sliding_window), float("-inf"))
+    if features.sinks is None:
+        probs = torch.softmax(scores, dim=-1)
+    else:
+        sinks = features.sinks.float()[None, :, None, None].expand(*scores.shape[:3], 1)  # [N, H, Lq, 1]
+        probs = torch.softmax(torch.cat([scores, sinks], dim=-1), dim=-1)[..., :-1]
+    return (probs @ value).to(query.dtype)
+
+
+def _attend(
+    query: torch.Tensor,  # [N, H, Lq, Dk]
+    key: torch.Tensor,  # [N, Hkv, Lk, Dk]
+    value: torch.Tensor,  # [N, Hkv, Lk, Dv]
+    q_pos: torch.Tensor,  # [N, Lq], each row's position; keys past it are masked
+    scale: float,
+    features: Features,
+) -> torch.Tensor:  # [N, H, Lq, Dv]
+    """Masked attention of query rows at ``q_pos`` over keys ``0 .. Lk - 1``."""
+    if features.needs_explicit_softmax:
+        return _explicit_softmax(query, key, value, q_pos, scale, features)
+    return _sdpa(query, key, value, _visible(q_pos, key.shape[2], features.sliding_window), scale)
+
+
 def _attend_decodes(
-    out: torch.Tensor,  # [T, H, D], written in place
-    query: torch.Tensor,  # [T, H, D]
-    k_cache: torch.Tensor,  # [num_blocks, block_size, Hkv, D]
-    v_cache: torch.Tensor,  # [num_blocks, block_size, Hkv, D]
+    out: torch.Tensor,  # [T, H, Dv], written in place
+    query: torch.Tensor,  # [T, H, Dk]
+    k_cache: torch.Tensor,  # [num_blocks, block_size, Hkv, Dk]
+    v_cache: torch.Tensor,  # [num_blocks, block_size, Hkv, Dv]
     rows: list[int],
     seqs: list[int],
     lens: list[int],
     block_tables: torch.Tensor,  # [B, max_blocks] int
     scale: float,
+    features: Features,
 ) -> None:
-    """One batched SDPA call for all single-token sequences, keys padded to the longest."""
+    """One batched attention call for all single-token sequences, keys padded to the longest."""
     device = query.device
     max_len = max(lens)
     seq_index = torch.tensor(seqs, device=block_tables.device, dtype=torch.long)
     row_index = torch.tensor(rows, device=device, dtype=torch.long)
     tables = block_tables.index_select(0, seq_index)  # [N, max_blocks]
-    key = gather_kv(k_cache, tables, max_len)  # [N, Hkv, max_len, D]
-    value = gather_kv(v_cache, tables, max_len)  # [N, Hkv, max_len, D]
-    mask = None
-    if min(lens) != max_len:
-        lens_t = torch.tensor(lens, device=device)
-        mask = (torch.arange(max_len, device=device) < lens_t[:, None])[:, None, None, :]  # [N,1,1,L]
-    q = query.index_select(0, row_index).unsqueeze(2)  # [N, H, 1, D]
-    result = _sdpa(q, key.to(q.dtype), value.to(q.dtype), mask, scale)  # [N, H, 1, D]
+    key = gather_kv(k_cache, tables, max_len).to(query.dtype)  # [N, Hkv, max_len, Dk]
+    value = gather_kv(v_cache, tables, max_len).to(query.dtype)  # [N, Hkv, max_len, Dv]
+    q = query.index_select(0, row_index).unsqueeze(2)  # [N, H, 1, Dk]
+    if features.is_plain:
+        mask = None
+        if min(lens) != max_len:
+            lens_t = torch.tensor(lens, device=device)
+            mask = (torch.arange(max_len, device=device) < lens_t[:, None])[:, None, None, :]  # [N,1,1,L]
+        result = _sdpa(q, key, value, mask, scale)  # [N, H, 1, Dv]
+    else:
+        q_pos = torch.tensor(lens, device=device)[:, None] - 1  # [N, 1]
+        result = _attend(q, key, value, q_pos, scale, features)
     out.index_copy_(0, row_index, result.squeeze(2).to(out.dtype))
 
 
 def _attend_prefill(
-    query: torch.Tensor,  # [qlen, H, D]
-    k_cache: torch.Tensor,  # [num_blocks, block_size, Hkv, D]
-    v_cache: torch.Tensor,  # [num_blocks, block_size, Hkv, D]
+    query: torch.Tensor,  # [qlen, H, Dk]
+    k_cache: torch.Tensor,  # [num_blocks, block_size, Hkv, Dk]
+    v_cache: torch.Tensor,  # [num_blocks, block_size, Hkv, Dv]
     block_table: torch.Tensor,  # [1, max_blocks] int
     context_len: int,
     scale: float,
-) -> torch.Tensor:  # [qlen, H, D]
+    features: Features,
+) -> torch.Tensor:  # [qlen, H, Dv]
     """Causal attention of one sequence's chunk, after ``context_len - qlen`` cached positions."""
     qlen = query.shape[0]
-    key = gather_kv(k_cache, block_table, context_len).to(query.dtype)  # [1, Hkv, L, D]
-    value = gather_kv(v_cache, block_table, context_len).to(query.dtype)  # [1, Hkv, L, D]
-    q = query.transpose(0, 1).unsqueeze(0)  # [1, H, qlen, D]
-    if qlen == context_len:  # no cached prefix: plain causal, as transformers runs a prompt
+    block_size = k_cache.shape[1]
+    first_block = 0
+    if features.sliding_window > 0:  # blocks below every row's window are never read
+        first_block = max(0, context_len - qlen - features.sliding_window + 1) // block_size
+    first_key = first_block * block_size
+    key = gather_kv(k_cache, block_table[:, first_block:], context_len - first_key)
+    value = gather_kv(v_cache, block_table[:, first_block:], context_len - first_key)
+    key, value = key.to(query.dtype), value.to(query.dtype)  # [1, Hkv, L, D*]
+    q = query.transpose(0, 1).unsqueeze(0)  # [1, H, qlen, Dk]
+    if qlen == context_len and features.is_plain:  # no cached prefix: plain causal, as transformers runs a prompt
         result = _sdpa(q, key, value, None, scale, is_causal=True)
     else:
-        positions = torch.arange(context_len - qlen, context_len, device=query.device)  # [qlen]
-        visible = torch.arange(context_len, device=query.device)[None, :] <= positions[:, None]
-        result = _sdpa(q, key, value, visible[None, None], scale)
+        q_pos = torch.arange(context_len - qlen - first_key, context_len - first_key, device=query.device)
+        # Positions counted from first_key: windows and ALiBi distances are differences of positions.
+        result = _attend(q, key, value, q_pos[None], scale, features)
     return result.squeeze(0).transpose(0, 1)
 
 
 def paged_attention(
-    query: torch.Tensor,  # [T, H, D]
-    k_cache: torch.Tensor,  # [num_blocks, block_size, Hkv, D]
-    v_cache: torch.Tensor,  # [num_blocks, block_size, Hkv, D]
+    query: torch.Tensor,  # [T, H, Dk]
+    k_cache: torch.Tensor,  # [num_blocks, block_size, Hkv, Dk]
+    v_cache: torch.Tensor,  # [num_blocks, block_size, Hkv, Dv]
     cu_seqlens_q: torch.Tensor,  # [B + 1] int32
     context_lens: torch.Tensor,  # [B] int32, KV positions including this step's tokens
     block_tables: torch.Tensor,  # [B, max_blocks] int32, padded with any block id
     scale: float,
     max_seqlen_q: int,
-) -> torch.Tensor:  # [T, H, D], query dtype
+    sliding_window: int = 0,
+    softcap: float = 0.0,
+    sinks: torch.Tensor | None = None,  # [H]
+    alibi_slopes: torch.Tensor | None = None,  # [H]
+) -> torch.Tensor:  # [T, H, Dv], query dtype
     """Causal attention of each sequence's new tokens over its cached positions (torch path).
 
-    Single-token (decode) sequences go through one batched SDPA call; longer chunks through one
+    Single-token (decode) sequences go through one batched call; longer chunks through one
     call each. ``max_seqlen_q`` is accepted for parity with the Triton path and not needed here.
+    The feature arguments are described in the module docstring; their defaults switch them off.
     """
     del max_seqlen_q
+    features = Features(sliding_window, softcap, sinks, alibi_slopes)
     cu = cu_seqlens_q.tolist()
     lens = context_lens.tolist()
-    out = torch.zeros_like(query)
+    out = output_like(query, v_cache.shape[3]).zero_()
     decode_rows: list[int] = []
     decode_seqs: list[int] = []
     decode_lens: list[int] = []
@@ -170,11 +286,11 @@ def paged_attention(
             decode_lens.append(length)
             continue
         out[start:end] = _attend_prefill(
-            query[start:end], k_cache, v_cache, block_tables[seq : seq + 1], length, scale
+            query[start:end], k_cache, v_cache, block_tables[seq : seq + 1], length, scale, features
         )
     if decode_rows:
         _attend_decodes(
-            out, query, k_cache, v_cache, decode_rows, decode_seqs, decode_lens, block_tables, scale
+            out, query, k_cache, v_cache, decode_rows, decode_seqs, decode_lens, block_tables, scale, features
         )
     return out
 

@@ -39,10 +39,13 @@ def make_batch(
     block_size: int = 4,
     dtype: torch.dtype = torch.float32,
     seed: int = 0,
+    head_dim_v: int | None = None,
 ) -> Batch:
     """``specs`` holds ``(num_cached, num_new)`` per sequence; ``(0, 1)`` with ``num_cached=-1`` is a
     padding sequence (context length 0). Blocks are a random permutation, so tables are
-    non-contiguous; table padding and unused cache slots hold random values."""
+    non-contiguous; table padding and unused cache slots hold random values. Values have
+    ``head_dim_v`` (default ``head_dim``) features, as multi-head latent attention's do."""
+    head_dim_v = head_dim_v or head_dim
     gen = torch.Generator().manual_seed(seed)
     lens = [max(cached + new, 0) for cached, new in specs]
     blocks_per_seq = [-(-n // block_size) for n in lens]
@@ -64,14 +67,14 @@ def make_batch(
     def randn(*shape: int) -> torch.Tensor:
         return torch.randn(*shape, generator=gen).to(dtype)
 
-    cache_shape = (num_blocks, block_size, num_kv_heads, head_dim)
+    cache_shape = (num_blocks, block_size, num_kv_heads)
     return Batch(
         query=randn(num_tokens, num_heads, head_dim),
         new_key=randn(num_tokens, num_kv_heads, head_dim),
-        new_value=randn(num_tokens, num_kv_heads, head_dim),
+        new_value=randn(num_tokens, num_kv_heads, head_dim_v),
         slot_mapping=torch.tensor(slots, dtype=torch.int64),
-        k_cache=randn(*cache_shape),
-        v_cache=randn(*cache_shape),
+        k_cache=randn(*cache_shape, head_dim),
+        v_cache=randn(*cache_shape, head_dim_v),
         cu_seqlens_q=torch.tensor([0, *torch.tensor(qlens).cumsum(0).tolist()], dtype=torch.int32),
         context_lens=torch.tensor(lens, dtype=torch.int32),
         block_tables=tables,
@@ -91,13 +94,21 @@ def reference_cache(batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
     return k_cache, v_cache
 
 
-def reference_attention(batch: Batch) -> torch.Tensor:  # [T, H, D] float64
-    """Naive float64 attention: each query row against positions ``0..its own``, looked up one by one."""
+def reference_attention(
+    batch: Batch,
+    sliding_window: int = 0,
+    softcap: float = 0.0,
+    sinks: torch.Tensor | None = None,  # [H]
+    alibi_slopes: torch.Tensor | None = None,  # [H]
+) -> torch.Tensor:  # [T, H, Dv] float64
+    """Naive float64 attention, each query row at position ``pos`` against the keys ``0..pos`` looked
+    up one by one: a dense score row, soft-capped, ALiBi-biased, masked outside the window, with the
+    sink logit joining the softmax as an extra column that has no value."""
     k_cache, v_cache = (c.double() for c in reference_cache(batch))
     block_size, num_kv_heads = k_cache.shape[1], k_cache.shape[2]
     query = batch.query.double()
     group = query.shape[1] // num_kv_heads
-    out = torch.zeros_like(query)
+    out = torch.zeros(*query.shape[:2], v_cache.shape[-1], dtype=torch.float64)
     cu = batch.cu_seqlens_q.tolist()
     for seq, length in enumerate(batch.context_lens.tolist()):
         table = batch.block_tables[seq].tolist()
@@ -113,10 +124,17 @@ def reference_attention(batch: Batch) -> torch.Tensor:  # [T, H, D] float64
             if pos < 0:
                 continue
             for head in range(query.shape[1]):
-                k = keys[: pos + 1, head // group]  # [pos + 1, D]
-                v = values[: pos + 1, head // group]
-                weights = torch.softmax(k @ query[cu[seq] + i, head] * batch.scale, dim=0)
-                out[cu[seq] + i, head] = weights @ v
+                scores = keys[: pos + 1, head // group] @ query[cu[seq] + i, head] * batch.scale  # [pos + 1]
+                if softcap > 0:
+                    scores = softcap * torch.tanh(scores / softcap)
+                if alibi_slopes is not None:
+                    scores = scores + float(alibi_slopes[head]) * torch.arange(-pos, 1, dtype=torch.float64)
+                if sliding_window > 0:
+                    scores[: max(0, pos + 1 - sliding_window)] = float("-inf")
+                if sinks is not None:
+                    scores = torch.cat([scores, torch.tensor([float(sinks[head])], dtype=torch.float64)])
+                weights = torch.softmax(scores, dim=0)[: pos + 1]
+                out[cu[seq] + i, head] = weights @ values[: pos + 1, head // group]
     return out
 
 
@@ -144,6 +162,71 @@ CASES = [
     ("head_dim_40", [(5, 1), (3, 6)], 4, 2, 40, 8),
     ("padding_seq", [(10, 1), (-1, 1), (0, 3)], 4, 2, 16, 4),
 ]
+
+
+MIXED = [(20, 1), (0, 9), (7, 12), (33, 1), (0, 1), (5, 3), (-1, 1)]
+# (name, specs, num_heads, num_kv_heads, head_dim, head_dim_v, block_size, features); features hold
+# plain numbers, the per-head ones as lists (see feature_kwargs).
+FEATURE_CASES = [
+    ("window_decode", [(20, 1), (3, 1), (40, 1), (0, 1), (-1, 1), (7, 1)], 8, 2, 32, 32, 4, {"sliding_window": 8}),
+    ("window_prefill", [(0, 30), (13, 20), (25, 7), (5, 1)], 8, 2, 32, 32, 4, {"sliding_window": 6}),
+    ("window_of_one", MIXED, 4, 2, 16, 16, 4, {"sliding_window": 1}),
+    ("window_wider_than_context", MIXED, 4, 2, 16, 16, 4, {"sliding_window": 64}),
+    ("softcap", MIXED, 8, 2, 32, 32, 4, {"softcap": 1.0}),
+    ("sinks", MIXED, 8, 2, 32, 32, 4, {"sinks": [2.0, -1.0, 0.5, 3.0, -2.0, 1.0, 0.0, 4.0]}),
+    ("alibi", MIXED, 8, 2, 32, 32, 4, {"alibi_slopes": [2.0 ** -(i + 1) for i in range(8)]}),
+    ("mla_value_head_dim", MIXED, 4, 4, 24, 12, 4, {}),
+    ("everything", MIXED, 4, 2, 16, 8, 4,
+     {"sliding_window": 5, "softcap": 1.5, "sinks": [1.0, -0.5, 2.0, 0.0], "alibi_slopes": [0.5, 0.25, 0.1, 0.05]}),
+]
+
+
+def feature_kwargs(features: dict, device: torch.device | str = "cpu") -> dict:
+    """The kernels' keyword arguments for a case's features: per-head lists become float32 tensors."""
+    return {k: torch.tensor(v, dtype=torch.float32, device=device) if isinstance(v, list) else v
+            for k, v in features.items()}
+
+
+def feature_batch(name: str, specs: list[tuple[int, int]], heads: int, kv_heads: int, head_dim: int,
+                  head_dim_v: int, block_size: int, dtype: torch.dtype) -> Batch:
+    """A feature case's batch, its scores scaled up (x2) so soft-caps and sinks have something to change."""
+    batch = make_batch(specs, heads, kv_heads, head_dim, block_size, dtype, seed=len(name), head_dim_v=head_dim_v)
+    return Batch(**{**batch.__dict__, "scale": 2 * batch.scale})
+
+
+def run_torch(batch: Batch, **features: object) -> torch.Tensor:
+    """The torch kernels on ``batch``: write, then attend."""
+    k_cache, v_cache = written_cache(batch, attention.write_kv)
+    return attention.paged_attention(
+        batch.query, k_cache, v_cache, batch.cu_seqlens_q, batch.context_lens, batch.block_tables,
+        batch.scale, batch.max_seqlen_q, **features,  # type: ignore[arg-type]
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(("name", "specs", "heads", "kv_heads", "head_dim", "head_dim_v", "block_size", "features"),
+                         FEATURE_CASES, ids=[c[0] for c in FEATURE_CASES])
+def test_features_match_reference(name: str, specs: list[tuple[int, int]], heads: int, kv_heads: int,
+                                  head_dim: int, head_dim_v: int, block_size: int, features: dict,
+                                  dtype: torch.dtype) -> None:
+    batch = feature_batch(name, specs, heads, kv_heads, head_dim, head_dim_v, block_size, dtype)
+    kwargs = feature_kwargs(features)
+    out = run_torch(batch, **kwargs)
+    assert out.shape == (*batch.query.shape[:2], head_dim_v) and out.dtype == dtype
+    torch.testing.assert_close(out.double(), reference_attention(batch, **kwargs), atol=tolerance(dtype), rtol=0)
+
+
+@pytest.mark.parametrize(("name", "specs", "heads", "kv_heads", "head_dim", "head_dim_v", "block_size", "features"),
+                         [c for c in FEATURE_CASES if c[-1] and c[0] != "window_wider_than_context"],
+                         ids=[c[0] for c in FEATURE_CASES if c[-1] and c[0] != "window_wider_than_context"])
+def test_each_feature_changes_the_answer(name: str, specs: list[tuple[int, int]], heads: int, kv_heads: int,
+                                         head_dim: int, head_dim_v: int, block_size: int, features: dict) -> None:
+    """The reference checks above would prove nothing if the feature did not matter: switched off (the
+    plain kernel), the output is far outside the tolerance."""
+    batch = feature_batch(name, specs, heads, kv_heads, head_dim, head_dim_v, block_size, torch.float32)
+    want = reference_attention(batch, **feature_kwargs(features))
+    plain = run_torch(batch).double()
+    assert (plain - want).abs().max() > 0.05
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

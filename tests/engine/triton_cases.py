@@ -40,7 +40,7 @@ DEVICE = torch.device("cuda" if ON_CUDA else "cpu")
 DTYPES = [torch.float32, torch.float16] + ([torch.bfloat16] if ON_CUDA else [])
 
 
-def _run(batch: Any, **options: int) -> torch.Tensor:  # [T, H, D] on the CPU
+def _run(batch: Any, **options: Any) -> torch.Tensor:  # [T, H, Dv] on the CPU
     """Write the batch's tokens with the Triton ``write_kv``, then attend into a NaN-poisoned output."""
     k_cache, v_cache = batch.k_cache.to(DEVICE), batch.v_cache.to(DEVICE)
     triton_attention.write_kv(
@@ -48,7 +48,8 @@ def _run(batch: Any, **options: int) -> torch.Tensor:  # [T, H, D] on the CPU
     )
     want_k, want_v = shared.reference_cache(batch)
     assert torch.equal(k_cache.cpu(), want_k) and torch.equal(v_cache.cpu(), want_v)
-    out = torch.full_like(batch.query, float("nan"), device=DEVICE)
+    out = torch.full((*batch.query.shape[:2], v_cache.shape[-1]), float("nan"), dtype=batch.query.dtype,
+                     device=DEVICE)
     result = triton_attention.paged_attention(*_attention_args(batch, k_cache, v_cache), out=out, **options)
     assert result is out
     return out.cpu()
@@ -93,6 +94,47 @@ def test_kernels_match_reference(
         out = _run(batch, **options)
         assert not out.isnan().any(), f"unwritten output with {options}"
         torch.testing.assert_close(out.double(), want, atol=shared.tolerance(dtype), rtol=0, msg=str(options))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(
+    ("name", "specs", "heads", "kv_heads", "head_dim", "head_dim_v", "block_size", "features"),
+    shared.FEATURE_CASES,
+    ids=[c[0] for c in shared.FEATURE_CASES],
+)
+def test_features_match_reference(
+    name: str, specs: list[tuple[int, int]], heads: int, kv_heads: int, head_dim: int, head_dim_v: int,
+    block_size: int, features: dict, dtype: torch.dtype,
+) -> None:
+    """Windows, soft-caps, sinks, ALiBi and a value head dim of their own: default tiles, and in float32
+    small tiles (window edges inside tiles), split decodes (sinks merged across splits) and unsplit."""
+    batch = shared.feature_batch(name, specs, heads, kv_heads, head_dim, head_dim_v, block_size, dtype)
+    want = shared.reference_attention(batch, **shared.feature_kwargs(features))
+    small_tiles = [{"block_m": 16, "block_n": 16}, {"block_m": 16, "block_n": 16, "num_splits": 3},
+                   {"num_splits": 2}]
+    for options in [{}] + (small_tiles if dtype == torch.float32 else []):
+        out = _run(batch, **shared.feature_kwargs(features, DEVICE), **options)
+        assert not out.isnan().any(), f"unwritten output with {options}"
+        torch.testing.assert_close(out.double(), want, atol=shared.tolerance(dtype), rtol=0, msg=str(options))
+
+
+def test_plain_kernel_misses_the_features() -> None:
+    """The same cases through the kernel with the features off are far from the reference."""
+    for name, specs, heads, kv_heads, head_dim, head_dim_v, block_size, features in shared.FEATURE_CASES:
+        if not features or name == "window_wider_than_context":
+            continue
+        batch = shared.feature_batch(name, specs, heads, kv_heads, head_dim, head_dim_v, block_size, torch.float32)
+        want = shared.reference_attention(batch, **shared.feature_kwargs(features))
+        assert (_run(batch).double() - want).abs().max() > 0.05, name
+
+
+def test_windowed_long_decode_splits_start_at_the_window() -> None:
+    """A window far behind a long context: the splits cover the window only, and still add up."""
+    batch = shared.make_batch([(300, 1), (5, 1), (130, 1)], 4, 2, 16, 16)
+    want = shared.reference_attention(batch, sliding_window=24)
+    for splits in (None, 1, 4):
+        out = _run(batch, sliding_window=24, num_splits=splits, block_n=16)
+        torch.testing.assert_close(out.double(), want, atol=1e-5, rtol=0, msg=str(splits))
 
 
 @pytest.mark.parametrize("num_splits", [1, 2, 5])
