@@ -1,9 +1,10 @@
-"""Random-weight models of the Llama family's stock transformers classes (Llama, Mistral, Qwen2,
-Qwen3) with a tiny model's tokenizer: what the checks that these classes run unchanged use.
+"""Random-weight models of stock transformers classes with a tiny model's tokenizer: what the
+model-family matrix (tests/engine/test_model_matrix.py) serves and checks against each model's own
+`generate` and forward.
 
-Weights are transformers' own init, seeded, then made to matter where that init would hide a
-difference: a wider input embedding (so greedy outputs vary with the prompt), random q/k/v biases
-(Qwen2's start at zero) and random q/k norm weights (Qwen3's start at one).
+`FAMILIES` (specs.py) names each family's class and tiny config; `weights.py` redraws the tensors
+whose default init would hide a feature (soft-caps, sinks, biases, norms). Build with
+`build_family_model(family, tokenizer_dir, out_dir, seed, **config_overrides)`.
 """
 
 from __future__ import annotations
@@ -13,48 +14,29 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import (
-    LlamaConfig,
-    LlamaForCausalLM,
-    MistralConfig,
-    MistralForCausalLM,
-    PreTrainedModel,
-    Qwen2Config,
-    Qwen2ForCausalLM,
-    Qwen3Config,
-    Qwen3ForCausalLM,
-)
 
-# family -> (config class, model class, config defaults of the family's checks)
-FAMILIES: dict[str, tuple[type, type[PreTrainedModel], dict[str, Any]]] = {
-    "llama": (LlamaConfig, LlamaForCausalLM, {}),
-    "mistral": (MistralConfig, MistralForCausalLM, {"sliding_window": None}),
-    "qwen2": (Qwen2Config, Qwen2ForCausalLM, {}),
-    "qwen3": (Qwen3Config, Qwen3ForCausalLM, {}),
-}
+from llmserve.tiny.families.specs import FAMILIES, WINDOW, FamilySpec
+from llmserve.tiny.families.weights import make_features_matter_
+
+__all__ = ["FAMILIES", "WINDOW", "FamilySpec", "build_family_model"]
+
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
                     "generation_config.json")
 
 
 def build_family_model(family: str, tokenizer_dir: Path, out_dir: Path, seed: int = 0, **config: Any) -> Path:
-    """Save a random-weight model of `family`'s stock class, shaped by `config` (hidden_size, ...),
-    with the tokenizer (and special-token ids) of the tiny model in `tokenizer_dir`. Returns `out_dir`."""
-    config_cls, model_cls, defaults = FAMILIES[family]
+    """Save a random-weight model of `family`'s stock class into `out_dir`, its tiny config updated
+    by `config`, with the tokenizer (and special-token ids) of the tiny model in `tokenizer_dir`.
+    The same seed and shape give the same weights whatever else `config` changes. Returns `out_dir`."""
+    spec = FAMILIES[family]
     base = json.loads((tokenizer_dir / "config.json").read_text())
-    model_config = config_cls(vocab_size=base["vocab_size"], bos_token_id=base["bos_token_id"],
-                              eos_token_id=base["eos_token_id"], pad_token_id=base.get("pad_token_id"),
-                              **{**defaults, **config})
+    config_cls: Any = spec.model_cls.config_class  # the family's own config class, with its own keywords
+    model_config = config_cls(
+        vocab_size=base["vocab_size"], bos_token_id=base["bos_token_id"], eos_token_id=base["eos_token_id"],
+        pad_token_id=base.get("pad_token_id"), **{"tie_word_embeddings": False, **spec.config, **config})
     torch.manual_seed(seed)
-    model = model_cls(model_config)
-    with torch.no_grad():
-        embedding = model.get_input_embeddings().weight
-        assert isinstance(embedding, torch.Tensor)
-        embedding.normal_(0, 0.1)
-        for name, param in model.named_parameters():
-            if name.endswith(".bias"):
-                param.normal_(0, 0.1)
-            elif "q_norm" in name or "k_norm" in name:
-                param.uniform_(0.5, 1.5)
+    model = spec.model_cls(model_config)
+    make_features_matter_(model, spec)
     model.save_pretrained(out_dir)
     for file in _TOKENIZER_FILES:
         if (tokenizer_dir / file).exists():
