@@ -10,29 +10,36 @@ the host's bookkeeping, detokenizing and streaming, which run while it computes.
 next step count each row's in-flight token from the device too. A sequence that turns out to have
 stopped wastes one row of that next step; one that is sure to stop (its last allowed token) is not
 scheduled ahead. Only prompt logprobs are read at once, when their step is queued.
+
+Fault isolation: one request's values never fail another's. `add` checks them against what the
+batch tensors, generators and the model's embedding can hold, and builds the sequence's state in a
+guard, so a bad one ends that sequence alone with an error event. A batched step that fails all the
+same is undone (computed counts and seeded generators as before it, the step queued ahead dropped)
+and its sequences rerun synchronously in halves, older first, until the one failing on its own is
+found and failed alone (`_recover`): innocent streams go on token-exact.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from llmserve.engine.cuda_graphs import StepLogits
-from llmserve.engine.detokenizer import IncrementalDetokenizer
 from llmserve.engine.kv_cache import BlockPool
-from llmserve.engine.outputs import SequenceOutput, check_stop, emit, token_logprob
+from llmserve.engine.outputs import SequenceOutput, check_stop, emit, token_logprob, track
 from llmserve.engine.outputs import TrackedSequence as _Tracked
-from llmserve.engine.request import SamplingParams, Sequence, SequenceStatus, TokenLogprob
+from llmserve.engine.request import SamplingParams, Sequence, SequenceStatus, TokenLogprob, check_prompt
 from llmserve.engine.runner import ModelRunner, Readback
 from llmserve.engine.sampler import (
     DeviceSample,
     SampleResult,
     SamplingBatch,
     build_sampling_batch,
+    check_sampling_params,
     is_plain_greedy,
-    make_generator,
     prompt_logprob_table,
     read_sample,
     sample,
@@ -41,6 +48,10 @@ from llmserve.engine.sampler import (
 from llmserve.engine.scheduler import ScheduledSeq, Scheduler
 from llmserve.engine.transfer import to_device
 from llmserve.structured.decoding import StructuredDecoding
+
+log = logging.getLogger(__name__)
+
+GeneratorStates = list[tuple[torch.Generator, torch.Tensor]]
 
 
 @dataclass
@@ -52,6 +63,8 @@ class _Launched:
     step: StepLogits
     drawn: DeviceSample | None  # the tokens drawn on the device (with logprobs, if asked); None: host samples
     readback: Readback | None  # what the host reads of them, on its way
+    computed_before: list[int]  # each scheduled sequence's num_computed_tokens before the step (to undo it)
+    generator_states: GeneratorStates  # the sampling rows' seeded generators before the step drew
 
     @property
     def token_ids(self) -> torch.Tensor | None:
@@ -84,6 +97,7 @@ class LLMEngine:
         self.async_scheduling = async_scheduling
         self._tracked: dict[int, _Tracked] = {}
         self._in_flight: _Launched | None = None  # the step scheduled ahead, not read back yet
+        self._refused: list[SequenceOutput] = []  # error events of sequences `add` refused, for the next step
         self.last_scheduled: list[int] = []  # sequence ids of the latest steps, failed together on error
         self._generator = torch.Generator(device=runner.device)
         self._generator.manual_seed(seed)
@@ -99,15 +113,25 @@ class LLMEngine:
 
     @property
     def has_work(self) -> bool:
-        return bool(self._tracked) or self._in_flight is not None
+        return bool(self._tracked) or self._in_flight is not None or bool(self._refused)
 
     def add(self, seq_id: int, prompt_ids: list[int], params: SamplingParams) -> None:
-        """Queue a new sequence; it joins the running batch at a step boundary."""
-        seq = Sequence(seq_id, list(prompt_ids), params)
-        detok = IncrementalDetokenizer(self.tokenizer, seq.prompt_ids, params.stop)
-        tracked = _Tracked(seq, detok, make_generator(params, self.runner.device))
-        if params.prompt_logprobs is not None:
-            tracked.prompt_logprobs = [None] * len(seq.prompt_ids)
+        """Queue a new sequence; it joins the running batch at a step boundary.
+
+        Values no batched step could run (a token id outside the vocabulary, a seed no generator
+        takes, a NaN temperature, ...) never reach a batch: the next step reports this sequence
+        finished with an error, and nothing else.
+        """
+        try:
+            check_prompt(prompt_ids, self.vocab_size, self.max_model_len)
+            check_sampling_params(params, self.vocab_size)
+            seq = Sequence(seq_id, list(prompt_ids), params)
+            tracked = track(seq, self.tokenizer, self.runner.device)
+        except Exception as exc:  # this request's own values: it alone fails
+            num_prompt_tokens = len(prompt_ids) if isinstance(prompt_ids, list) else 0
+            self._refused.append(SequenceOutput(seq_id, "", [], [], SequenceStatus.FINISHED_ERROR.finish_reason,
+                                                num_prompt_tokens, 0, error=f"invalid request: {exc}"))
+            return
         self._tracked[seq_id] = tracked
         self.scheduler.add(seq)
 
@@ -131,20 +155,64 @@ class LLMEngine:
         """Schedule, run one forward for the whole batch, sample, and report.
 
         With async scheduling the step reported may be the one queued by the previous call, and
-        the next one is queued before this one's tokens are read.
+        the next one is queued before this one's tokens are read. A step that fails is undone and
+        its sequences rerun apart (`_recover`).
         """
+        outputs, self._refused = self._refused, []
         launched, self._in_flight = self._in_flight, None
         try:
             if launched is None:
                 launched = self._launch(self.scheduler.schedule(), None)
                 if launched is None:
-                    return []
+                    return outputs
             if self.async_scheduling and launched.readback is not None:
                 self._in_flight = self._launch_ahead(launched)
-            return self._complete(launched)
+            return outputs + self._complete(launched)
+        except Exception as exc:
+            log.warning("a batched step failed (%s); rerunning its sequences apart", type(exc).__name__)
+            self._undo(self._in_flight, launched)
+            self._in_flight = None
+            return outputs + self._recover()
         except BaseException:
             self._in_flight = None
             raise
+
+    def _undo(self, *steps: _Launched | None) -> None:
+        """Put the sequences of failed steps (newest first) back as before them: computed counts (a
+        sequence preempted or finished since starts over anyway), seeded generators, nothing pending."""
+        for launched in steps:
+            if launched is None:
+                continue
+            for item, before in zip(launched.scheduled, launched.computed_before, strict=True):
+                seq = item.seq
+                seq.num_pending_tokens = 0
+                if seq.num_computed_tokens == before + item.num_new_tokens:
+                    seq.num_computed_tokens = before
+            _restore_generators(launched.generator_states)
+
+    def _recover(self) -> list[SequenceOutput]:
+        """After a failed (and undone) step: schedule again and run the batch in two halves, older
+        sequences first, each synchronously; a half that fails is split again, and a sequence that
+        fails alone is failed alone. A bad row costs about 2 log2(batch) extra forwards."""
+        scheduled = self.scheduler.schedule()
+        if len(scheduled) <= 1:
+            return self._run_part(scheduled)
+        half = len(scheduled) // 2
+        return self._run_part(scheduled[:half]) + self._run_part(scheduled[half:])
+
+    def _run_part(self, part: list[ScheduledSeq]) -> list[SequenceOutput]:
+        """One synchronous step of `part` alone; if it fails, undone and split (see `_recover`)."""
+        launched = None
+        try:
+            launched = self._launch(part, None)
+            return self._complete(launched) if launched is not None else []
+        except Exception as exc:
+            self._undo(launched)
+            if len(part) > 1:
+                half = len(part) // 2
+                return self._run_part(part[:half]) + self._run_part(part[half:])
+            log.exception("sequence %d fails a step on its own", part[0].seq.seq_id)
+            return self.fail([part[0].seq.seq_id], f"the model step failed: {type(exc).__name__}")
 
     def _launch(self, scheduled: list[ScheduledSeq], prev: _Launched | None) -> _Launched | None:
         """Queue a step on the device (prompt logprobs are read at once); None if nothing runs."""
@@ -153,14 +221,24 @@ class LLMEngine:
         ids = [item.seq.seq_id for item in scheduled]
         self.last_scheduled = ids if prev is None else [item.seq.seq_id for item in prev.scheduled] + ids
         sampling = [item.seq for item in scheduled if item.samples]
-        rows = None if prev is None else {seq.seq_id: row for row, seq in enumerate(prev.sampling)}
-        step = self.runner.execute(scheduled) if prev is None else self.runner.execute(scheduled, prev.token_ids, rows)
-        if step.logits.shape[0] > len(sampling):
-            self._record_prompt_logprobs(scheduled, step.logits[len(sampling):])
-        drawn = self._draw_on_device(step, sampling, prev, rows)
-        readback = self.runner.start_readback(drawn.for_host) if drawn is not None else None
-        self._advance(scheduled)
-        return _Launched(scheduled, sampling, step, drawn, readback)
+        saved = self._generator_states(sampling)
+        try:
+            rows = None if prev is None else {seq.seq_id: row for row, seq in enumerate(prev.sampling)}
+            step = (self.runner.execute(scheduled) if prev is None
+                    else self.runner.execute(scheduled, prev.token_ids, rows))
+            if step.logits.shape[0] > len(sampling):
+                self._record_prompt_logprobs(scheduled, step.logits[len(sampling):])
+            drawn = self._draw_on_device(step, sampling, prev, rows)
+            readback = self.runner.start_readback(drawn.for_host) if drawn is not None else None
+        except Exception:
+            _restore_generators(saved)  # a launch that failed has drawn nothing
+            raise
+        return _Launched(scheduled, sampling, step, drawn, readback, self._advance(scheduled), saved)
+
+    def _generator_states(self, seqs: list[Sequence]) -> GeneratorStates:
+        """The seeded generators of `seqs` with their states, so a failed step can be undone."""
+        generators = (t.generator for s in seqs if (t := self._tracked.get(s.seq_id)) is not None)
+        return [(g, g.get_state()) for g in generators if g is not None]
 
     def _draw_on_device(self, step: StepLogits, seqs: list[Sequence], prev: _Launched | None,
                         rows: dict[int, int] | None) -> DeviceSample | None:
@@ -198,10 +276,13 @@ class LLMEngine:
                 seq.num_pending_tokens = 1
         return self._launch(self.scheduler.schedule(), launched)
 
-    def _advance(self, scheduled: list[ScheduledSeq]) -> None:
-        """Count a queued step's tokens as computed: the next step is scheduled after them."""
+    def _advance(self, scheduled: list[ScheduledSeq]) -> list[int]:
+        """Count a queued step's tokens as computed: the next step is scheduled after them. Returns
+        the counts before (see `_undo`)."""
+        before = [item.seq.num_computed_tokens for item in scheduled]
         for item in scheduled:
             item.seq.num_computed_tokens += item.num_new_tokens
+        return before
 
     def _complete(self, launched: _Launched) -> list[SequenceOutput]:
         """Read a step's tokens and report."""
@@ -259,22 +340,34 @@ class LLMEngine:
             if tracked is None or tracked.seq is not seq:  # aborted, or stopped, while its step ran
                 continue
             seq.num_pending_tokens = 0
-            if seq.params.max_tokens == 0:  # prompt logprobs only (echo with max_tokens = 0)
-                outputs.append(self._finish(tracked, SequenceStatus.FINISHED_LENGTH))
-                continue
-            token_id = result.token_ids[row]
-            seq.output_ids.append(token_id)
-            tracked.pending_ids.append(token_id)
-            if seq.params.logprobs is not None and result.logprobs is not None:
-                tracked.pending_logprobs.append(self._logprob(result, row, seq.params.logprobs))
-            status = self._check_stop(tracked, token_id)
-            if status is not None:
-                outputs.append(self._finish(tracked, status))
-            elif len(tracked.pending_ids) >= self.stream_interval:
-                outputs.append(self._emit(tracked, None))
+            try:
+                output = self._take_token(tracked, result, row)
+            except Exception as exc:  # this sequence's own bookkeeping (detokenizer, stop strings)
+                log.exception("sequence %d failed taking its token", seq.seq_id)
+                output = self._finish(tracked, SequenceStatus.FINISHED_ERROR,
+                                      f"the model step failed: {type(exc).__name__}")
+            if output is not None:
+                outputs.append(output)
         for item in scheduled:  # after the appends: a block is hashed once its tokens are known
             self.pool.register_computed(item.seq)
         return outputs
+
+    def _take_token(self, tracked: _Tracked, result: SampleResult, row: int) -> SequenceOutput | None:
+        """Append row `row`'s token to its sequence; the event to report now, if any."""
+        seq = tracked.seq
+        if seq.params.max_tokens == 0:  # prompt logprobs only (echo with max_tokens = 0)
+            return self._finish(tracked, SequenceStatus.FINISHED_LENGTH)
+        token_id = result.token_ids[row]
+        seq.output_ids.append(token_id)
+        tracked.pending_ids.append(token_id)
+        if seq.params.logprobs is not None and result.logprobs is not None:
+            tracked.pending_logprobs.append(self._logprob(result, row, seq.params.logprobs))
+        status = self._check_stop(tracked, token_id)
+        if status is not None:
+            return self._finish(tracked, status)
+        if len(tracked.pending_ids) >= self.stream_interval:
+            return self._emit(tracked, None)
+        return None
 
     def _logprob(self, result: SampleResult, row: int, k: int) -> TokenLogprob:
         return token_logprob(result, row, k)
@@ -293,3 +386,8 @@ class LLMEngine:
 
     def _emit(self, tracked: _Tracked, finish_reason: str | None) -> SequenceOutput:
         return emit(tracked, finish_reason)
+
+
+def _restore_generators(states: GeneratorStates) -> None:
+    for generator, state in states:
+        generator.set_state(state)

@@ -72,6 +72,15 @@ class TokenLogprob:
     top: list[tuple[int, float]]
 
 
+def check_prompt(prompt_ids: list[int], vocab_size: int, max_model_len: int) -> None:
+    """Raise ValueError unless the model can embed every token and the context holds the prompt
+    (checked when a sequence is added: one out-of-range id would fail the whole batch's forward)."""
+    if not 1 <= len(prompt_ids) <= max_model_len:
+        raise ValueError(f"the prompt has {len(prompt_ids)} tokens; 1 to {max_model_len} fit")
+    if not all(type(t) is int for t in prompt_ids) or not 0 <= min(prompt_ids) <= max(prompt_ids) < vocab_size:
+        raise ValueError(f"prompt token ids must be integers in [0, {vocab_size})")
+
+
 @dataclass
 class Sequence:
     """One generated continuation of a prompt: the engine's unit of scheduling."""

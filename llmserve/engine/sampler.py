@@ -7,6 +7,7 @@ the same tokens whatever else shares its batch.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -56,10 +57,11 @@ def build_sampling_batch(
     by the step in flight; `vocab_size` where none), counted by the penalties like the others.
     """
     params = [s.params for s in seqs]
-    # One host-to-device copy for all seven columns (top-k travels as float32: exact below 2**24).
+    # One host-to-device copy for all seven columns (top-k travels as float32: exact below 2**24; a
+    # top-k past the vocabulary limits nothing, so it is clamped: any int fits the column).
     columns = torch.tensor(
-        [[p.temperature, p.top_p, p.top_k if p.top_k > 0 else vocab_size, p.min_p, p.presence_penalty,
-          p.frequency_penalty, p.repetition_penalty] for p in params],
+        [[p.temperature, p.top_p, min(p.top_k, vocab_size) if p.top_k > 0 else vocab_size, p.min_p,
+          p.presence_penalty, p.frequency_penalty, p.repetition_penalty] for p in params],
         dtype=torch.float32,
     ).t().contiguous()
     columns = to_device(columns, device)
@@ -84,6 +86,63 @@ def build_sampling_batch(
         uses_top_k_or_p=any(0 < p.top_k < vocab_size or p.top_p < 1.0 for p in params),
         uses_min_p=any(p.min_p > 0 for p in params),
     )
+
+
+# The float columns of `build_sampling_batch` and the ranges in which sampling means something.
+_FLOAT32_MAX = torch.finfo(torch.float32).max
+_FLOAT_RANGES = {
+    "temperature": (0.0, _FLOAT32_MAX),
+    "top_p": (0.0, 1.0),
+    "min_p": (0.0, 1.0),
+    "presence_penalty": (-_FLOAT32_MAX, _FLOAT32_MAX),
+    "frequency_penalty": (-_FLOAT32_MAX, _FLOAT32_MAX),
+    "repetition_penalty": (torch.finfo(torch.float32).tiny, _FLOAT32_MAX),
+}
+_SEED_RANGE = (-(2**63), 2**64)  # what `torch.Generator.manual_seed` takes
+
+
+def check_sampling_params(params: SamplingParams, vocab_size: int) -> None:
+    """Raise ValueError naming the first value the batch tensors or a generator could not hold.
+
+    Run when a sequence is added, so that `build_sampling_batch` and `make_generator` never raise
+    for one row's values inside a batched step (which would fail every sequence in it).
+    """
+    for name, (low, high) in _FLOAT_RANGES.items():
+        value = getattr(params, name)
+        if not _is_number(value) or not low <= value <= high:
+            raise ValueError(f"{name} = {_show(value)} is outside [{low:g}, {high:g}]")
+    for name in ("top_k", "max_tokens"):
+        if not _is_int(getattr(params, name)):
+            raise ValueError(f"{name} = {_show(getattr(params, name))} is not an integer")
+    if params.max_tokens < 0:
+        raise ValueError(f"max_tokens = {params.max_tokens} is negative")
+    if params.seed is not None and not (_is_int(params.seed) and _SEED_RANGE[0] <= params.seed < _SEED_RANGE[1]):
+        raise ValueError(f"seed = {_show(params.seed)} is outside [-2**63, 2**64)")
+    for name in ("logprobs", "prompt_logprobs"):
+        k = getattr(params, name)
+        if k is not None and not (_is_int(k) and 0 <= k <= vocab_size):
+            raise ValueError(f"{name} = {_show(k)} is outside [0, {vocab_size}]")
+    for token_id, bias in params.logit_bias:
+        if not (_is_int(token_id) and 0 <= token_id < vocab_size):
+            raise ValueError(f"logit_bias token id {_show(token_id)} is outside [0, {vocab_size})")
+        if not _is_number(bias) or abs(bias) > _FLOAT32_MAX:
+            raise ValueError(f"logit_bias value {_show(bias)} is not a finite float32 number")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    """An int (compared exactly, however large) or a finite float."""
+    return _is_int(value) or (isinstance(value, float) and math.isfinite(value))
+
+
+def _show(value: object) -> str:
+    """A value for an error message, cut short (an int may have more digits than `str` will print)."""
+    if isinstance(value, int) and abs(value) >= 10**30:
+        return f"an integer of {value.bit_length()} bits"
+    return repr(value)[:40]
 
 
 def is_plain_greedy(params: list[SamplingParams]) -> bool:
