@@ -1,5 +1,6 @@
-"""The model-family matrix (issue 14): every stock class in `llmserve.tiny.families`, served by the
-worker's engine builder, answers as the model itself does.
+"""The model-family matrix (issue 14): every stock class in `llmserve.tiny.families` and a
+remote-code model (`llmserve.tiny.remote_code`), served by the worker's engine builder, answer as
+the model itself does.
 
 For each family a tiny random-weight model (float32) serves a mixed batch: four prompts at once, three
 of them several sliding windows long, prefilled in chunks of 32 tokens over blocks of 8. Its greedy
@@ -48,8 +49,10 @@ PROMPTS = (
 # (the model's own forward and cache) for state-space and hybrid models and for classes whose
 # attention does not go through transformers' attention interface (Bloom, Falcon), where the paged
 # attention cannot be installed.
+REMOTE_CODE = "remote_code"  # llmserve.tiny.remote_code: own attention over a DynamicCache (ChatGLM's pattern)
+MATRIX = [*sorted(FAMILIES), REMOTE_CODE]
 EXPECTED_PATH = {family: "fast" for family in FAMILIES} | dict.fromkeys(
-    ("bloom", "falcon", "mamba", "granitemoehybrid"), "generic")
+    ("bloom", "falcon", "mamba", "granitemoehybrid", REMOTE_CODE), "generic")
 
 # Checks that fail today because a piece of issue 14 has not landed: (family, check) -> the piece.
 # Strict xfails: each turns into a failure the moment its piece lands, and is then removed here.
@@ -66,7 +69,7 @@ KNOWN_GAPS: dict[tuple[str, str], str] = {
 
 def _cases(check: str, families: list[str] | None = None) -> list[Any]:
     return [pytest.param(family, id=family, marks=_gap_marks(family, check))
-            for family in families or sorted(FAMILIES)]
+            for family in families or MATRIX]
 
 
 def _gap_marks(family: str, check: str) -> list[pytest.MarkDecorator]:
@@ -108,12 +111,17 @@ def family(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture(scope="module")
 def model_dir(family: str, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if family == REMOTE_CODE:
+        from llmserve.tiny.remote_code import build_remote_code_model
+
+        return build_remote_code_model(tiny_model_dir, tmp_path_factory.mktemp(family), seed=SEED)
     return build_family_model(family, tiny_model_dir, tmp_path_factory.mktemp(family), seed=SEED)
 
 
 @pytest.fixture(scope="module")
-def model(model_dir: Path) -> PreTrainedModel:
-    return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+def model(family: str, model_dir: Path) -> PreTrainedModel:
+    return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32,
+                                                trust_remote_code=family == REMOTE_CODE).eval()
 
 
 @pytest.fixture(scope="module")
@@ -124,9 +132,9 @@ def reference(model_dir: Path, model: PreTrainedModel) -> Reference:
 
 
 @pytest.fixture(scope="module")
-def served(model_dir: Path, reference: Reference) -> Served:
+def served(family: str, model_dir: Path, reference: Reference) -> Served:
     config = WorkerConfig(model_path=str(model_dir), dtype="float32", kv_cache_tokens=4096, block_size=8,
-                          max_num_batched_tokens=32)
+                          max_num_batched_tokens=32, trust_remote_code=family == REMOTE_CODE)
     engine = None
     tokens: dict[int, list[int]] = {i: [] for i in range(len(PROMPTS))}
     logprobs: dict[int, list[float]] = {i: [] for i in range(len(PROMPTS))}
