@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -19,6 +20,7 @@ from llmserve.api.params import (
 )
 from llmserve.api.schemas import ChatCompletionRequest, ChatMessage
 from llmserve.api.state import server_state
+from llmserve.api.structured import compile_spec, output_constraint
 from llmserve.api.streaming import (
     ChunkFormat,
     collect,
@@ -45,7 +47,10 @@ async def create_chat_completion(request: Request) -> Response:
     if body.top_logprobs and not body.logprobs:
         raise InvalidRequestError("top_logprobs requires logprobs to be true", param="top_logprobs")
     stop = stop_strings(body, limits)
+    constraint = output_constraint(body, body.ignore_eos)
     worker = state.choose_worker(body.model)
+    if constraint is not None:
+        await compile_spec(worker.engine, *constraint)
     prompt_ids = await off_loop_if_large(request, encode_chat, worker.tokenizer, template_messages(body.messages))
     max_tokens = resolve_max_tokens(
         body.max_completion_tokens or body.max_tokens, None, len(prompt_ids), worker.max_model_len,
@@ -53,8 +58,10 @@ async def create_chat_completion(request: Request) -> Response:
     )
     logprobs = (body.top_logprobs or 0) if body.logprobs else None
     bias = logit_bias(body, worker.vocab_size)
-    prompts = [(prompt_ids, sampling_params(body, max_tokens, stop, seed, logprobs, bias))
-               for seed in choice_seeds(body.seed, body.n)]
+    params = [sampling_params(body, max_tokens, stop, seed, logprobs, bias) for seed in choice_seeds(body.seed, body.n)]
+    if constraint is not None:
+        params = [replace(p, grammar=constraint[0]) for p in params]
+    prompts = [(prompt_ids, p) for p in params]
     stream = submit(worker, prompts, "chatcmpl", limits.log_requests)
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     return await respond(

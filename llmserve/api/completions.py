@@ -21,6 +21,7 @@ from llmserve.api.params import (
 )
 from llmserve.api.schemas import CompletionRequest
 from llmserve.api.state import server_state
+from llmserve.api.structured import compile_spec, output_constraint
 from llmserve.api.streaming import (
     ChunkFormat,
     collect,
@@ -52,7 +53,10 @@ async def create_completion(request: Request) -> Response:
     if body.max_tokens == 0 and not body.echo:
         raise InvalidRequestError("max_tokens may be 0 only with echo", param="max_tokens")
     stop = stop_strings(body, limits)
+    constraint = output_constraint(body, body.ignore_eos)
     worker = state.choose_worker(body.model)
+    if constraint is not None:
+        await compile_spec(worker.engine, *constraint)
     texts, prompt_ids = await off_loop_if_large(request, _prompts, body.prompt, worker)
     prompts: list[tuple[list[int], SamplingParams]] = []
     bias = logit_bias(body, worker.vocab_size)
@@ -63,6 +67,8 @@ async def create_completion(request: Request) -> Response:
                   for seed in choice_seeds(body.seed, body.n)]
         if body.echo and body.logprobs is not None:  # the echoed prompt carries logprobs too
             params = [replace(p, prompt_logprobs=body.logprobs) for p in params]
+        if constraint is not None:
+            params = [replace(p, grammar=constraint[0]) for p in params]
         prompts += [(ids, p) for p in params]
     echoes = [texts[i // body.n] if body.echo else "" for i in range(len(prompts))]
     usage = _Usage(sum(len(ids) for ids, _ in prompts[::body.n]))

@@ -10,6 +10,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from llmserve.api.structured import StructuredFields
+
 _Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]
 
 
@@ -32,7 +34,7 @@ class ChatMessage(_Lenient):
     name: str | None = None
 
 
-class SamplingFields(_Lenient):
+class SamplingFields(StructuredFields, _Lenient):
     """Fields shared by chat and completions requests."""
 
     model: str = Field(min_length=1)
