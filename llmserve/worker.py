@@ -286,7 +286,7 @@ class Worker:
                 return False
             if isinstance(command, _Add):
                 for seq_id, (prompt_ids, params) in zip(command.seq_ids, command.prompts, strict=True):
-                    engine.add(seq_id, prompt_ids, params)
+                    self._add(engine, seq_id, prompt_ids, params)
             else:
                 self._deliver([out for sid in command.seq_ids if (out := engine.abort(sid)) is not None])
             try:
@@ -294,10 +294,21 @@ class Worker:
             except queue.Empty:
                 return True
 
+    def _add(self, engine: LLMEngine, seq_id: int, prompt_ids: list[int], params: SamplingParams) -> None:
+        """Hand one sequence to the engine. The engines refuse bad values themselves (an error event
+        of that sequence's own); should one raise all the same, that sequence alone fails and the
+        loop, with every other stream, goes on."""
+        try:
+            engine.add(seq_id, prompt_ids, params)
+        except Exception as exc:
+            log.exception("%s: the engine refused sequence %d", self.name, seq_id)
+            self._deliver([SequenceOutput(seq_id, "", [], [], "error", len(prompt_ids), 0,
+                                          error=f"invalid request: {type(exc).__name__}")])
+
     def _step(self, engine: LLMEngine) -> list[SequenceOutput]:
         try:
             return engine.step()
-        except Exception as exc:  # one step failed: fail its sequences, keep serving
+        except Exception as exc:  # the engine isolates a bad sequence itself: this is its recovery failing
             log.exception("%s: step failed", self.name)
             return engine.fail(engine.last_scheduled, f"the model step failed: {type(exc).__name__}")
 

@@ -58,3 +58,34 @@ def test_release_aborts_unfinished_sequences_and_bounds_the_queue(tiny_model_dir
         await worker.stop()
 
     asyncio.run(run())
+
+
+def test_a_refused_sequence_fails_alone_and_the_worker_keeps_serving(tiny_model_dir, monkeypatch) -> None:
+    """A value the engine refuses (a seed no generator takes) and an engine whose `add` raises
+    both end only their own sequence with an error; the other request finishes, the worker stays up."""
+    config = WorkerConfig(model_path=str(tiny_model_dir), kv_cache_tokens=4096)
+
+    async def run() -> None:
+        worker = Worker(config, 0, build_engine)
+        await worker.start()
+        assert worker.engine is not None
+        add = worker.engine.add
+
+        def add_raising_for_marked(seq_id, prompt_ids, params):
+            if params.stop == ("marked",):
+                raise RuntimeError("broken engine add")
+            add(seq_id, prompt_ids, params)
+
+        monkeypatch.setattr(worker.engine, "add", add_raising_for_marked)
+        greedy = SamplingParams(max_tokens=8, temperature=0.0)
+        good = worker.submit([([1, 2, 3], greedy)])
+        bad_seed = worker.submit([([1, 2, 3], SamplingParams(max_tokens=8, seed=2**64))])
+        raising = worker.submit([([1, 2, 3], SamplingParams(max_tokens=8, stop=("marked",)))])
+        finals = [[out async for _, out in stream][-1] for stream in (good, bad_seed, raising)]
+        assert finals[0].finish_reason == "length" and finals[0].error is None and finals[0].num_output_tokens == 8
+        assert finals[1].finish_reason == "error" and finals[1].error.startswith("invalid request: seed = ")
+        assert finals[2].finish_reason == "error" and finals[2].error == "invalid request: RuntimeError"
+        assert worker.is_ready and worker.num_unfinished == 0
+        await worker.stop()
+
+    asyncio.run(run())
