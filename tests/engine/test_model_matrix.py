@@ -118,10 +118,16 @@ def model_dir(family: str, tiny_model_dir: Path, tmp_path_factory: pytest.TempPa
     return build_family_model(family, tiny_model_dir, tmp_path_factory.mktemp(family), seed=SEED)
 
 
+def load_reference(model_dir: Path, trust_remote_code: bool = False) -> PreTrainedModel:
+    """The model as the reference: float32, transformers' eager attention (the one that honours every
+    config feature: before 5.2x, Gemma 2 under sdpa dropped its soft-cap)."""
+    return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="eager",
+                                                trust_remote_code=trust_remote_code).eval()
+
+
 @pytest.fixture(scope="module")
 def model(family: str, model_dir: Path) -> PreTrainedModel:
-    return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32,
-                                                trust_remote_code=family == REMOTE_CODE).eval()
+    return load_reference(model_dir, trust_remote_code=family == REMOTE_CODE)
 
 
 @pytest.fixture(scope="module")
@@ -238,7 +244,7 @@ def test_switching_a_feature_off_changes_the_answer(family: str, feature: str, o
     """Same weights, same prompts, the feature off: other greedy tokens and logprobs off by far more
     than the tolerance, so a path that ignored the feature would fail the matrix."""
     plain_dir = build_family_model(family, tiny_model_dir, tmp_path, seed=SEED, **off)
-    plain = AutoModelForCausalLM.from_pretrained(plain_dir, dtype=torch.float32).eval()
+    plain = load_reference(plain_dir)
     assert all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(), model.state_dict().values(),
                                                   strict=True))
     if switch_off is not None:
