@@ -193,3 +193,47 @@ def test_a_failed_batched_decode_is_retried_one_by_one(hybrid_dir: Path, monkeyp
     for i, prompt in enumerate(prompts):
         assert events[i][-1].error is None
         assert tokens(events[i]) == generate(reference, prompt, 10), f"request {i}"
+
+
+def _in_memory_engine(model: Any, tokenizer: Any) -> GenericEngine:
+    from llmserve.generic.batching import choose_layout
+    from llmserve.generic.forward import ModelForward
+
+    forward = ModelForward(model, torch.device("cpu"))
+    layout, _ = choose_layout(forward, model.config.vocab_size, torch.float32)
+    return GenericEngine(forward, tokenizer, frozenset(), model.config.vocab_size, 4096, layout)
+
+
+@pytest.mark.parametrize("family", ["mistral", "gemma2"])
+def test_sliding_window_caches_stack_exactly(family: str, tiny_model_dir: Path) -> None:
+    from transformers import AutoTokenizer, Gemma2Config, Gemma2ForCausalLM, MistralConfig, MistralForCausalLM
+
+    shape = {"vocab_size": 4096, "hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4,
+             "num_key_value_heads": 2}
+    torch.manual_seed(5)
+    model = (MistralForCausalLM(MistralConfig(num_hidden_layers=2, sliding_window=5, **shape)) if family == "mistral"
+             else Gemma2ForCausalLM(Gemma2Config(num_hidden_layers=4, head_dim=16, sliding_window=6, **shape))).eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.ndim >= 2:
+                param.normal_(0.0, 0.3 if "embed" in name else 0.1)
+    engine = _in_memory_engine(model, AutoTokenizer.from_pretrained(tiny_model_dir))
+    assert engine.layout is not None and engine.layout.counters, "the windowed layers' position counters"
+    prompts = [engine.tokenizer.encode(t) for t in TEXTS]  # several windows long, and shorter than one
+    events = run(engine, [(p, SamplingParams(max_tokens=n, temperature=0, ignore_eos=True))
+                          for p, n in zip(prompts, MAX_TOKENS, strict=True)])
+    for i, prompt in enumerate(prompts):
+        with torch.inference_mode():
+            out = model.generate(torch.tensor([prompt]), max_new_tokens=MAX_TOKENS[i], do_sample=False,
+                                 eos_token_id=None, pad_token_id=0)
+        assert tokens(events[i]) == out[0, len(prompt):].tolist(), f"request {i}"
+
+
+def test_a_model_that_ignores_padding_decodes_alone(tiny_model_dir: Path) -> None:
+    from llmserve.generic.batching import choose_layout
+    from llmserve.generic.forward import ModelForward
+
+    forward = ModelForward(load_reference(tiny_model_dir), torch.device("cpu"))
+    forward.takes_position_ids = False  # positions from the padded cache length: wrong for padded rows
+    layout, reason = choose_layout(forward, 4096, torch.float32)
+    assert layout is None and "differs from a lone one" in reason
