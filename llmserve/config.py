@@ -174,7 +174,11 @@ class WorkerConfig:
     seed: int = 0
     """Seed of the worker's sampler for requests that give none."""
     chat_template: str = ""
-    """Chat template override: a Jinja string or a path to a file; empty uses the tokenizer's."""
+    """Chat template: a built-in name (vicuna_v1.1, llama-2, alpaca, chatml, chatglm2, zero_shot), a Jinja string or a file; empty uses the tokenizer's."""
+    enable_chat: bool = True
+    """Serve /v1/chat/completions for this model (needs a chat template); false: completions only."""
+    tokenizer_path: str = ""
+    """Tokenizer folder or hub id when it is not model_path's (FastChat's --tokenizer); empty: model_path's."""
     trust_remote_code: bool = False
     """Allow model code shipped with the checkpoint to run."""
     allow_pickle: bool = False

@@ -39,8 +39,10 @@ log = logging.getLogger(__name__)
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _CPU_KV_BUDGET_BYTES = 1024**3
 _HUB_ID_RE = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
+# A tokenizer folder holds at least one of these.
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt")
 # Options an embedding worker (one device, full precision) cannot honour.
-_GENERATE_ONLY = ("load_8bit", "load_4bit", "cpu_offloading", "max_gpu_memory")
+_GENERATE_ONLY = ("load_8bit", "load_4bit", "cpu_offloading", "max_gpu_memory", "tokenizer_path")
 
 
 @dataclass
@@ -156,6 +158,17 @@ def worker_task(config: WorkerConfig, path: str = "workers[0]") -> str:
     return resolve_task(config, model_dir, path)
 
 
+def tokenizer_dir(config: WorkerConfig, model_dir: Path, path: str = "workers[0]") -> Path:
+    """The tokenizer's folder: `tokenizer_path` (a folder or a cached hub id) when set, else the model's."""
+    if not config.tokenizer_path:
+        return model_dir
+    folder = resolve_model_dir(config.tokenizer_path, config.revision, f"{path}.tokenizer_path")
+    if not any((folder / name).is_file() for name in _TOKENIZER_FILES):
+        raise ConfigError(f'{path}.tokenizer_path = "{config.tokenizer_path}": no tokenizer in this folder '
+                          f"(none of {', '.join(_TOKENIZER_FILES)})")
+    return folder
+
+
 def check_worker(config: WorkerConfig, path: str) -> str:
     """Every start-up check that needs the machine or the model files; returns the worker's task.
 
@@ -201,7 +214,7 @@ def load_model(config: WorkerConfig, path: str = "workers[0]") -> LoadedModel:
     common: dict[str, Any] = {"trust_remote_code": config.trust_remote_code}
     hf_config = read_hf_config(model_dir, config, path)
     dtype = resolve_dtype(config.dtype, device, getattr(hf_config, "dtype", None))
-    tokenizer = AutoTokenizer.from_pretrained(model_dir, **common)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir(config, model_dir, path), **common)
     placement = plan_placement(config, device, dtype, hf_config, path)
     model: Any = AutoModelForCausalLM.from_pretrained(
         model_dir, dtype=dtype, use_safetensors=None if config.allow_pickle else True,

@@ -24,8 +24,8 @@ from llmserve.api.state import ServerState
 from llmserve.app import create_app
 from llmserve.config import Config, load_config, with_overrides
 from llmserve.errors import ConfigError
-from llmserve.loading import check_worker
-from llmserve.templates import check_chat_template
+from llmserve.loading import check_worker, resolve_model_dir, tokenizer_dir
+from llmserve.templates import check_chat_available, check_chat_template
 from llmserve.tls import check_tls, is_tls, uvicorn_tls_kwargs
 
 log = logging.getLogger(__name__)
@@ -38,6 +38,9 @@ def preflight(config: Config) -> None:
     for i, worker in enumerate(config.workers):
         task = check_worker(worker, f"workers[{i}]")
         check_chat_template(worker.chat_template, f"workers[{i}].chat_template")
+        if task == "generate":
+            model_dir = resolve_model_dir(worker.model_path, worker.revision, f"workers[{i}].model_path")
+            check_chat_available(worker, tokenizer_dir(worker, model_dir, f"workers[{i}]"), f"workers[{i}]")
         for name in worker.served_names:
             other_task, other = task_of_name.setdefault(name, (task, i))
             if other_task != task:

@@ -1,27 +1,28 @@
 """Chat prompts: which template a worker uses and how messages become prompt token ids.
 
+A worker's template is the config's `chat_template` (a built-in name from
+llmserve/builtin_templates.py, a Jinja file or a Jinja string), else the tokenizer's own; a
+generation worker with neither is refused at start-up unless `enable_chat = false`.
 Templates render through the tokenizer's `apply_chat_template`, which uses transformers'
 sandboxed Jinja environment; requests can never supply a template.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
+from llmserve.builtin_templates import BUILTIN_TEMPLATES, builtin_template_text
+from llmserve.config import WorkerConfig
 from llmserve.errors import ConfigError, InvalidRequestError
 
-# Used when neither the config nor the tokenizer has a template: role-prefixed turns.
-FALLBACK_CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ message['role'] | capitalize }}: {{ message['content'] }}\n\n"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}Assistant:{% endif %}"
-)
 
-
-def resolve_chat_template(override: str, tokenizer: Any) -> str:
-    """The config's template (a file path or a Jinja string), else the tokenizer's, else the fallback."""
+def resolve_chat_template(override: str, tokenizer: Any) -> str | None:
+    """The config's template (a built-in name, a file path or a Jinja string), else the tokenizer's;
+    None when there is neither (the worker then serves completions only: `enable_chat = false`)."""
+    if override in BUILTIN_TEMPLATES:
+        return builtin_template_text(override, tokenizer)
     if override:
         if is_template_text(override):
             return override
@@ -29,7 +30,7 @@ def resolve_chat_template(override: str, tokenizer: Any) -> str:
     template = getattr(tokenizer, "chat_template", None)
     if isinstance(template, str) and template:
         return template
-    return FALLBACK_CHAT_TEMPLATE
+    return None
 
 
 def is_template_text(value: str) -> bool:
@@ -38,9 +39,39 @@ def is_template_text(value: str) -> bool:
 
 
 def check_chat_template(value: str, path: str) -> None:
-    """A configured template must be Jinja text or an existing file (never a typo'd path used as text)."""
-    if value and not is_template_text(value) and not Path(value).expanduser().is_file():
-        raise ConfigError(f'{path} = "{value}": not a Jinja template and no such file')
+    """A configured template must be a built-in name, Jinja text or an existing file (never a typo'd
+    name or path used as text)."""
+    if value and value not in BUILTIN_TEMPLATES and not is_template_text(value) \
+            and not Path(value).expanduser().is_file():
+        raise ConfigError(f'{path} = "{value}": not a built-in template ({", ".join(BUILTIN_TEMPLATES)}), '
+                          "not a Jinja template and no such file")
+
+
+def tokenizer_has_chat_template(folder: Path) -> bool:
+    """Whether a tokenizer folder ships a chat template, where transformers looks for one."""
+    if (folder / "chat_template.jinja").is_file() or (folder / "chat_template.json").is_file():
+        return True
+    config = folder / "tokenizer_config.json"
+    try:
+        return bool(json.loads(config.read_text(encoding="utf-8")).get("chat_template"))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def check_chat_available(config: WorkerConfig, tokenizer_dir: Path, path: str) -> None:
+    """A generation worker that serves chat needs a template: the config's or the tokenizer's."""
+    if not config.enable_chat or config.chat_template or tokenizer_has_chat_template(tokenizer_dir):
+        return
+    raise ConfigError(f'{path}.chat_template: the tokenizer of "{tokenizer_dir}" ships no chat template; set '
+                      f'chat_template to a built-in one ({", ".join(BUILTIN_TEMPLATES)}), a Jinja file or '
+                      "string, or enable_chat = false to serve completions only")
+
+
+def check_serves_chat(config: WorkerConfig, model: str) -> None:
+    """400 for a chat request to a worker configured for completions only."""
+    if not config.enable_chat:
+        raise InvalidRequestError(f"model '{model}' serves completions only (it has no chat template); "
+                                  "use /v1/completions", param="model")
 
 
 def render_chat_prompt(tokenizer: Any, messages: list[dict[str, str]]) -> str:

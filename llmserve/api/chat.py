@@ -30,8 +30,9 @@ from llmserve.api.streaming import (
     respond,
     submit,
 )
+from llmserve.builtin_templates import template_stop_strings, template_stop_token_ids
 from llmserve.errors import InvalidRequestError
-from llmserve.templates import encode_chat
+from llmserve.templates import check_serves_chat, encode_chat
 from llmserve.worker import RequestStream, Worker
 
 
@@ -49,6 +50,8 @@ async def create_chat_completion(request: Request) -> Response:
     stop = stop_strings(body, limits)
     constraint = output_constraint(body, body.ignore_eos)
     worker = state.choose_worker(body.model)
+    check_serves_chat(worker.config, body.model)
+    stop, body = with_template_stops(worker.config.chat_template, worker.tokenizer, stop, body)
     if constraint is not None:
         await compile_spec(worker.engine, *constraint)
     prompt_ids = await off_loop_if_large(request, encode_chat, worker.tokenizer, template_messages(body.messages))
@@ -68,6 +71,16 @@ async def create_chat_completion(request: Request) -> Response:
         request, worker, stream,
         (lambda: _stream(worker, body, stream, len(prompt_ids), include_usage)) if body.stream else None,
         lambda: _complete(worker, body, stream, len(prompt_ids)))
+
+
+def with_template_stops(template: str, tokenizer: object, stop: tuple[str, ...],
+                        body: ChatCompletionRequest) -> tuple[tuple[str, ...], ChatCompletionRequest]:
+    """A built-in template's stop strings and stop tokens (FastChat's per-template stops) added to the request's."""
+    stop = stop + tuple(s for s in template_stop_strings(template) if s not in stop)
+    token_ids = template_stop_token_ids(template, tokenizer)
+    if token_ids:
+        body = body.model_copy(update={"stop_token_ids": [*(body.stop_token_ids or ()), *token_ids]})
+    return stop, body
 
 
 def template_messages(messages: list[ChatMessage]) -> list[dict[str, str]]:

@@ -7,12 +7,13 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from llmserve.builtin_templates import BUILTIN_TEMPLATES
 from llmserve.chat.backends import ChatError, ContextTooLongError, GenerationParams, Message, ReplyStats
 from llmserve.config import WorkerConfig
 from llmserve.engine.engine import LLMEngine, SequenceOutput
 from llmserve.engine.request import SamplingParams
 from llmserve.errors import InvalidRequestError
-from llmserve.templates import FALLBACK_CHAT_TEMPLATE, encode_chat, render_chat_prompt
+from llmserve.templates import encode_chat, render_chat_prompt
 
 
 class LocalBackend:
@@ -33,6 +34,9 @@ class LocalBackend:
         engine = build_engine(config, 0)
         if not isinstance(engine, LLMEngine):  # an embedding model: nothing to chat with
             raise ChatError(f"{config.model_path} is an embedding model; it cannot chat")
+        if not engine.tokenizer.chat_template:
+            raise ChatError(f"{config.model_path} ships no chat template; pick one with --chat-template "
+                            f"({', '.join(BUILTIN_TEMPLATES)}, a Jinja file or string)")
         name = describe_template(config.chat_template, engine.tokenizer.chat_template, config.model_path)
         return cls(engine, name)
 
@@ -113,11 +117,11 @@ class LocalBackend:
 
 
 def describe_template(override: str, template: str | None, model_path: str) -> str:
-    """A short name for the template in use: the override's file, "inline", the model's or "fallback"."""
+    """A short name for the template in use: a built-in's name, the override's file, "inline" or the model's."""
+    if override in BUILTIN_TEMPLATES:
+        return f"{override} (built-in)"
     if override and "{" not in override and Path(override).is_file():
         return Path(override).name
     if override:
         return "inline"
-    if template == FALLBACK_CHAT_TEMPLATE:
-        return "fallback"
     return f"{Path(model_path.rstrip('/')).name} (tokenizer)"

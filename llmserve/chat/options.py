@@ -22,6 +22,8 @@ LOADING_FLAGS: tuple[tuple[str, str], ...] = (
     ("--load-8bit", "load_8bit"),
     ("--load-4bit", "load_4bit"),
     ("--cpu-offloading", "cpu_offloading"),
+    ("--revision", "revision"),
+    ("--tokenizer-path", "tokenizer_path"),
 )
 """(flag, WorkerConfig field) of the loading flags passed through only when given."""
 

@@ -39,7 +39,11 @@ def register(subparsers: Any) -> None:
     local.add_argument("--load-8bit", action="store_true", help="8-bit weights (bitsandbytes)")
     local.add_argument("--load-4bit", action="store_true", help="4-bit weights (bitsandbytes)")
     local.add_argument("--cpu-offloading", action="store_true", help="weights that do not fit the GPU go to CPU")
-    local.add_argument("--chat-template", help="template override: a Jinja string or a file")
+    local.add_argument("--chat-template",
+                       help="template: a built-in name (vicuna_v1.1, llama-2, alpaca, chatml, chatglm2, zero_shot), "
+                            "a Jinja string or a file (default: the tokenizer's)")
+    local.add_argument("--tokenizer-path", help="tokenizer folder or hub id, when not the model's")
+    local.add_argument("--revision", help="hub revision (branch, tag or commit) of a hub id's cached snapshot")
     local.add_argument("--max-model-len", type=int, help="context length in tokens (default: the model's)")
     local.add_argument("--trust-remote-code", action="store_true", help="allow model code from the checkpoint")
     gen = parser.add_argument_group("generation")

@@ -3,7 +3,8 @@ remote-code model (`llmserve.tiny.remote_code`), served by the worker's engine b
 the model itself does.
 
 For each family a tiny random-weight model (float32) serves a mixed batch: four prompts at once, three
-of them several sliding windows long, prefilled in chunks of 32 tokens over blocks of 8. Its greedy
+of them several sliding windows long, prefilled in chunks of 32 tokens over blocks of 8, and then the
+same batch again (prefix-cache hits on the fast path). Its greedy
 tokens must equal `model.generate`'s, each token's logprob must be within 1e-4 of the log_softmax of
 the model's own forward over the same tokens, and the path the builder chose (fast or generic) must
 be the one `EXPECTED_PATH` names. The features that make a family special (soft-caps, sinks, sliding
@@ -30,6 +31,8 @@ from llmserve.tiny.families import FAMILIES, build_family_model
 
 LOGPROB_TOLERANCE = 1e-4  # float32
 MAX_TOKENS = 12
+NUM_PASSES = 2
+MAX_STEPS = 1000
 SEED = 1
 # One short prompt and three of 100+ tokens: longer than every family's sliding window (16-32).
 PROMPTS = (
@@ -54,15 +57,17 @@ MATRIX = [*sorted(FAMILIES), REMOTE_CODE]
 EXPECTED_PATH = {family: "fast" for family in FAMILIES} | dict.fromkeys(
     ("bloom", "falcon", "mamba", "granitemoehybrid", REMOTE_CODE), "generic")
 
+
+def _window_families() -> list[str]:
+    """The families with sliding-window layers, whose context must not shrink to the window."""
+    return sorted(f for f, spec in FAMILIES.items() if spec.config.get("sliding_window"))
+
+
 # Checks that fail today because a piece of issue 14 has not landed: (family, check) -> the piece.
 # Strict xfails: each turns into a failure the moment its piece lands, and is then removed here.
 _H2_CONTEXT = "H2: the context is capped at the sliding window (loading._attention_window)"
 KNOWN_GAPS: dict[tuple[str, str], str] = {
-    **{(family, check): _H2_CONTEXT for family in ("mistral", "gemma3", "starcoder2")
-       for check in ("tokens", "logprobs", "context")},
-    **{(family, check): _H2_CONTEXT for family in ("gemma2", "gpt_oss") for check in ("tokens", "context")},
-    ("gemma2", "path"): "H2: logit soft-capping on the fast path (the probe sends Gemma 2 to the generic path)",
-    ("gpt_oss", "path"): "H2: learned sinks on the fast path (the probe sends gpt-oss to the generic path)",
+    **{(family, check): _H2_CONTEXT for family in _window_families() for check in ("tokens", "logprobs", "context")},
     ("deepseek_v3", "path"): "H2: a KV cache laid out from what MLA stores (the fast path's step fails)",
 }
 
@@ -77,11 +82,6 @@ def _gap_marks(family: str, check: str) -> list[pytest.MarkDecorator]:
     return [pytest.mark.xfail(strict=True, reason=reason)] if reason else []
 
 
-def _window_families() -> list[str]:
-    """The families with sliding-window layers, whose context must not shrink to the window."""
-    return sorted(f for f, spec in FAMILIES.items() if spec.config.get("sliding_window"))
-
-
 @dataclass
 class Reference:
     """What the model itself answers: greedy tokens from `generate`."""
@@ -92,11 +92,12 @@ class Reference:
 
 @dataclass
 class Served:
-    """What the engine built by the worker's builder answered (or why it could not)."""
+    """What the engine built by the worker's builder answered (or why it could not): per pass over
+    the prompts, each prompt's tokens and their logprobs."""
 
     engine: Any
-    tokens: list[list[int]]
-    logprobs: list[list[float]]
+    tokens: list[list[list[int]]]
+    logprobs: list[list[list[float]]]
     error: str | None
 
     def check(self) -> None:
@@ -139,27 +140,37 @@ def reference(model_dir: Path, model: PreTrainedModel) -> Reference:
 
 @pytest.fixture(scope="module")
 def served(family: str, model_dir: Path, reference: Reference) -> Served:
+    """The prompts served twice, one batch after the other: the second finds them in the prefix cache."""
     config = WorkerConfig(model_path=str(model_dir), dtype="float32", kv_cache_tokens=4096, block_size=8,
                           max_num_batched_tokens=32, trust_remote_code=family == REMOTE_CODE)
     engine = None
-    tokens: dict[int, list[int]] = {i: [] for i in range(len(PROMPTS))}
-    logprobs: dict[int, list[float]] = {i: [] for i in range(len(PROMPTS))}
+    served = Served(engine, [], [], None)
     try:
-        engine = build_engine(config, 0)
-        for i, ids in enumerate(reference.prompt_ids):
-            engine.add(i, ids, SamplingParams(max_tokens=MAX_TOKENS, temperature=0.0, logprobs=0))
-        for _ in range(1000):
-            if not engine.has_work:
-                break
-            for out in engine.step():
-                assert out.error is None, out.error
-                tokens[out.seq_id] += out.token_ids
-                logprobs[out.seq_id] += [lp.logprob for lp in out.logprobs]
-        assert not engine.has_work, "the engine did not finish in 1000 steps"
+        served.engine = engine = build_engine(config, 0)
+        for first_id in range(0, NUM_PASSES * len(PROMPTS), len(PROMPTS)):
+            tokens, logprobs = serve_batch(engine, reference.prompt_ids, first_id)
+            served.tokens.append(tokens)
+            served.logprobs.append(logprobs)
     except Exception:  # reported by each check that needs the run, with its traceback
-        return Served(engine, [], [], traceback.format_exc(limit=-6))
-    return Served(engine, [tokens[i] for i in range(len(PROMPTS))], [logprobs[i] for i in range(len(PROMPTS))],
-                  None)
+        served.error = traceback.format_exc(limit=-6)
+    return served
+
+
+def serve_batch(engine: Any, prompt_ids: list[list[int]], first_id: int) -> tuple[list[list[int]], list[list[float]]]:
+    """All prompts added at once, stepped until done: each one's greedy tokens and their logprobs."""
+    tokens: dict[int, list[int]] = {first_id + i: [] for i in range(len(prompt_ids))}
+    logprobs: dict[int, list[float]] = {first_id + i: [] for i in range(len(prompt_ids))}
+    for seq_id, ids in enumerate(prompt_ids, start=first_id):
+        engine.add(seq_id, ids, SamplingParams(max_tokens=MAX_TOKENS, temperature=0.0, logprobs=0))
+    for _ in range(MAX_STEPS):
+        if not engine.has_work:
+            break
+        for out in engine.step():
+            assert out.error is None, out.error
+            tokens[out.seq_id] += out.token_ids
+            logprobs[out.seq_id] += [entry.logprob for entry in out.logprobs]
+    assert not engine.has_work, f"the engine did not finish in {MAX_STEPS} steps"
+    return list(tokens.values()), list(logprobs.values())
 
 
 def greedy(model: PreTrainedModel, prompt_ids: list[int]) -> list[int]:
@@ -189,17 +200,18 @@ def test_the_builder_chooses_the_expected_path(family: str, served: Served) -> N
 @pytest.mark.parametrize("family", _cases("tokens"), indirect=True)
 def test_greedy_tokens_match_generate(family: str, reference: Reference, served: Served) -> None:
     served.check()
-    assert served.tokens == reference.tokens
+    assert served.tokens == [reference.tokens] * NUM_PASSES
 
 
 @pytest.mark.parametrize("family", _cases("logprobs"), indirect=True)
 def test_logprobs_match_the_models_forward(family: str, model: PreTrainedModel, reference: Reference,
                                            served: Served) -> None:
     served.check()
-    for ids, tokens, logprobs in zip(reference.prompt_ids, served.tokens, served.logprobs, strict=True):
-        assert len(logprobs) == len(tokens) > 0
-        expected = forward_logprobs(model, ids, tokens)
-        assert max(abs(a - b) for a, b in zip(logprobs, expected, strict=True)) <= LOGPROB_TOLERANCE
+    for pass_tokens, pass_logprobs in zip(served.tokens, served.logprobs, strict=True):
+        for ids, tokens, logprobs in zip(reference.prompt_ids, pass_tokens, pass_logprobs, strict=True):
+            assert len(logprobs) == len(tokens) > 0
+            expected = forward_logprobs(model, ids, tokens)
+            assert max(abs(a - b) for a, b in zip(logprobs, expected, strict=True)) <= LOGPROB_TOLERANCE
 
 
 @pytest.mark.parametrize("family", _cases("context", _window_families()), indirect=True)
