@@ -14,21 +14,23 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from llmserve.api import chat, completions, embeddings, models, tokenize
-from llmserve.api.middleware import APIKeyMiddleware, BodySizeLimitMiddleware
+from llmserve.api.middleware import APIKeyMiddleware, BodySizeLimitMiddleware, SecurityHeadersMiddleware
 from llmserve.api.state import ServerState
 from llmserve.config import Config
 from llmserve.dispatch import Dispatcher, make_policy
 from llmserve.errors import (
+    ClientDisconnectedError,
     LLMServeError,
     MethodNotAllowedError,
     RouteNotFoundError,
     error_body,
     render_error,
 )
+from llmserve.logs import install_log_escaping
 from llmserve.metrics import ServerMetrics
 from llmserve.ui import routes as ui
 from llmserve.ui.battles import BattleStore
@@ -48,6 +50,7 @@ def create_app(config: Config, engine_factory: EngineFactory | None = None) -> S
         from llmserve.engine.builder import build_worker_engine
 
         engine_factory = build_worker_engine
+    install_log_escaping()  # request paths, headers and names reach log lines
     metrics = ServerMetrics()
     workers = [Worker(wc, i, engine_factory, metrics) for i, wc in enumerate(config.workers)]
     metrics.watch_workers(workers)
@@ -96,7 +99,8 @@ def _routes() -> list[Route]:
 
 def _middleware(config: Config) -> list[Middleware]:
     server = config.server
-    stack = []
+    stack = [Middleware(SecurityHeadersMiddleware, headers={"X-Content-Type-Options": "nosniff"},
+                        prefix_headers={prefix: ui.PAGE_HEADERS for prefix in ui.OPEN_PREFIXES})]
     if server.allowed_origins:
         stack.append(Middleware(CORSMiddleware, allow_origins=list(server.allowed_origins),
                                 allow_credentials=server.allow_credentials,
@@ -122,8 +126,10 @@ def _count_error(request: Request, error_type: str, status: int) -> None:
     request.app.state.server.metrics.errors.labels(error_type, str(status)).inc()
 
 
-async def _llmserve_error(request: Request, exc: Exception) -> JSONResponse:
+async def _llmserve_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, LLMServeError)
+    if isinstance(exc, ClientDisconnectedError):  # nobody is left to read an answer: not our error
+        return Response(status_code=exc.status_code)
     _count_error(request, exc.error_type, exc.status_code)
     return JSONResponse(render_error(exc), status_code=exc.status_code, headers=exc.headers())
 
