@@ -80,6 +80,20 @@ class ServerConfig:
     """With api_keys set, require the key on /metrics too (it is open otherwise)."""
     log_requests: bool = False
     """Log each request's prompt (off: only ids, counts and timings are logged)."""
+    max_request_line_bytes: int = 8192
+    """Longest request line (method, target, version) in bytes (414 beyond)."""
+    max_header_bytes: int = 32768
+    """Largest request header block in bytes (431 beyond)."""
+    max_headers: int = 100
+    """Most header fields per request (431 beyond)."""
+    header_timeout_s: float = 10.0
+    """Seconds a request's line and headers may take to arrive (408 and the connection closed beyond)."""
+    body_timeout_s: float = 60.0
+    """Seconds a request body may take to arrive once its headers are in (408 and the connection closed beyond)."""
+    keep_alive_timeout_s: float = 5.0
+    """Seconds an idle keep-alive connection stays open between requests."""
+    max_connections: int = 1000
+    """Most open connections; one more is answered 503 and closed (keep it below `ulimit -n`)."""
 
     def validate(self) -> None:
         _check(1 <= self.port <= 65535, "server.port", self.port, "expected 1..65535")
@@ -90,6 +104,13 @@ class ServerConfig:
         _check(self.max_request_bytes >= 1024, "server.max_request_bytes", self.max_request_bytes,
                "expected at least 1024")
         _check(self.shutdown_timeout >= 0, "server.shutdown_timeout", self.shutdown_timeout, "expected >= 0")
+        for name in ("header_timeout_s", "body_timeout_s", "keep_alive_timeout_s"):
+            value = getattr(self, name)
+            _check(value > 0, f"server.{name}", value, "expected a positive number of seconds")
+        for name, least in (("max_request_line_bytes", 256), ("max_header_bytes", 1024), ("max_headers", 8),
+                            ("max_connections", 1)):
+            value = getattr(self, name)
+            _check(value >= least, f"server.{name}", value, f"expected at least {least}")
         for name in ("max_n", "max_stop_sequences", "max_stop_length", "max_messages", "max_logprobs"):
             value = getattr(self, name)
             _check(value >= 1, f"server.{name}", value, "expected at least 1")

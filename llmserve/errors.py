@@ -12,6 +12,7 @@ Hierarchy (HTTP status, OpenAI `type`)::
     +-- MethodNotAllowedError            405 invalid_request_error
     +-- RequestTooLargeError             413 invalid_request_error
     +-- UnsupportedMediaTypeError        415 invalid_request_error
+    +-- ClientDisconnectedError          499 (no one to answer: not logged, not counted)
     +-- ServiceUnavailableError          503 service_unavailable    recoverable: retry later
     +-- EngineError                      500 internal_error         a step failed; the worker goes on
     +-- WorkerDeadError                  503 service_unavailable    fatal for that worker
@@ -85,6 +86,13 @@ class RequestTooLargeError(LLMServeError):
 class UnsupportedMediaTypeError(LLMServeError):
     status_code = 415
     error_type = "invalid_request_error"
+
+
+class ClientDisconnectedError(LLMServeError):
+    """The client went away before its request was read in full; nothing is sent back."""
+
+    status_code = 499
+    error_type = "client_closed_request"
 
 
 class ServiceUnavailableError(LLMServeError):

@@ -24,6 +24,7 @@ from llmserve.api.state import ServerState
 from llmserve.app import create_app
 from llmserve.config import Config, load_config, with_overrides
 from llmserve.errors import ConfigError
+from llmserve.http_limits import uvicorn_options
 from llmserve.loading import check_worker, resolve_model_dir, tokenizer_dir
 from llmserve.templates import check_chat_available, check_chat_template
 from llmserve.tls import check_tls, is_tls, uvicorn_tls_kwargs
@@ -127,6 +128,7 @@ def serve(config_path: str, host: str | None = None, port: int | None = None, lo
     scheme = "https" if is_tls(config.server) else "http"
     log.info("llmserve listening on %s://%s:%d", scheme, config.server.host, config.server.port)
     uv_config = uvicorn.Config(app, host=config.server.host, port=config.server.port, log_level=log_level,
-                               access_log=False, timeout_graceful_shutdown=5, **uvicorn_tls_kwargs(config.server))
+                               access_log=False, timeout_graceful_shutdown=5, **uvicorn_tls_kwargs(config.server),
+                               **uvicorn_options(config.server))
     DrainingServer(uv_config, app.state.server).run()
     return 0

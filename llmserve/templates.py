@@ -85,12 +85,35 @@ def render_chat_prompt(tokenizer: Any, messages: list[dict[str, str]]) -> str:
 
 def encode_chat(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
     """Prompt token ids; the template supplies the special tokens itself."""
-    return list(tokenizer.encode(render_chat_prompt(tokenizer, messages), add_special_tokens=False))
+    return encode_texts(tokenizer, [render_chat_prompt(tokenizer, messages)], add_special_tokens=False)[0]
 
 
-def encode_text(tokenizer: Any, text: str) -> list[int]:
+def encode_text(tokenizer: Any, text: str, add_special_tokens: bool = True) -> list[int]:
     """Token ids of a plain completion prompt, with the tokenizer's usual special tokens."""
-    return list(tokenizer.encode(text, add_special_tokens=True))
+    return encode_texts(tokenizer, [text], add_special_tokens)[0]
+
+
+def encode_texts(tokenizer: Any, texts: list[str], add_special_tokens: bool = True) -> list[list[int]]:
+    """Token ids of each text, as `tokenizer.encode` gives them.
+
+    Called as a batch, a fast tokenizer encodes in Rust with the GIL released (its single-text
+    `encode` holds it throughout), so a huge prompt tokenized in a worker thread leaves the event
+    loop free; only the id lists are built back under the GIL.
+    """
+    if not texts:
+        return []
+    encoded = tokenizer(texts, add_special_tokens=add_special_tokens, return_attention_mask=False,
+                        return_token_type_ids=False, verbose=False)
+    return list(encoded["input_ids"])  # lists of ints already: not copied again
+
+
+def decode_ids(tokenizer: Any, ids: list[int]) -> str:
+    """`tokenizer.decode(ids)`, through the Rust batch call (GIL released) where that is the same thing."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None or getattr(tokenizer, "clean_up_tokenization_spaces", False) or not hasattr(
+            backend, "decode_batch"):
+        return str(tokenizer.decode(ids))
+    return str(backend.decode_batch([ids], skip_special_tokens=False)[0])
 
 
 def _first_line(exc: Exception) -> str:

@@ -24,7 +24,7 @@ import torch
 from llmserve.config import WorkerConfig
 from llmserve.engine.engine import LLMEngine, SequenceOutput
 from llmserve.engine.request import SamplingParams
-from llmserve.errors import ServiceUnavailableError, WorkerDeadError
+from llmserve.errors import InvalidRequestError, ServiceUnavailableError, WorkerDeadError
 from llmserve.metrics import ServerMetrics
 
 log = logging.getLogger(__name__)
@@ -225,7 +225,7 @@ class Worker:
 
         The caller must `release()` the stream when done with it.
         """
-        self._check_can_accept(len(prompts))
+        self._check_can_accept(prompts)
         seq_ids = [next(self._seq_ids) for _ in prompts]
         stream = RequestStream(seq_ids, request_id)
         stream.prompt_ids = [ids for ids, _ in prompts]
@@ -245,14 +245,29 @@ class Worker:
             self._inbox.put(_Abort(sorted(self._streams)))
 
 
-    def _check_can_accept(self, num_seqs: int) -> None:
+    def _check_can_accept(self, prompts: list[tuple[list[int], SamplingParams]]) -> None:
+        """400 for a request that could never run here, 503 for one that cannot run now. Messages name
+        the limits, never the worker: clients know models, not the server's insides."""
         if self.state is WorkerState.FAILED:
-            raise WorkerDeadError(f"{self.name} has failed and takes no requests")
+            raise WorkerDeadError("the model's engine has failed and takes no requests; retry later")
         if self.state is not WorkerState.READY:
-            raise ServiceUnavailableError(f"{self.name} is not ready")
-        waiting_after = self.num_unfinished + num_seqs - self.config.max_num_seqs
+            raise ServiceUnavailableError("the model is not ready yet; retry shortly")
+        capacity = self.config.max_num_seqs + self.config.max_waiting
+        if len(prompts) > capacity:
+            raise InvalidRequestError(
+                f"this request needs {len(prompts)} sequences (prompts x n), more than this model can ever "
+                f"hold at once: {capacity} (max_num_seqs {self.config.max_num_seqs} + max_waiting "
+                f"{self.config.max_waiting})")
+        pool = getattr(self.engine, "pool", None)  # a paged KV cache (embedding engines keep none)
+        kv_tokens = getattr(pool, "num_blocks", 0) * getattr(pool, "block_size", 0)
+        if kv_tokens:
+            wanted = max(len(ids) + params.max_tokens for ids, params in prompts)
+            if wanted > kv_tokens:
+                raise InvalidRequestError(f"a sequence of this request needs {wanted} tokens (prompt + max_tokens), "
+                                          f"more than the model's KV cache holds: {kv_tokens}")
+        waiting_after = self.num_unfinished + len(prompts) - self.config.max_num_seqs
         if waiting_after > self.config.max_waiting:
-            raise ServiceUnavailableError(f"{self.name} is overloaded: {self.num_waiting} requests waiting")
+            raise ServiceUnavailableError("the server is overloaded; retry shortly")
 
     # ---- engine thread -------------------------------------------------------------------
 

@@ -8,12 +8,12 @@ from dataclasses import replace
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from llmserve.api.json_body import read_body
 from llmserve.api.logprobs import chat_logprobs
 from llmserve.api.params import (
     check_common,
     choice_seeds,
     logit_bias,
-    read_body,
     resolve_max_tokens,
     sampling_params,
     stop_strings,

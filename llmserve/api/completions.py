@@ -9,12 +9,12 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from llmserve.api.json_body import read_body
 from llmserve.api.logprobs import completion_logprobs, join_logprobs, prompt_completion_logprobs
 from llmserve.api.params import (
     check_common,
     choice_seeds,
     logit_bias,
-    read_body,
     resolve_max_tokens,
     sampling_params,
     stop_strings,
@@ -33,7 +33,7 @@ from llmserve.api.streaming import (
 )
 from llmserve.engine.request import SamplingParams
 from llmserve.errors import InvalidRequestError
-from llmserve.templates import encode_text
+from llmserve.templates import decode_ids, encode_texts
 from llmserve.worker import RequestStream, Worker
 
 DEFAULT_MAX_TOKENS = 16
@@ -86,7 +86,7 @@ def _prompts(prompt: Any, worker: Worker) -> tuple[list[str], list[list[int]]]:
         texts = [prompt] if isinstance(prompt, str) else list(prompt)
         if any(not t for t in texts):
             raise InvalidRequestError("prompt must not be empty", param="prompt")
-        return texts, [encode_text(worker.tokenizer, t) for t in texts]
+        return texts, encode_texts(worker.tokenizer, texts)
     if not prompt:
         raise InvalidRequestError("prompt must not be empty", param="prompt")
     id_lists = [prompt] if isinstance(prompt[0], int) else prompt
@@ -94,9 +94,9 @@ def _prompts(prompt: Any, worker: Worker) -> tuple[list[str], list[list[int]]]:
     for ids in id_lists:
         if not ids:
             raise InvalidRequestError("prompt must not be empty", param="prompt")
-        if any(i < 0 or i >= vocab for i in ids):
+        if min(ids) < 0 or max(ids) >= vocab:
             raise InvalidRequestError(f"prompt token ids must be in [0, {vocab})", param="prompt")
-    texts = [worker.tokenizer.decode(ids) for ids in id_lists]
+    texts = [decode_ids(worker.tokenizer, ids) for ids in id_lists]
     return texts, [list(ids) for ids in id_lists]
 
 

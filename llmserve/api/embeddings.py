@@ -13,11 +13,12 @@ from __future__ import annotations
 from collections.abc import Collection
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from llmserve.api.params import read_body
+from llmserve.api.json_body import read_body
+from llmserve.api.schemas import INT64_MAX, Int64, StrictRequest
 from llmserve.api.state import server_state
 from llmserve.api.streaming import new_id, raise_if_error, until_disconnect
 from llmserve.embedding.embedder import truncate_ids
@@ -31,15 +32,13 @@ MAX_INPUTS = 2048  # OpenAI's limit of inputs per request
 _UNUSED_PARAMS = SamplingParams()  # embedding engines ignore sampling parameters
 
 
-class EmbeddingRequest(BaseModel):
+class EmbeddingRequest(StrictRequest):
     """The OpenAI embeddings request; unknown fields are ignored."""
 
-    model_config = ConfigDict(extra="ignore")
-
     model: str | None = Field(default=None, min_length=1)
-    input: str | list[str] | list[int] | list[list[int]]
+    input: str | list[str] | list[Int64] | list[list[Int64]]
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: int | None = Field(default=None, ge=1)
+    dimensions: int | None = Field(default=None, ge=1, le=INT64_MAX)
     user: str | None = None
 
 

@@ -1,20 +1,27 @@
-"""Pure ASGI middleware: API-key authentication and the request-body size limit."""
+"""Pure ASGI middleware: API-key authentication, the request-body size limit, security headers."""
 
 from __future__ import annotations
 
 import hmac
 import json
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from llmserve.errors import AuthenticationError, LLMServeError, RequestTooLargeError, render_error
+from llmserve.errors import (
+    AuthenticationError,
+    InvalidRequestError,
+    LLMServeError,
+    RequestTooLargeError,
+    render_error,
+)
 
 
 async def send_error(send: Send, exc: LLMServeError) -> None:
     """Answer with an OpenAI-shaped error body."""
     body = json.dumps(render_error(exc)).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+               (b"x-content-type-options", b"nosniff")]
     headers += [(k.lower().encode(), v.encode()) for k, v in exc.headers().items()]
     await send({"type": "http.response.start", "status": exc.status_code, "headers": headers})
     await send({"type": "http.response.body", "body": body})
@@ -43,8 +50,12 @@ class APIKeyMiddleware:
         if scope["type"] != "http" or not self.keys or self._is_open(scope["path"]):
             await self.app(scope, receive, send)
             return
-        headers = dict(scope["headers"])
-        scheme, _, token = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
+        presented = [value for name, value in scope["headers"] if name == b"authorization"]
+        if len(presented) > 1:  # which one would count is ambiguous between proxies and servers
+            await send_error(send, InvalidRequestError("send exactly one Authorization header, got "
+                                                       f"{len(presented)}"))
+            return
+        scheme, _, token = (presented[0] if presented else b"").decode("latin-1").partition(" ")
         if scheme.lower() != "bearer" or not token:
             await send_error(send, AuthenticationError("Missing API key: send 'Authorization: Bearer <key>'"))
             return
@@ -92,3 +103,37 @@ class BodySizeLimitMiddleware:
 
 class _BodyTooLarge(RequestTooLargeError):
     """Raised from `receive()`; the app's error handler renders it as a 413."""
+
+
+class SecurityHeadersMiddleware:
+    """Adds headers to every response that lacks them: `X-Content-Type-Options: nosniff` everywhere
+    (JSON and scripts are never sniffed as HTML), and more under path prefixes (the UI's static
+    files get its pages' Content-Security-Policy)."""
+
+    def __init__(self, app: ASGIApp, headers: Mapping[str, str],
+                 prefix_headers: Mapping[str, Mapping[str, str]] | None = None) -> None:
+        self.app = app
+        self.headers = _encoded(headers)
+        self.prefix_headers = {prefix: _encoded({**headers, **extra})
+                               for prefix, extra in (prefix_headers or {}).items()}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope["path"]
+        extra = next((h for prefix, h in self.prefix_headers.items() if path.startswith(prefix)), self.headers)
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                present = {name.lower() for name, _ in message.get("headers", ())}
+                missing = [(name, value) for name, value in extra if name not in present]
+                if missing:
+                    message["headers"] = [*message.get("headers", ()), *missing]
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+def _encoded(headers: Mapping[str, str]) -> list[tuple[bytes, bytes]]:
+    return [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers.items()]

@@ -1,60 +1,21 @@
-"""From an HTTP request to validated engine inputs: body parsing, bounds, sampling parameters."""
+"""From a validated request body to engine inputs: server-side bounds, max tokens, sampling parameters.
+
+Bodies are parsed by api/json_body.py."""
 
 from __future__ import annotations
 
-import json
-from typing import TypeVar
-
-from pydantic import BaseModel, ValidationError
-from starlette.requests import Request
+import re
 
 from llmserve.api.schemas import SamplingFields
 from llmserve.config import ServerConfig
 from llmserve.engine.request import SamplingParams
-from llmserve.errors import ContextLengthError, InvalidRequestError, UnsupportedMediaTypeError
+from llmserve.errors import ContextLengthError, InvalidRequestError
 
-_M = TypeVar("_M", bound=BaseModel)
-
-
-async def read_body(request: Request, model: type[_M]) -> _M:
-    """Parse and validate a JSON body; every failure is a 4xx naming the field."""
-    content_type = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
-    if content_type not in ("application/json", "", "text/plain"):
-        raise UnsupportedMediaTypeError(f"expected Content-Type application/json, got '{content_type[:80]}'")
-    raw = await request.body()
-    try:
-        data = json.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise InvalidRequestError("the request body is not valid UTF-8") from None
-    except json.JSONDecodeError as exc:
-        raise InvalidRequestError(f"the request body is not valid JSON: {exc.msg} at line {exc.lineno} "
-                                  f"column {exc.colno}") from None
-    if not isinstance(data, dict):
-        raise InvalidRequestError("the request body must be a JSON object")
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        raise validation_error(exc) from None
-
-
-def validation_error(exc: ValidationError) -> InvalidRequestError:
-    """The first pydantic error as an OpenAI-style 400, without echoing the input."""
-    first = exc.errors(include_url=False, include_input=False)[0]
-    loc = [str(part) for part in first["loc"] if not _is_union_tag(part)]
-    param = ".".join(loc) or None
-    message = first["msg"]
-    if first["type"] == "missing":
-        message = f"'{param}' is a required property"
-    elif param:
-        message = f"invalid value for '{param}': {message}"
-    return InvalidRequestError(message, param=param)
-
-
-def _is_union_tag(part: object) -> bool:
-    text = str(part)
-    return text in {"str", "int", "list[str]", "list[int]", "list[list[int]]", "list[TextPart]"} or text.startswith(
-        ("function-", "list[")
-    )
+# A token id as `logit_bias` keys spell it: ASCII digits only (str.isdigit() also takes "²" or "١",
+# which int() refuses or reads as another number).
+_TOKEN_ID_KEY = re.compile(r"\s*([0-9]{1,10})\s*")
+MAX_LOGIT_BIAS = 300
+"""Most tokens one request may bias (OpenAI's limit)."""
 
 
 def stop_strings(body: SamplingFields, limits: ServerConfig) -> tuple[str, ...]:
@@ -101,14 +62,15 @@ def resolve_max_tokens(requested: int | None, default: int | None, num_prompt_to
 
 def logit_bias(body: SamplingFields, vocab_size: int) -> tuple[tuple[int, float], ...]:
     """`logit_bias` as (token id, bias) pairs; keys must be token ids of the served model."""
+    if len(body.logit_bias or {}) > MAX_LOGIT_BIAS:
+        raise InvalidRequestError(f"logit_bias may hold at most {MAX_LOGIT_BIAS} tokens", param="logit_bias")
     pairs = []
     for key, value in (body.logit_bias or {}).items():
-        if not key.strip().isdigit() or int(key) >= vocab_size:
-            raise InvalidRequestError(f"logit_bias keys must be token ids in [0, {vocab_size}), got '{key[:20]}'",
-                                      param="logit_bias")
-        pairs.append((int(key), float(value)))
-    if len(pairs) > 300:
-        raise InvalidRequestError("logit_bias may hold at most 300 tokens", param="logit_bias")
+        match = _TOKEN_ID_KEY.fullmatch(key)
+        if match is None or int(match.group(1)) >= vocab_size:
+            raise InvalidRequestError(f"logit_bias keys must be token ids in [0, {vocab_size}), got "
+                                      f"{ascii(key[:20])}", param="logit_bias")
+        pairs.append((int(match.group(1)), float(value)))
     return tuple(pairs)
 
 

@@ -19,7 +19,7 @@ from starlette.responses import FileResponse, JSONResponse
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from llmserve.api.params import read_body
+from llmserve.api.json_body import read_body
 from llmserve.api.state import ServerState, server_state
 from llmserve.config import Config
 from llmserve.ui.battles import SIDES, BattleStore
