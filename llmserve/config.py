@@ -24,6 +24,7 @@ from llmserve.errors import ConfigError
 DISPATCH_POLICIES = ("shortest_queue", "lottery")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 TASKS = ("auto", "generate", "embed")
+ENGINE_PATHS = ("auto", "fast", "generic")
 CERT_REQS = ("none", "optional", "required")
 HTTP_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
 _HEADER_RE = re.compile(r"^(\*|[A-Za-z0-9!#$%&'*+.^_`|~-]+)$")
@@ -220,6 +221,8 @@ class WorkerConfig:
     """4-bit NF4 weights through bitsandbytes (CUDA only; needs the `quant` extra)."""
     cpu_offloading: bool = False
     """With load_8bit: weights that do not fit the GPU(s) stay in CPU memory."""
+    engine_path: str = "auto"
+    """Engine path: "auto" (the fast paged path when it serves the model's attention and passes the load-time probe, else the model's own forward), "fast" (refuse to start otherwise) or "generic" (the model's own forward and cache)."""
 
     def validate(self, path: str) -> None:
         _check(bool(self.model_path), f"{path}.model_path", self.model_path, "a model folder or hub id is required")
@@ -246,6 +249,8 @@ class WorkerConfig:
     def _validate_loading(self, path: str) -> None:
         """The loading options that contradict each other, whatever the machine."""
         _check(self.task in TASKS, f"{path}.task", self.task, f"expected one of {', '.join(TASKS)}")
+        _check(self.engine_path in ENGINE_PATHS, f"{path}.engine_path", self.engine_path,
+               f"expected one of {', '.join(ENGINE_PATHS)}")
         _check(1 <= self.num_gpus <= 64, f"{path}.num_gpus", self.num_gpus, "expected 1..64")
         _check(not self.max_gpu_memory or _MEMORY_RE.match(self.max_gpu_memory) is not None,
                f"{path}.max_gpu_memory", self.max_gpu_memory,

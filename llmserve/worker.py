@@ -24,6 +24,7 @@ import torch
 from llmserve.config import WorkerConfig
 from llmserve.engine.engine import LLMEngine, SequenceOutput
 from llmserve.engine.request import SamplingParams
+from llmserve.engine.serving_path import ServingPath
 from llmserve.errors import InvalidRequestError, ServiceUnavailableError, WorkerDeadError
 from llmserve.metrics import ServerMetrics
 
@@ -172,6 +173,11 @@ class Worker:
         return str(getattr(self.engine, "task", "generate"))
 
     @property
+    def serving_path(self) -> ServingPath | None:
+        """Which engine path serves the model and why, as the builder decided (None until loaded)."""
+        return getattr(self.engine, "serving_path", None)
+
+    @property
     def tokenizer(self) -> Any:
         assert self.engine is not None
         return self.engine.tokenizer
@@ -199,8 +205,9 @@ class Worker:
         self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
         self._thread.start()
         self.state = WorkerState.READY
-        log.info("%s ready: serves %s in %.1f s", self.name, ", ".join(self.model_names),
-                 time.perf_counter() - started)
+        path = self.serving_path
+        log.info("%s ready: serves %s in %.1f s%s", self.name, ", ".join(self.model_names),
+                 time.perf_counter() - started, f" on {path.describe()}" if path is not None else "")
 
     def _load(self) -> Any:
         engine = self._engine_factory(self.config, self.index)

@@ -44,6 +44,7 @@ def test_defaults_are_safe() -> None:
     ({}, {"trust_remote_code": "yes"}, 'workers[0].trust_remote_code = "yes": expected true or false'),
     ({}, {"model_names": [""]}, "workers[0].model_names[0]"),
     ({}, {"stream_interval": 0}, "workers[0].stream_interval = 0"),
+    ({}, {"engine_path": "fastest"}, 'workers[0].engine_path = "fastest": expected one of auto, fast, generic'),
 ])
 def test_errors_name_the_key_and_value(server: dict, worker: dict, message: str) -> None:
     with pytest.raises(ConfigError) as err:

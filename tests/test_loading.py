@@ -398,8 +398,9 @@ def test_cpu_load_and_the_start_up_log_line(tiny_model_dir: Path, caplog: pytest
     assert loaded.weight_bytes == sum(p.numel() * 4 for p in loaded.model.parameters())
     with caplog.at_level(logging.INFO, logger="llmserve.engine.builder"):
         build_engine(config, 0)
-    (line,) = [r.getMessage() for r in caplog.records if r.name == "llmserve.engine.builder"]
+    line, probe = [r.getMessage() for r in caplog.records if r.name == "llmserve.engine.builder"]
     assert line.startswith(f"workers[0]: {tiny_model_dir} on cpu, float32, ")
+    assert probe.startswith("workers[0]: fast path probe passed (2 prompts of 40 tokens, ")
     assert "M parameters" in line and "GiB weights" in line and "KV cache 4096 tokens" in line
 
 

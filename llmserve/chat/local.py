@@ -1,4 +1,4 @@
-"""The in-process backend: an `LLMEngine` stepped in the foreground, one answer at a time."""
+"""The in-process backend: an engine (either path) stepped in the foreground, one answer at a time."""
 
 from __future__ import annotations
 
@@ -13,13 +13,14 @@ from llmserve.config import WorkerConfig
 from llmserve.engine.engine import LLMEngine, SequenceOutput
 from llmserve.engine.request import SamplingParams
 from llmserve.errors import InvalidRequestError
+from llmserve.generic.engine import GenericEngine
 from llmserve.templates import encode_chat, render_chat_prompt
 
 
 class LocalBackend:
     """Chats with a model loaded in this process; `abort()` frees the sequence between two steps."""
 
-    def __init__(self, engine: LLMEngine, template_name: str) -> None:
+    def __init__(self, engine: LLMEngine | GenericEngine, template_name: str) -> None:
         self.engine = engine
         self._template_name = template_name
         self._seq_ids = itertools.count()
@@ -31,8 +32,8 @@ class LocalBackend:
         """Load the model of `config` and build its engine (the slow part of `llmserve chat`)."""
         from llmserve.engine.builder import build_engine
 
-        engine = build_engine(config, 0)
-        if not isinstance(engine, LLMEngine):  # an embedding model: nothing to chat with
+        engine = build_engine(config, 0)  # the fast or the generic path: the same engine interface
+        if getattr(engine, "task", "generate") == "embed":  # an embedding model: nothing to chat with
             raise ChatError(f"{config.model_path} is an embedding model; it cannot chat")
         if not engine.tokenizer.chat_template:
             raise ChatError(f"{config.model_path} ships no chat template; pick one with --chat-template "

@@ -24,6 +24,7 @@ LOADING_FLAGS: tuple[tuple[str, str], ...] = (
     ("--cpu-offloading", "cpu_offloading"),
     ("--revision", "revision"),
     ("--tokenizer-path", "tokenizer_path"),
+    ("--engine-path", "engine_path"),
 )
 """(flag, WorkerConfig field) of the loading flags passed through only when given."""
 

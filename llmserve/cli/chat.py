@@ -7,7 +7,7 @@ import sys
 from typing import Any
 
 from llmserve.chat.ui import STYLES
-from llmserve.config import DTYPES
+from llmserve.config import DTYPES, ENGINE_PATHS
 
 _EPILOG = (
     "commands: !!exit (or an empty line / Ctrl-D), !!reset, !!remove, !!regen, !!save FILE, !!load FILE, "
@@ -46,6 +46,8 @@ def register(subparsers: Any) -> None:
     local.add_argument("--revision", help="hub revision (branch, tag or commit) of a hub id's cached snapshot")
     local.add_argument("--max-model-len", type=int, help="context length in tokens (default: the model's)")
     local.add_argument("--trust-remote-code", action="store_true", help="allow model code from the checkpoint")
+    local.add_argument("--engine-path", choices=ENGINE_PATHS,
+                       help="auto (fast unless the load-time probe says otherwise), fast or generic (default: auto)")
     gen = parser.add_argument_group("generation")
     gen.add_argument("--temperature", type=float, default=0.7, help="0 is greedy (default: 0.7)")
     gen.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default: 1.0)")

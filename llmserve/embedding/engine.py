@@ -22,6 +22,7 @@ from llmserve.config import WorkerConfig
 from llmserve.embedding.embedder import Embedder
 from llmserve.engine.engine import SequenceOutput
 from llmserve.engine.request import SequenceStatus
+from llmserve.engine.serving_path import ServingPath
 from llmserve.loading import check_weights, resolve_device, resolve_dtype, resolve_model_dir
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,7 @@ class EmbeddingEngine:
         self.num_steps = 0  # steps that embedded something, for tests and metrics
         self._waiting: OrderedDict[int, list[int]] = OrderedDict()
         self._running: dict[int, list[int]] = {}  # inputs of the step in progress (or that failed)
+        self.serving_path: ServingPath | None = None  # which path this is and why: set by the builder
 
     @property
     def has_work(self) -> bool:

@@ -1,8 +1,25 @@
-"""Assembles a worker's engine: load the model, size the cache, wire scheduler, runner and sampler."""
+"""Assembles a worker's engine: load the model, choose its path, build the engine, probe it.
+
+One straight sequence (resolving, placing and loading are `loading.load_model`'s): load -> the
+probe's reference from the model as loaded (before any path changes it) -> choose the path ->
+build its engine (the fast path sizes its KV cache here) -> probe -> serve, fall back, or refuse.
+
+`engine_path` decides:
+- "auto": the fast path unless the attention contract names something it cannot serve; its
+  engine must pass the probe (`llmserve/probe.py`), else the model is loaded afresh (the fast path
+  changed it: its attention function, fused projections) for the generic path, which must pass the
+  probe too, else the worker is refused with one line naming both causes.
+- "fast": the fast path, or a refusal at start-up (attention it cannot serve, a failed probe).
+- "generic": the generic path, probed all the same.
+"""
 
 from __future__ import annotations
 
+import gc
 import logging
+from typing import TYPE_CHECKING
+
+import torch
 
 from llmserve.config import WorkerConfig
 from llmserve.embedding.engine import EmbeddingEngine, build_embedding_engine
@@ -12,29 +29,135 @@ from llmserve.engine.fused_projections import fuse_projections
 from llmserve.engine.kv_cache import BlockPool, KVCache
 from llmserve.engine.runner import ModelRunner
 from llmserve.engine.scheduler import Scheduler, SchedulerConfig
+from llmserve.engine.serving_path import EMBEDDING, FAST, GENERIC, ServingPath
 from llmserve.errors import ConfigError
 from llmserve.loading import LoadedModel, kv_cache_spec, load_model, worker_task
+from llmserve.probe import (
+    ProbeResult,
+    Reference,
+    compute_reference,
+    plan_probe,
+    probe_engine,
+    smallest_window,
+)
 from llmserve.templates import check_chat_template, resolve_chat_template
+
+if TYPE_CHECKING:
+    from llmserve.generic.engine import GenericEngine
 
 log = logging.getLogger(__name__)
 
 
-def build_worker_engine(config: WorkerConfig, index: int) -> LLMEngine | EmbeddingEngine:
+def build_worker_engine(config: WorkerConfig, index: int) -> LLMEngine | GenericEngine | EmbeddingEngine:
     """A server worker's engine: text generation, or embeddings for `task = "embed"` workers."""
     if worker_task(config, f"workers[{index}]") == "embed":
-        return build_embedding_engine(config, index)
+        engine = build_embedding_engine(config, index)
+        engine.serving_path = ServingPath(EMBEDDING, 'task "embed": pooled hidden states of the model\'s own forward')
+        return engine
     return build_engine(config, index)
 
 
-def build_engine(config: WorkerConfig, index: int) -> LLMEngine:
-    """Everything one text-generation worker runs, ready to step."""
+def build_engine(config: WorkerConfig, index: int) -> LLMEngine | GenericEngine:
+    """Everything one text-generation worker runs, probed against the model's own forward."""
     path = f"workers[{index}]"
     if worker_task(config, path) == "embed":
         raise ConfigError(f'{path}.model_path = "{config.model_path}": an embedding model, which cannot '
                           "generate text")
     check_chat_template(config.chat_template, f"{path}.chat_template")
+    loaded = _load(config, path)
+    reference = _reference(loaded, config, path)
+    if config.engine_path == GENERIC:
+        return _generic_engine(loaded, config, path, reference, 'engine_path = "generic" in the config')
+    unsupported = _unsupported(loaded)
+    if unsupported and config.engine_path == FAST:
+        raise ConfigError(f'{path}.engine_path = "fast": the fast path cannot serve {config.model_path}: {unsupported}')
+    if unsupported:
+        return _generic_engine(loaded, config, path, reference, f"the fast path cannot serve it: {unsupported}")
+    engine, cause = _fast_engine(loaded, config, path, reference)
+    if engine is not None:
+        return engine
+    if config.engine_path == FAST:
+        raise ConfigError(f'{path}.engine_path = "fast": the fast path fails its load-time check on '
+                          f"{config.model_path}: {cause}")
+    log.warning("%s: the fast path failed its load-time check (%s); loading the model again for the generic path",
+                path, cause)
+    del loaded  # the fast path changed this model; free it before loading a fresh one
+    _release_memory()
+    return _generic_engine(_load(config, path), config, path, reference, f"the fast path failed its load-time check: {cause}")
+
+
+def _load(config: WorkerConfig, path: str) -> LoadedModel:
     loaded = load_model(config, path)
     loaded.tokenizer.chat_template = resolve_chat_template(config.chat_template, loaded.tokenizer)
+    return loaded
+
+
+def _reference(loaded: LoadedModel, config: WorkerConfig, path: str) -> Reference:
+    """The probe's reference, from the model as loaded; a model whose own forward fails is refused."""
+    plan = plan_probe(loaded.tokenizer, smallest_window(loaded.model.config), loaded.max_model_len)
+    try:
+        return compute_reference(loaded.model, plan, loaded.device, loaded.dtype)
+    except Exception as exc:  # any failure of the model's own code: nothing to check a path against
+        raise ConfigError(f"{path}: {config.model_path} fails its own forward on the probe prompts: "
+                          f"{_one_line(exc)}") from None
+
+
+def _unsupported(loaded: LoadedModel) -> str:
+    """Why the fast path cannot serve this model, from its attention contract; "" when it can."""
+    try:
+        from llmserve.engine.attention_contract import inspect_attention
+    except ImportError:  # the contract is not there yet: the probe alone decides
+        return ""
+    return "; ".join(inspect_attention(loaded.model).unsupported)
+
+
+def _fast_engine(loaded: LoadedModel, config: WorkerConfig, path: str,
+                 reference: Reference) -> tuple[LLMEngine | None, str]:
+    """The fast path's engine when it passes the probe, else None and the cause (one line)."""
+    try:
+        engine = build_fast_engine(loaded, config, path)
+        result = probe_engine(engine, reference)
+    except ConfigError:
+        raise
+    except Exception as exc:  # anything the fast path cannot do with this model sends it to the generic path
+        log.debug("%s: the fast path failed on %s", path, config.model_path, exc_info=True)
+        return None, f"it raised {_one_line(exc)}"
+    _log_probe(path, FAST, result)
+    if not result.passed:
+        return None, result.cause
+    why = 'engine_path = "fast" in the config' if config.engine_path == FAST else "the attention contract is served"
+    engine.serving_path = ServingPath(FAST, f"{why}; {result.summary()}")
+    return engine, ""
+
+
+def _generic_engine(loaded: LoadedModel, config: WorkerConfig, path: str, reference: Reference,
+                    why: str) -> GenericEngine:
+    """The generic path's engine; it must pass the probe, or the worker is refused."""
+    from llmserve.generic.builder import build_generic_engine
+
+    try:
+        engine = build_generic_engine(loaded, config, path)
+        result = probe_engine(engine, reference)
+    except ConfigError:
+        raise
+    except Exception as exc:  # refused below, with the cause
+        log.debug("%s: the generic path failed on %s", path, config.model_path, exc_info=True)
+        cause = f"it raised {_one_line(exc)}"
+    else:
+        _log_probe(path, GENERIC, result)
+        cause = result.cause
+        if result.passed:
+            engine.serving_path = ServingPath(GENERIC, f"{why}; {result.summary()}")
+            return engine
+    if config.engine_path == GENERIC:
+        raise ConfigError(f'{path}.engine_path = "generic": the generic path fails its load-time check on '
+                          f"{config.model_path}: {cause}")
+    raise ConfigError(f"{path}: cannot serve {config.model_path} correctly: {why}, and the generic path fails "
+                      f"its load-time check too: {cause}")
+
+
+def build_fast_engine(loaded: LoadedModel, config: WorkerConfig, path: str) -> LLMEngine:
+    """The fast path: the paged KV cache and our attention inside the model (which this changes)."""
     spec = kv_cache_spec(loaded, config)
     hf_attention.install(loaded.model)
     if config.fuse_projections and not loaded.uses_device_map:  # plain Linears on one device only
@@ -44,11 +167,11 @@ def build_engine(config: WorkerConfig, index: int) -> LLMEngine:
     scheduler = Scheduler(SchedulerConfig(config.max_num_seqs, config.max_num_batched_tokens), pool)
     # Split or bitsandbytes models run eagerly on the torch attention path: Triton kernels
     # launch on the current device, not on each layer's.
-    fast_path = not loaded.uses_device_map
+    fast_kernels = not loaded.uses_device_map
     runner = ModelRunner(loaded.model, kv_cache, loaded.device, max_num_seqs=config.max_num_seqs,
                          max_num_batched_tokens=config.max_num_batched_tokens,
-                         max_model_len=loaded.max_model_len, use_triton=fast_path,
-                         use_cuda_graphs=config.cuda_graphs and fast_path, compile_model=config.compile)
+                         max_model_len=loaded.max_model_len, use_triton=fast_kernels,
+                         use_cuda_graphs=config.cuda_graphs and fast_kernels, compile_model=config.compile)
     log.info(
         "%s: %s on %s, %s, %.1fM parameters, %.2f GiB weights, KV cache %d tokens (%d blocks of %d), "
         "context %d",
@@ -65,8 +188,24 @@ def build_engine(config: WorkerConfig, index: int) -> LLMEngine:
         max_model_len=loaded.max_model_len,
         stream_interval=config.stream_interval,
         seed=config.seed,
-        async_scheduling=config.async_scheduling and fast_path and loaded.device.type == "cuda",
+        async_scheduling=config.async_scheduling and fast_kernels and loaded.device.type == "cuda",
     )
+
+
+def _log_probe(path: str, name: str, result: ProbeResult) -> None:
+    level = logging.INFO if result.passed else logging.WARNING
+    log.log(level, "%s: %s path %s", path, name, result.describe())
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().split("\n")[0][:300]
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _release_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _weights_dtype(loaded: LoadedModel) -> str:

@@ -46,6 +46,7 @@ from llmserve.engine.sampler import (
     sample_on_device,
 )
 from llmserve.engine.scheduler import ScheduledSeq, Scheduler
+from llmserve.engine.serving_path import ServingPath
 from llmserve.engine.transfer import to_device
 from llmserve.structured.decoding import StructuredDecoding
 
@@ -95,6 +96,7 @@ class LLMEngine:
         self.max_model_len = max_model_len
         self.stream_interval = stream_interval
         self.async_scheduling = async_scheduling
+        self.serving_path: ServingPath | None = None  # which path this is and why: set by the builder
         self._tracked: dict[int, _Tracked] = {}
         self._in_flight: _Launched | None = None  # the step scheduled ahead, not read back yet
         self._refused: list[SequenceOutput] = []  # error events of sequences `add` refused, for the next step

@@ -52,6 +52,13 @@ def test_a_loading_flag_becomes_its_field_with_the_field_type(monkeypatch: pytes
         worker_config(ChatOptions(model_path="m", device="cpu", loading=(("--load-8bit", True),)))
 
 
+def test_the_engine_path_flag_forces_a_path() -> None:
+    assert worker_config(parse("--model-path", "m", "--device", "cpu", "--engine-path", "generic")).engine_path == "generic"
+    assert worker_config(parse("--model-path", "m", "--device", "cpu")).engine_path == "auto"
+    with pytest.raises(ChatError, match="--engine-path: only with --model-path"):
+        parse("--base-url", "http://h/v1", "--engine-path", "fast")
+
+
 @pytest.mark.parametrize(("argv", "error"), [
     (("--model-path", "m", "--temperature", "-1"), "--temperature -1.0: expected >= 0"),
     (("--model-path", "m", "--top-p", "0"), "--top-p 0.0"),
