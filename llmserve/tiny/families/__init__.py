@@ -24,16 +24,20 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_m
                     "generation_config.json")
 
 
-def build_family_model(family: str, tokenizer_dir: Path, out_dir: Path, seed: int = 0, **config: Any) -> Path:
+def build_family_model(family: str, tokenizer_dir: Path, out_dir: Path, seed: int = 0, **overrides: Any) -> Path:
     """Save a random-weight model of `family`'s stock class into `out_dir`, its tiny config updated
-    by `config`, with the tokenizer (and special-token ids) of the tiny model in `tokenizer_dir`.
-    The same seed and shape give the same weights whatever else `config` changes. Returns `out_dir`."""
+    by `overrides`, with the tokenizer (and special-token ids) of the tiny model in `tokenizer_dir`.
+    The same seed and shape give the same weights whatever else `overrides` changes; another
+    `num_hidden_layers` repeats the family's layer pattern. Returns `out_dir`."""
     spec = FAMILIES[family]
+    config = {**spec.config, **overrides}
+    if "layer_types" in spec.config and "layer_types" not in overrides:
+        config["layer_types"] = _tiled(spec.config["layer_types"], config["num_hidden_layers"])
     base = json.loads((tokenizer_dir / "config.json").read_text())
     config_cls: Any = spec.model_cls.config_class  # the family's own config class, with its own keywords
     model_config = config_cls(
         vocab_size=base["vocab_size"], bos_token_id=base["bos_token_id"], eos_token_id=base["eos_token_id"],
-        pad_token_id=base.get("pad_token_id"), **{"tie_word_embeddings": False, **spec.config, **config})
+        pad_token_id=base.get("pad_token_id"), **{"tie_word_embeddings": False, **config})
     torch.manual_seed(seed)
     model = spec.model_cls(model_config)
     make_features_matter_(model, spec)
@@ -42,3 +46,9 @@ def build_family_model(family: str, tokenizer_dir: Path, out_dir: Path, seed: in
         if (tokenizer_dir / file).exists():
             (out_dir / file).write_bytes((tokenizer_dir / file).read_bytes())
     return out_dir
+
+
+def _tiled(layer_types: list[str], num_layers: int) -> list[str]:
+    """The family's layer pattern repeated over `num_layers` (a deeper or shallower model keeps its
+    interleaving of windowed, global or state-space layers)."""
+    return [layer_types[i % len(layer_types)] for i in range(num_layers)]
