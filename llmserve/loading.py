@@ -22,6 +22,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, Genera
 
 from llmserve.config import WorkerConfig
 from llmserve.embedding.pooling import detect_embedding_model
+from llmserve.engine.attention_contract import AttentionContract, inspect_attention
 from llmserve.engine.kv_cache import KVCacheSpec
 from llmserve.errors import ConfigError
 from llmserve.placement import (
@@ -226,7 +227,8 @@ def load_model(config: WorkerConfig, path: str = "workers[0]") -> LoadedModel:
     main = placement.main_device
     devices = layer_devices(model, hf_config.num_hidden_layers, main)
     keep_hidden_states_on(model, main)
-    model_len = min(int(getattr(hf_config, "max_position_embeddings", 0) or 4096), _attention_window(hf_config, path))
+    # The model's own context: sliding-window layers attend within their window on every path.
+    model_len = int(getattr(hf_config, "max_position_embeddings", 0) or 4096)
     max_model_len = min(config.max_model_len, model_len) if config.max_model_len else model_len
     num_parameters = getattr(model, "num_parameters", None)
     by_device = weight_bytes_by_device(model)
@@ -254,17 +256,6 @@ def _placement_summary(devices: list[torch.device], device_map: Any, by_device: 
     return text
 
 
-def _attention_window(hf_config: Any, path: str) -> int:
-    """The longest context the paged attention computes exactly: it attends to every cached
-    position, so a model with sliding-window attention is capped at its window."""
-    window = getattr(hf_config, "sliding_window", None)
-    if not isinstance(window, int) or window <= 0 or getattr(hf_config, "use_sliding_window", True) is False:
-        return 1 << 62
-    log.warning("%s: the model uses sliding-window attention (%d tokens); its context is capped there", path,
-                window)
-    return window
-
-
 def stop_token_ids(model_path: str, tokenizer: Any) -> frozenset[int]:
     """EOS and end-of-turn ids: the tokenizer's eos plus the generation config's eos list."""
     ids: set[int] = set()
@@ -282,22 +273,26 @@ def stop_token_ids(model_path: str, tokenizer: Any) -> frozenset[int]:
     return frozenset(ids)
 
 
-def kv_cache_spec(loaded: LoadedModel, config: WorkerConfig) -> KVCacheSpec:
-    """Size the block pool: configured tokens, else free GPU memory, else a CPU budget."""
-    hf: Any = loaded.model.config
-    num_heads = hf.num_attention_heads
-    head_dim = getattr(hf, "head_dim", None) or hf.hidden_size // num_heads
-    num_kv_heads = getattr(hf, "num_key_value_heads", None) or num_heads
-    probe = KVCacheSpec(hf.num_hidden_layers, num_kv_heads, head_dim, config.block_size, 1, loaded.dtype)
+def kv_cache_spec(loaded: LoadedModel, config: WorkerConfig, contract: AttentionContract | None = None) -> KVCacheSpec:
+    """Size the block pool: configured tokens, else free GPU memory, else a CPU budget.
+
+    Each layer's share is what it really stores (`contract`, inspected from the model when not given):
+    its own KV heads and key and value head dims. A model the fast path cannot serve is refused.
+    """
+    contract = contract or inspect_attention(loaded.model)
+    if contract.unsupported:
+        raise ConfigError("the paged KV cache cannot serve this model: " + "; ".join(contract.unsupported))
+    layers = contract.kv_specs()
+    probe = KVCacheSpec.from_layers(layers, config.block_size, 1, loaded.dtype)
     if config.kv_cache_tokens:
         num_tokens = config.kv_cache_tokens
     elif loaded.device.type == "cuda":
-        num_tokens = _gpu_kv_tokens(loaded, config, probe.bytes_per_token // hf.num_hidden_layers)
+        itemsize = probe.bytes_per_token // sum(layer.elements_per_token for layer in layers)
+        num_tokens = _gpu_kv_tokens(loaded, config, [layer.elements_per_token * itemsize for layer in layers])
     else:
         wanted = config.max_num_seqs * loaded.max_model_len
         num_tokens = min(wanted, _CPU_KV_BUDGET_BYTES // probe.bytes_per_token)
-    num_blocks = num_tokens // config.block_size
-    spec = KVCacheSpec(hf.num_hidden_layers, num_kv_heads, head_dim, config.block_size, num_blocks, loaded.dtype)
+    spec = probe.with_num_blocks(num_tokens // config.block_size)
     if spec.num_tokens < loaded.max_model_len and not config.max_model_len and not config.kv_cache_tokens:
         log.warning("KV cache holds %d tokens: context length lowered from %d to fit it",
                     spec.num_tokens, loaded.max_model_len)
@@ -310,17 +305,24 @@ def kv_cache_spec(loaded: LoadedModel, config: WorkerConfig) -> KVCacheSpec:
     return spec
 
 
-def _gpu_kv_tokens(loaded: LoadedModel, config: WorkerConfig, bytes_per_token_per_layer: int) -> int:
+def _gpu_kv_tokens(loaded: LoadedModel, config: WorkerConfig, bytes_per_token_per_layer: int | list[int]) -> int:
     """Tokens whose keys and values fit on every GPU that runs layers, each GPU keeping
-    (1 - gpu_memory_utilization) of its memory and one step's activations free."""
+    (1 - gpu_memory_utilization) of its memory and one step's activations free. Bytes per token
+    are one number for every layer or one per layer."""
     hf: Any = loaded.model.config
     devices = loaded.layer_devices or [loaded.device] * int(hf.num_hidden_layers)
+    per_layer = bytes_per_token_per_layer
+    if isinstance(per_layer, int):
+        per_layer = [per_layer] * len(devices)
     activation = _activation_bytes(loaded, config)
+    bytes_by_device: Counter[torch.device] = Counter()
+    for device, layer_bytes in zip(devices, per_layer, strict=True):
+        bytes_by_device[device] += layer_bytes
     fits = []
-    for device, num_layers in Counter(devices).items():
+    for device, device_bytes in bytes_by_device.items():
         free, total = torch.cuda.mem_get_info(device)
         room = max(0.0, free - total * (1 - config.gpu_memory_utilization) - activation)
-        fits.append(int(room // (bytes_per_token_per_layer * num_layers)))
+        fits.append(int(room // device_bytes))
     return min(fits)
 
 

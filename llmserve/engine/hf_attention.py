@@ -23,7 +23,7 @@ import torch
 from transformers import AttentionInterface
 
 from llmserve.engine import attention as torch_attention
-from llmserve.engine.kv_cache import KVCache
+from llmserve.engine.kv_cache import KVCache, split_kv
 
 ATTN_IMPLEMENTATION = "llmserve_paged"
 META_KWARG = "llmserve_attention"
@@ -57,9 +57,9 @@ class AttentionMetadata:
 
 
 def _write_kv(
-    key: torch.Tensor,  # [T, Hkv, D]
-    value: torch.Tensor,  # [T, Hkv, D]
-    kv_cache: torch.Tensor,  # [2, num_blocks, block_size, Hkv, D]: keys then values, written in place
+    key: torch.Tensor,  # [T, Hkv, Dk]
+    value: torch.Tensor,  # [T, Hkv, Dv]
+    kv_cache: torch.Tensor,  # one layer's keys and values (see kv_cache.split_kv), written in place
     slot_mapping: torch.Tensor,  # [T] int64; < 0 means "don't store"
     use_triton: bool,
 ) -> None:
@@ -69,23 +69,31 @@ def _write_kv(
     one storage, inductor (torch 2.13) wrote only one in place and cloned the other, a whole cache
     layer, copying it back after every call.
     """
-    _backend(use_triton).write_kv(key, value, kv_cache[0], kv_cache[1], slot_mapping)
+    k_cache, v_cache = split_kv(kv_cache, key.shape[-1])
+    _backend(use_triton).write_kv(key, value, k_cache, v_cache, slot_mapping)
 
 
 def _paged_attention(
-    query: torch.Tensor,  # [T, H, D]
-    kv_cache: torch.Tensor,  # [2, num_blocks, block_size, Hkv, D]
+    query: torch.Tensor,  # [T, H, Dk]
+    kv_cache: torch.Tensor,  # one layer's keys and values (see kv_cache.split_kv)
     cu_seqlens_q: torch.Tensor,  # [B + 1] int32
     context_lens: torch.Tensor,  # [B] int32
     block_tables: torch.Tensor,  # [B, max_blocks] int32
     scale: float,
     max_seqlen_q: int,
     use_triton: bool,
-) -> torch.Tensor:  # [T, H, D], a new tensor with query's strides
-    """Causal attention over the paged cache, with the Triton or the torch kernel."""
+    sliding_window: int = 0,
+    softcap: float = 0.0,
+    sinks: torch.Tensor | None = None,  # [H]
+    alibi_slopes: torch.Tensor | None = None,  # [H]
+) -> torch.Tensor:  # [T, H, Dv], a new tensor (see attention.output_like)
+    """Causal attention over the paged cache, with the Triton or the torch kernel, and the layer's
+    own window, soft-cap, sinks and ALiBi slopes (defaults: off)."""
+    k_cache, v_cache = split_kv(kv_cache, query.shape[-1])
     return _backend(use_triton).paged_attention(  # type: ignore[no-any-return]
-        query, kv_cache[0], kv_cache[1], cu_seqlens_q, context_lens, block_tables, scale, max_seqlen_q
-    )
+        query, k_cache, v_cache, cu_seqlens_q, context_lens, block_tables, scale, max_seqlen_q,
+        sliding_window, softcap, sinks, alibi_slopes,
+    )  # fmt: skip
 
 
 write_kv = torch.library.custom_op("llmserve::write_kv", _write_kv, mutates_args=("kv_cache",))
@@ -101,9 +109,11 @@ def _write_kv_fake(key: torch.Tensor, value: torch.Tensor, kv_cache: torch.Tenso
 @paged_attention.register_fake
 def _paged_attention_fake(query: torch.Tensor, kv_cache: torch.Tensor, cu_seqlens_q: torch.Tensor,
                           context_lens: torch.Tensor, block_tables: torch.Tensor, scale: float,
-                          max_seqlen_q: int, use_triton: bool) -> torch.Tensor:
-    # Both kernels allocate their output with *_like(query), which keeps query's strides.
-    return torch.empty_like(query)
+                          max_seqlen_q: int, use_triton: bool, sliding_window: int = 0, softcap: float = 0.0,
+                          sinks: torch.Tensor | None = None,
+                          alibi_slopes: torch.Tensor | None = None) -> torch.Tensor:
+    # Both kernels allocate their output with output_like: query's strides when Dv == Dk.
+    return torch_attention.output_like(query, split_kv(kv_cache, query.shape[-1])[1].shape[-1])
 
 
 def paged_attention_forward(
@@ -114,18 +124,26 @@ def paged_attention_forward(
     attention_mask: torch.Tensor | None,
     scaling: float | None = None,
     dropout: float = 0.0,
+    sliding_window: int | None = None,
+    softcap: float | None = None,
+    s_aux: torch.Tensor | None = None,
+    alibi_slopes: torch.Tensor | None = None,
     **kwargs: Any,
 ) -> tuple[torch.Tensor, None]:
     """Attention function with the signature transformers' AttentionInterface expects.
 
-    query: [1, H, T, D], key/value: [1, Hkv, T, D] (after RoPE). Returns ([1, T, H, D], None).
-    Under torch.compile it calls the custom ops; eagerly it calls their bodies directly, which
-    skips the dispatcher's ~20 us per op call and runs exactly the same kernels.
+    query: [1, H, T, Dk], key: [1, Hkv, T, Dk], value: [1, Hkv, T, Dv] (after RoPE). Returns
+    ([1, T, H, Dv], None). The layer's own `sliding_window` (a query sees its last W positions),
+    `softcap` (Gemma 2), `s_aux` (gpt-oss's learned sinks, [H]) and `alibi_slopes` ([H]; no stock
+    class passes them today) go to the kernels; `attention_contract.inspect_attention` refuses at
+    load any model that passes something else that matters. Under torch.compile it calls the custom
+    ops; eagerly it calls their bodies directly, which skips the dispatcher's ~20 us per op call
+    and runs exactly the same kernels.
     """
     meta: AttentionMetadata = kwargs[META_KWARG]
-    q = query[0].transpose(0, 1)  # [T, H, D]
-    k = key[0].transpose(0, 1)
-    v = value[0].transpose(0, 1)
+    q = query[0].transpose(0, 1)  # [T, H, Dk]
+    k = key[0].transpose(0, 1)  # [T, Hkv, Dk]
+    v = value[0].transpose(0, 1)  # [T, Hkv, Dv]
     layer_idx: int = module.layer_idx  # type: ignore[assignment]  # set by every Llama-family attention
     kv_cache = meta.kv_cache.layer_kv(layer_idx)
     meta = meta.on(kv_cache.device)
@@ -136,7 +154,7 @@ def paged_attention_forward(
     store(k, v, kv_cache, meta.slot_mapping, meta.use_triton)
     out = attend(
         q, kv_cache, meta.cu_seqlens_q, meta.context_lens, meta.block_tables, scale, meta.max_seqlen_q,
-        meta.use_triton,
+        meta.use_triton, sliding_window or 0, float(softcap or 0.0), s_aux, alibi_slopes,
     )
     return out.unsqueeze(0), None
 

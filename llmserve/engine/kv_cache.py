@@ -10,6 +10,7 @@ their hash and are only recycled when no free unhashed block is left.
 from __future__ import annotations
 
 import collections.abc
+import dataclasses
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -19,8 +20,28 @@ from llmserve.engine.request import Sequence
 
 
 @dataclass(frozen=True)
+class LayerKVSpec:
+    """What one attention layer stores per token: its KV heads, key and value head dims (they differ
+    for multi-head latent attention's expanded k/v), and its sliding window (0 = none)."""
+
+    num_kv_heads: int
+    head_dim: int
+    head_dim_v: int
+    sliding_window: int = 0
+
+    @property
+    def elements_per_token(self) -> int:
+        return self.num_kv_heads * (self.head_dim + self.head_dim_v)
+
+
+@dataclass(frozen=True)
 class KVCacheSpec:
-    """Shape of the cache of one model."""
+    """Shape of the cache of one model.
+
+    `layers` gives each layer's own shape; left empty, every layer stores `num_kv_heads` x `head_dim`
+    for keys and values alike. Built from per-layer shapes (`from_layers`), `num_kv_heads` and
+    `head_dim` are the largest of any layer.
+    """
 
     num_layers: int
     num_kv_heads: int
@@ -28,11 +49,40 @@ class KVCacheSpec:
     block_size: int
     num_blocks: int
     dtype: torch.dtype
+    layers: tuple[LayerKVSpec, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.layers and len(self.layers) != self.num_layers:
+            raise ValueError(f"{len(self.layers)} layer shapes for {self.num_layers} layers")
+
+    @classmethod
+    def from_layers(cls, layers: collections.abc.Sequence[LayerKVSpec], block_size: int, num_blocks: int,
+                    dtype: torch.dtype) -> KVCacheSpec:
+        """A spec from each layer's shape."""
+        return cls(len(layers), max(s.num_kv_heads for s in layers), max(s.head_dim for s in layers), block_size,
+                   num_blocks, dtype, tuple(layers))
+
+    def with_num_blocks(self, num_blocks: int) -> KVCacheSpec:
+        """The same layers with another block count."""
+        return dataclasses.replace(self, num_blocks=num_blocks)
+
+    def layer_spec(self, layer_idx: int) -> LayerKVSpec:
+        if self.layers:
+            return self.layers[layer_idx]
+        return LayerKVSpec(self.num_kv_heads, self.head_dim, self.head_dim)
+
+    @property
+    def is_uniform(self) -> bool:
+        """Every layer stores keys and values of one shape (one `[2, layers, ...]` tensor can hold them)."""
+        first = self.layer_spec(0)
+        return first.head_dim == first.head_dim_v and all(
+            (s.num_kv_heads, s.head_dim, s.head_dim_v) == (first.num_kv_heads, first.head_dim, first.head_dim_v)
+            for s in (self.layer_spec(i) for i in range(self.num_layers)))
 
     @property
     def bytes_per_token(self) -> int:
         itemsize = torch.empty((), dtype=self.dtype).element_size()
-        return 2 * self.num_layers * self.num_kv_heads * self.head_dim * itemsize
+        return sum(self.layer_spec(i).elements_per_token for i in range(self.num_layers)) * itemsize
 
     @property
     def num_tokens(self) -> int:
@@ -40,13 +90,16 @@ class KVCacheSpec:
 
 
 class KVCache:
-    """The key and value tensors of every layer: `[num_blocks, block_size, num_kv_heads, head_dim]` each.
+    """The key and value tensors of every layer: `[num_blocks, block_size, num_kv_heads, head_dim]` each,
+    shaped per layer by `spec.layer_spec(i)`.
 
     `device` is one device, or one per layer for a model split across devices (an accelerate
-    device map): each layer's cache lives where that layer runs. On one device a single
-    `storage` tensor holds every layer; split, each layer gets its own tensor and `storage` is None.
-    Either way a layer's keys and values are the two halves of one `[2, ...]` view (`layer_kv`), so
-    the cache write can name a single tensor it mutates (see `hf_attention.write_kv`).
+    device map): each layer's cache lives where that layer runs. On one device with every layer
+    alike, a single `storage` tensor holds every layer; otherwise each layer gets its own tensor
+    and `storage` is None. A layer's keys and values are always parts of one tensor (`layer_kv`), so
+    the cache write can name a single tensor it mutates (see `hf_attention.write_kv`): the two halves
+    of a `[2, ...]` view, or, where key and value head dims differ, the two ends of the last
+    dimension of a `[num_blocks, block_size, num_kv_heads, head_dim + head_dim_v]` tensor.
     """
 
     def __init__(self, spec: KVCacheSpec, device: torch.device | collections.abc.Sequence[torch.device]) -> None:
@@ -55,22 +108,40 @@ class KVCache:
         if len(devices) != spec.num_layers:
             raise ValueError(f"{len(devices)} layer devices for {spec.num_layers} layers")
         self.devices = devices
-        shape = (spec.num_blocks, spec.block_size, spec.num_kv_heads, spec.head_dim)
         self.storage: torch.Tensor | None = None
-        if len(set(devices)) == 1:
+        if len(set(devices)) == 1 and spec.is_uniform:
+            first = spec.layer_spec(0)
+            shape = (spec.num_blocks, spec.block_size, first.num_kv_heads, first.head_dim)
             self.storage = torch.zeros((2, spec.num_layers, *shape), dtype=spec.dtype, device=devices[0])
             self._kv_layers = [self.storage[:, i] for i in range(spec.num_layers)]
         else:
-            self._kv_layers = [torch.zeros((2, *shape), dtype=spec.dtype, device=d) for d in devices]
-        self._layers = [(kv[0], kv[1]) for kv in self._kv_layers]
+            self._kv_layers = [_layer_tensor(spec, i, d) for i, d in enumerate(devices)]
+        self._layers = [split_kv(kv, spec.layer_spec(i).head_dim) for i, kv in enumerate(self._kv_layers)]
 
     def layer(self, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(k_cache, v_cache) of one layer, on the device that runs it."""
         return self._layers[layer_idx]
 
-    def layer_kv(self, layer_idx: int) -> torch.Tensor:  # [2, num_blocks, block_size, Hkv, D]
-        """One layer's keys (`[0]`) and values (`[1]`) as one view, on the device that runs it."""
+    def layer_kv(self, layer_idx: int) -> torch.Tensor:  # [2, num_blocks, block_size, Hkv, D] or [..., Dk + Dv]
+        """One layer's keys and values as one tensor, on the device that runs it (see `split_kv`)."""
         return self._kv_layers[layer_idx]
+
+
+def _layer_tensor(spec: KVCacheSpec, layer_idx: int, device: torch.device) -> torch.Tensor:
+    """A zeroed cache tensor of one layer in the layout `split_kv` reads."""
+    layer = spec.layer_spec(layer_idx)
+    slots = (spec.num_blocks, spec.block_size, layer.num_kv_heads)
+    if layer.head_dim == layer.head_dim_v:
+        return torch.zeros((2, *slots, layer.head_dim), dtype=spec.dtype, device=device)
+    return torch.zeros((*slots, layer.head_dim + layer.head_dim_v), dtype=spec.dtype, device=device)
+
+
+def split_kv(kv_cache: torch.Tensor, head_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(k_cache [num_blocks, block_size, Hkv, Dk], v_cache [..., Dv]) views of one layer's tensor:
+    its two halves when 5-D (`[2, ...]`), else the first `head_dim` features and the rest."""
+    if kv_cache.dim() == 5:
+        return kv_cache[0], kv_cache[1]
+    return kv_cache[..., :head_dim], kv_cache[..., head_dim:]
 
 
 class BlockPool:
