@@ -34,6 +34,7 @@ from llmserve.logs import install_log_escaping
 from llmserve.metrics import ServerMetrics
 from llmserve.ui import routes as ui
 from llmserve.ui.battles import BattleStore
+from llmserve.ui.delivery import BattleDeliveryMiddleware
 from llmserve.worker import Worker
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ def create_app(config: Config, engine_factory: EngineFactory | None = None) -> S
 
         engine_factory = build_worker_engine
     install_log_escaping()  # request paths, headers and names reach log lines
-    metrics = ServerMetrics()
+    metrics = ServerMetrics(per_model=_shows_per_model(config))
     workers = [Worker(wc, i, engine_factory, metrics) for i, wc in enumerate(config.workers)]
     metrics.watch_workers(workers)
     state = ServerState(config, workers, Dispatcher(workers, make_policy(config.server.dispatch)), metrics)
@@ -71,13 +72,21 @@ def create_app(config: Config, engine_factory: EngineFactory | None = None) -> S
 
     app = Starlette(
         routes=_routes() + (ui.ui_routes(config, battles) if config.ui.enabled else []),
-        middleware=_middleware(config),
+        middleware=_middleware(config) + ([Middleware(BattleDeliveryMiddleware, battles=battles)]
+                                          if config.ui.enabled else []),
         exception_handlers={LLMServeError: _llmserve_error, HTTPException: _http_error, Exception: _internal_error},
         lifespan=lifespan,
     )
     app.state.server = state
     app.state.started_s = int(time.time())
     return app
+
+
+def _shows_per_model(config: Config) -> bool:
+    """Whether /metrics and /ready may show per-model and per-worker load: not while the arena can
+    pit two names against each other, whose hidden models they would name (see metrics.py)."""
+    names = {name for worker in config.workers for name in worker.served_names}
+    return not config.ui.enabled or config.ui.per_model_metrics or len(names) < 2
 
 
 def _routes() -> list[Route]:

@@ -290,9 +290,30 @@ class UIConfig:
     """Serve the browser UI at / (chat), /arena and /leaderboard."""
     votes_path: str = "votes.jsonl"
     """JSON-lines file the arena appends one line per vote to."""
+    votes_max_bytes: int = 16 * 1024 * 1024
+    """Past this size the votes file is rotated to `<votes_path>.1` (older ones shift to .2, ...)."""
+    votes_backups: int = 3
+    """Rotated votes files kept; the oldest beyond them is deleted (disk use <= (1 + this) x votes_max_bytes)."""
+    leaderboard_window: int = 10_000
+    """The leaderboard rates the latest this many battle votes (the window bounds its cost and memory)."""
+    battles_per_minute: int = 20
+    """Battles one client (its API key, else its address) may start per minute; 0 = no limit."""
+    votes_per_minute: int = 20
+    """Votes one client (its API key, else its address) may post per minute; 0 = no limit."""
+    per_model_metrics: bool = False
+    """With the UI on and two or more model names served, still show load per model and worker on
+    /metrics and /ready. Off, /metrics sums those series over all models and /ready leaves per-worker
+    load out: diffed around one battle message, they would name the battle's hidden models (API keys
+    do not help: the arena's voters hold them)."""
 
     def validate(self) -> None:
         _check(bool(self.votes_path), "ui.votes_path", self.votes_path, "a file path is required")
+        _check(self.votes_max_bytes >= 4096, "ui.votes_max_bytes", self.votes_max_bytes, "expected at least 4096")
+        _check(0 <= self.votes_backups <= 100, "ui.votes_backups", self.votes_backups, "expected 0..100")
+        _check(self.leaderboard_window >= 1, "ui.leaderboard_window", self.leaderboard_window, "expected at least 1")
+        for name in ("battles_per_minute", "votes_per_minute"):
+            value = getattr(self, name)
+            _check(0 <= value <= 100_000, f"ui.{name}", value, "expected 0 (no limit) to 100000")
 
 
 @dataclass(frozen=True)

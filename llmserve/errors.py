@@ -13,6 +13,7 @@ Hierarchy (HTTP status, OpenAI `type`)::
     +-- RequestTooLargeError             413 invalid_request_error
     +-- UnsupportedMediaTypeError        415 invalid_request_error
     +-- ClientDisconnectedError          499 (no one to answer: not logged, not counted)
+    +-- RateLimitError                   429 requests               code rate_limit_exceeded; Retry-After
     +-- ServiceUnavailableError          503 service_unavailable    recoverable: retry later
     +-- EngineError                      500 internal_error         a step failed; the worker goes on
     +-- WorkerDeadError                  503 service_unavailable    fatal for that worker
@@ -93,6 +94,21 @@ class ClientDisconnectedError(LLMServeError):
 
     status_code = 499
     error_type = "client_closed_request"
+
+
+class RateLimitError(LLMServeError):
+    """A client spent its allowance (the arena's battles and votes); OpenAI's 429 body and type."""
+
+    status_code = 429
+    error_type = "requests"
+    default_code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, retry_after_s: int = 1, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.retry_after_s = retry_after_s
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after_s)}
 
 
 class ServiceUnavailableError(LLMServeError):

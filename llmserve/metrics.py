@@ -2,6 +2,15 @@
 
 Counters and histograms are fed on the event loop as outputs are routed; gauges (running and
 waiting sequences, KV-cache usage) are read from the workers at scrape time.
+
+Per-model labels can name an arena battle's hidden models: whoever reads /metrics before and after
+sending one message to a battle's left alias sees which model's counters (or which worker's running
+gauge) moved. A key on /metrics does not help, since the arena's voters hold API keys too. So while the
+arena can battle (the UI on, two or more names served, `ui.per_model_metrics` off) every per-request
+series is summed over all models under `model="*"`, and the load gauges over all workers under
+`worker="*"`: one battle's traffic is then indistinguishable from any other model's (`/ready` leaves
+per-worker load out likewise). Readiness stays per worker: it moves with loading and failures, never
+with a request.
 """
 
 from __future__ import annotations
@@ -16,6 +25,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 _LATENCY_BUCKETS_S = (0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0)
+AGGREGATE_LABEL = "*"  # the `model` and `worker` label of series summed over every model and worker
 _ITL_BUCKETS_S = (0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5)
 
 
@@ -37,9 +47,10 @@ class WorkerGauges(Protocol):
 
 
 class ServerMetrics:
-    """Every metric llmserve exports."""
+    """Every metric llmserve exports; `per_model=False` sums the series of every model (see above)."""
 
-    def __init__(self) -> None:
+    def __init__(self, per_model: bool = True) -> None:
+        self.per_model = per_model
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.prompt_tokens = Counter("llmserve_prompt_tokens", "Prompt tokens processed", ["model"], registry=r)
@@ -57,11 +68,11 @@ class ServerMetrics:
 
     def for_model(self, model: str) -> ModelSeries:
         """The labelled series of one model, resolved once (label lookups cost on the hot path)."""
-        return ModelSeries(self, model)
+        return ModelSeries(self, model if self.per_model else AGGREGATE_LABEL)
 
     def watch_workers(self, workers: Iterable[WorkerGauges]) -> None:
         """Export the workers' live gauges at scrape time."""
-        self.registry.register(_WorkerCollector(list(workers)))
+        self.registry.register(_WorkerCollector(list(workers), self.per_model))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -88,8 +99,9 @@ class ModelSeries:
 
 
 class _WorkerCollector(Collector):
-    def __init__(self, workers: list[WorkerGauges]) -> None:
+    def __init__(self, workers: list[WorkerGauges], per_worker: bool) -> None:
         self.workers = workers
+        self.per_worker = per_worker
 
     def collect(self) -> Iterator[Metric]:
         labels = ["worker", "model"]
@@ -99,10 +111,16 @@ class _WorkerCollector(Collector):
         healthy = GaugeMetricFamily("llmserve_worker_ready", "1 when the worker serves requests", labels=labels)
         for w in self.workers:
             values = [w.name, w.model_names[0]]
-            running.add_metric(values, w.num_running)
-            waiting.add_metric(values, w.num_waiting)
-            usage.add_metric(values, w.kv_cache_usage)
+            if self.per_worker:
+                running.add_metric(values, w.num_running)
+                waiting.add_metric(values, w.num_waiting)
+                usage.add_metric(values, w.kv_cache_usage)
             healthy.add_metric(values, 1.0 if w.is_ready else 0.0)
+        if not self.per_worker and self.workers:
+            total = [AGGREGATE_LABEL, AGGREGATE_LABEL]
+            running.add_metric(total, sum(w.num_running for w in self.workers))
+            waiting.add_metric(total, sum(w.num_waiting for w in self.workers))
+            usage.add_metric(total, sum(w.kv_cache_usage for w in self.workers) / len(self.workers))
         yield from (running, waiting, usage, healthy)
 
 

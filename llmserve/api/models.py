@@ -51,8 +51,7 @@ async def ready(request: Request) -> JSONResponse:
     """200 when every worker is loaded and healthy, else 503 with each worker's state."""
     state = server_state(request)
     workers = [{"name": w.name, "models": list(w.model_names), "state": w.state.value,
-                "num_running": w.num_running, "num_waiting": w.num_waiting, "num_unfinished": w.num_unfinished,
-                "num_finished": w.num_finished, **_engine_path(w), **({"reason": w.failure} if w.failure else {})}
+                **_load(w, state.metrics.per_model), **_engine_path(w), **({"reason": w.failure} if w.failure else {})}
                for w in state.workers]
     is_ready = all(w.is_ready for w in state.workers)
     return JSONResponse({"status": "ready" if is_ready else "not ready", "workers": workers},
@@ -63,6 +62,15 @@ def _engine_path(worker: Worker) -> dict:
     """Which engine path serves the worker's model and why (null until it has loaded)."""
     path = worker.serving_path
     return {"engine_path": path.name if path else None, "engine_path_reason": path.reason if path else None}
+
+
+def _load(worker: Worker, is_shown: bool) -> dict:
+    """A worker's load counts; none while the arena serves battles and /metrics sums over models: a
+    worker's counts moving around one battle message would name the hidden model (see metrics.py)."""
+    if not is_shown:
+        return {}
+    return {"num_running": worker.num_running, "num_waiting": worker.num_waiting,
+            "num_unfinished": worker.num_unfinished, "num_finished": worker.num_finished}
 
 
 async def metrics(request: Request) -> Response:

@@ -5,6 +5,10 @@ sees `battle-<id>-left` and `battle-<id>-right`; `/v1/chat/completions` resolves
 `BattleStore.resolve_alias` (hooked into `ServerState.resolve_alias`) and echoes the alias back, so
 the real names stay on the server until the single vote on the battle reveals them.
 
+A battle takes one vote, and only once both of its answers were generated and delivered: the
+server, not the page, says so (`ui/delivery.py` marks a side when a chat completion for its alias
+has been answered in full), so a vote cannot be cast, or scripted, for answers nobody saw.
+
 The store is bounded: battles expire after `ttl_s`, and past `max_battles` the oldest go first.
 It is touched only from the event loop, so it needs no lock.
 """
@@ -17,7 +21,8 @@ import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 
 from llmserve.errors import InvalidRequestError
 
@@ -25,6 +30,13 @@ MAX_BATTLES = 10_000
 BATTLE_TTL_S = 3600.0
 SIDES = ("left", "right")
 _ALIAS = re.compile(r"battle-([0-9a-f]{24})-(left|right)")
+
+
+@dataclass
+class Answer:
+    """One chat request being answered: the battle alias it resolved, if any."""
+
+    alias: str | None = None
 
 
 @dataclass
@@ -36,6 +48,12 @@ class Battle:
     right: str
     created_s: float
     is_voted: bool = False
+    delivered: set[str] = field(default_factory=set)  # the sides whose answer reached the client
+
+    @property
+    def is_answered(self) -> bool:
+        """Both answers were generated and delivered."""
+        return self.delivered.issuperset(SIDES)
 
     def alias(self, side: str) -> str:
         """The name the page uses as `model` for one side."""
@@ -55,6 +73,9 @@ class BattleStore:
         self._clock = clock
         self._rng = rng or random.SystemRandom()
         self._battles: OrderedDict[str, Battle] = OrderedDict()
+        # The chat request being answered in this context, if `ui/delivery.py` watches it: resolving
+        # an alias tells it which battle side the answer is for. One variable per store, not global.
+        self.answering: ContextVar[Answer | None] = ContextVar(f"battle-answer-{id(self)}", default=None)
 
     def __len__(self) -> int:
         return len(self._battles)
@@ -86,13 +107,28 @@ class BattleStore:
         if match is None:
             return None
         battle = self.get(match[1])
-        return battle.model(match[2]) if battle is not None else None
+        if battle is None:
+            return None
+        answer = self.answering.get()
+        if answer is not None:
+            answer.alias = alias
+        return battle.model(match[2])
+
+    def mark_delivered(self, alias: str) -> None:
+        """Record that the answer of one battle side reached its client (a no-op for other names)."""
+        match = _ALIAS.fullmatch(alias)
+        if match is None:
+            return
+        battle = self.get(match[1])
+        if battle is not None:
+            battle.delivered.add(match[2])
 
     def claim_vote(self, battle_id: str) -> Battle:
         """Mark a battle as voted on and return it; each battle takes exactly one vote.
 
         Unknown or expired battles are a 400 with code `battle_not_found`; a second vote is a 400
-        with code `battle_already_voted` (the vote is rejected, the first one stands).
+        with code `battle_already_voted` (the vote is rejected, the first one stands); a vote before
+        both answers were delivered is a 400 with code `battle_not_answered`.
         """
         battle = self.get(battle_id)
         if battle is None:
@@ -101,6 +137,9 @@ class BattleStore:
         if battle.is_voted:
             raise InvalidRequestError("this battle has already been voted on; start a new one",
                                       param="battle_id", code="battle_already_voted")
+        if not battle.is_answered:
+            raise InvalidRequestError("vote once both answers of the battle have arrived",
+                                      param="battle_id", code="battle_not_answered")
         battle.is_voted = True
         return battle
 

@@ -24,7 +24,8 @@ from llmserve.api.state import ServerState, server_state
 from llmserve.config import Config
 from llmserve.ui.battles import SIDES, BattleStore
 from llmserve.ui.leaderboard import compute_leaderboard
-from llmserve.ui.votes import VoteRequest, VoteStore, make_vote
+from llmserve.ui.limits import RateLimiter, client_key
+from llmserve.ui.votes import Vote, VoteRequest, VoteStore, make_vote
 
 STATIC_DIR = Path(__file__).parent / "static"
 PAGES = {"/": "index.html", "/arena": "arena.html", "/leaderboard": "leaderboard.html"}
@@ -43,7 +44,7 @@ PAGE_HEADERS = {
 
 def ui_routes(config: Config, battles: BattleStore) -> list[BaseRoute]:
     """Routes of the browser UI for one app; `battles` also resolves battle aliases for the API."""
-    handlers = UIHandlers(VoteStore(Path(config.ui.votes_path)), battles)
+    handlers = UIHandlers(config, battles)
     routes: list[BaseRoute] = [Route(path, _page(name), methods=["GET"]) for path, name in PAGES.items()]
     routes += [
         Mount("/ui/static", app=StaticFiles(directory=STATIC_DIR), name="ui-static"),
@@ -65,20 +66,27 @@ def _page(name: str) -> Callable[[Request], Awaitable[FileResponse]]:
 
 
 class UIHandlers:
-    """The endpoints that do work, sharing one vote store and one battle store."""
+    """The endpoints that do work, sharing one vote store, one battle store and the rate limits."""
 
-    def __init__(self, store: VoteStore, battles: BattleStore) -> None:
-        self.store = store
+    def __init__(self, config: Config, battles: BattleStore) -> None:
+        ui = config.ui
+        self.store = VoteStore(Path(ui.votes_path), ui.votes_max_bytes, ui.votes_backups)
         self.battles = battles
+        self.leaderboard_window = ui.leaderboard_window
+        self.api_keys = config.server.api_keys
+        self.battle_limit = RateLimiter("battles", ui.battles_per_minute)
+        self.vote_limit = RateLimiter("votes", ui.votes_per_minute)
 
     async def battle(self, request: Request) -> JSONResponse:
         """POST /ui/api/battle: the server picks two models; the page only gets their aliases."""
+        self.battle_limit.check(client_key(request, self.api_keys))
         battle = self.battles.create(_generation_models(server_state(request)))
         return JSONResponse({"object": "battle", "battle_id": battle.battle_id,
                              **{side: battle.alias(side) for side in SIDES}})
 
     async def vote(self, request: Request) -> JSONResponse:
         """POST /ui/api/vote: validate, then append one line to the votes file; the answer names the models."""
+        self.vote_limit.check(client_key(request, self.api_keys))
         body = await read_body(request, VoteRequest)
         served = server_state(request).dispatcher.all_model_names()
         vote = make_vote(body, served, self.battles, time.time())
@@ -87,10 +95,14 @@ class UIHandlers:
         return JSONResponse({"object": "vote", **battle, **asdict(vote)})
 
     async def leaderboard(self, request: Request) -> JSONResponse:
-        """GET /ui/api/leaderboard: ratings from the anonymous (battle) votes."""
-        votes = [v for v in await asyncio.to_thread(self.store.read_all) if v.anonymous]
+        """GET /ui/api/leaderboard: ratings from the latest `ui.leaderboard_window` battle votes."""
+        votes = await asyncio.to_thread(self.store.read_recent, self.leaderboard_window, _is_anonymous)
         rows = compute_leaderboard(votes)
         return JSONResponse({"object": "list", "num_votes": len(votes), "data": [asdict(r) for r in rows]})
+
+
+def _is_anonymous(vote: Vote) -> bool:
+    return vote.anonymous
 
 
 def _generation_models(state: ServerState) -> list[str]:

@@ -15,8 +15,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import threading
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -104,33 +105,72 @@ def _contestants(body: VoteRequest, served: Collection[str], battles: BattleStor
 
 
 class VoteStore:
-    """Appends votes to a JSON-lines file and reads them back; safe across threads."""
+    """Appends votes to a JSON-lines file and reads the latest back; safe across threads.
 
-    def __init__(self, path: Path) -> None:
+    Bounded on disk: an append that would take the file past `max_bytes` first rotates it to
+    `<path>.1` (`.1` to `.2`, ..., the oldest beyond `num_backups` deleted), so the votes take at
+    most `(1 + num_backups) * max_bytes`. Reads go from the newest line back and stop once they
+    have what was asked for: one file of at most `max_bytes` at a time, however long the history.
+    """
+
+    def __init__(self, path: Path, max_bytes: int = 16 * 1024 * 1024, num_backups: int = 3) -> None:
         self.path = path
+        self.max_bytes = max_bytes
+        self.num_backups = num_backups
         self._lock = threading.Lock()
 
     def append(self, vote: Vote) -> None:
-        """Write one line; the lock keeps concurrent votes from interleaving."""
-        line = vote.to_json() + "\n"
+        """Write one line (rotating first if it would not fit); the lock keeps lines whole."""
+        line = (vote.to_json() + "\n").encode("utf-8")
         with self._lock:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            with self.path.open("a", encoding="utf-8") as f:
+            size = self.path.stat().st_size if self.path.exists() else 0
+            if size and size + len(line) > self.max_bytes:
+                self._rotate()
+            with self.path.open("ab") as f:
                 f.write(line)
 
+    def _rotate(self) -> None:
+        oldest = self._backup(self.num_backups)
+        if self.num_backups == 0 or oldest.exists():
+            (oldest if self.num_backups else self.path).unlink()
+        for i in range(self.num_backups - 1, 0, -1):
+            if self._backup(i).exists():
+                os.replace(self._backup(i), self._backup(i + 1))
+        if self.num_backups:
+            os.replace(self.path, self._backup(1))
+
+    def _backup(self, i: int) -> Path:
+        return self.path.with_name(f"{self.path.name}.{i}")
+
     def read_all(self) -> list[Vote]:
-        """Every vote in file order; malformed lines are skipped with a warning."""
+        """Every vote kept (rotated files included), oldest first; malformed lines are skipped."""
+        return self.read_recent(None)
+
+    def read_recent(self, limit: int | None, keep: Callable[[Vote], bool] = lambda vote: True) -> list[Vote]:
+        """The latest `limit` votes that `keep` accepts (all with None), oldest first."""
+        newest_first: list[Vote] = []
         with self._lock:
-            try:
-                text = self.path.read_text(encoding="utf-8")
-            except FileNotFoundError:
-                return []
-        votes = []
-        for number, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                votes.append(Vote.from_json(line))
-            except (ValueError, KeyError, TypeError) as exc:
-                log.warning("%s:%d: skipping a malformed vote: %s", self.path, number, exc)
-        return votes
+            for path in [self.path, *(self._backup(i) for i in range(1, self.num_backups + 1))]:
+                try:
+                    lines = path.read_bytes().splitlines()  # at most max_bytes: rotation bounds it
+                except FileNotFoundError:
+                    continue
+                for number in range(len(lines), 0, -1):
+                    vote = _parse(path, number, lines[number - 1])
+                    if vote is not None and keep(vote):
+                        newest_first.append(vote)
+                        if limit is not None and len(newest_first) >= limit:
+                            return newest_first[::-1]
+        return newest_first[::-1]
+
+
+def _parse(path: Path, number: int, line: bytes) -> Vote | None:
+    """Line `number` of a votes file as a vote; None (with a warning) when it is not one."""
+    if not line.strip():
+        return None
+    try:
+        return Vote.from_json(line.decode("utf-8"))
+    except (ValueError, KeyError, TypeError) as exc:  # UnicodeDecodeError is a ValueError
+        log.warning("%s:%d: skipping a malformed vote: %s", path, number, exc)
+        return None

@@ -8,7 +8,7 @@ import re
 import pytest
 
 from llmserve.errors import InvalidRequestError
-from llmserve.ui.battles import BattleStore
+from llmserve.ui.battles import Battle, BattleStore
 
 
 class Clock:
@@ -74,9 +74,36 @@ def test_battles_expire_after_the_ttl() -> None:
     assert len(store) == 2
 
 
+def answer_both(store: BattleStore, battle: Battle) -> None:
+    for side in ("left", "right"):
+        store.mark_delivered(battle.alias(side))
+
+
+def test_a_battle_takes_a_vote_only_once_both_answers_were_delivered() -> None:
+    store = BattleStore()
+    battle = store.create(["a", "b"])
+    other = store.create(["a", "b"])
+    for delivered in ([], ["left"], ["right", "right"]):
+        battle.delivered.clear()
+        for side in delivered:
+            store.mark_delivered(battle.alias(side))
+        with pytest.raises(InvalidRequestError) as info:
+            store.claim_vote(battle.battle_id)
+        assert (info.value.code, info.value.param, info.value.message) == (
+            "battle_not_answered", "battle_id", "vote once both answers of the battle have arrived")
+        assert not battle.is_voted
+    store.mark_delivered(other.alias("left"))
+    store.mark_delivered(f"battle-{other.battle_id}-middle")  # not a side: ignored
+    store.mark_delivered("tiny-a")
+    assert battle.delivered == {"right"} and other.delivered == {"left"}
+    store.mark_delivered(battle.alias("left"))
+    assert store.claim_vote(battle.battle_id) is battle
+
+
 def test_a_battle_takes_one_vote() -> None:
     store = BattleStore()
     battle = store.create(["a", "b"])
+    answer_both(store, battle)
     assert store.claim_vote(battle.battle_id) is battle and battle.is_voted
     with pytest.raises(InvalidRequestError) as info:
         store.claim_vote(battle.battle_id)

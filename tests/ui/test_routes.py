@@ -190,9 +190,20 @@ def test_a_battle_model_that_is_not_ready_keeps_its_name_secret(live: LiveServer
     assert response.headers["retry-after"] == "5"
 
 
+def answer(live: LiveServer, alias: str, *, stream: bool = False) -> httpx.Response:
+    """One battle side's answer, read in full."""
+    return post(live, "/v1/chat/completions", {"model": alias, "messages": [{"role": "user", "content": "Hello"}],
+                                               "max_tokens": 3, "stream": stream})
+
+
 def test_a_battle_vote_records_and_reveals_the_real_models_once(live: LiveServer) -> None:
     battle = post(live, "/ui/api/battle").json()
     vote = {"battle_id": battle["battle_id"], "winner": "left", "prompt": "Hello"}
+    not_answered = error("vote once both answers of the battle have arrived", "battle_id", "battle_not_answered")
+    for side, stream in (("left", True), ("right", False)):
+        early = post(live, "/ui/api/vote", vote)
+        assert (early.status_code, early.json()) == (400, not_answered)
+        assert answer(live, battle[side], stream=stream).status_code == 200
     response = post(live, "/ui/api/vote", vote)
     assert response.status_code == 200
     body = response.json()

@@ -39,6 +39,10 @@ def test_a_battle_vote_takes_the_models_from_the_store_once() -> None:
     battles = BattleStore()
     battle = battles.create(SERVED)
     body = request(left=None, right=None, battle_id=battle.battle_id, winner="right")
+    with pytest.raises(InvalidRequestError, match="once both answers of the battle have arrived"):
+        make_vote_with(body, SERVED, battles, 2.0)
+    for side in ("left", "right"):
+        battles.mark_delivered(battle.alias(side))
     vote = make_vote_with(body, SERVED, battles, 3.0)
     assert (vote.left, vote.right, vote.winner, vote.anonymous) == (battle.left, battle.right, "right", True)
     with pytest.raises(InvalidRequestError, match="already been voted on"):
@@ -79,7 +83,8 @@ def test_malformed_lines_are_skipped_with_a_warning(tmp_path: Path, caplog: pyte
                           + good.to_json().replace('"tie"', '"great"') + "\n")
     with caplog.at_level(logging.WARNING, logger="llmserve.ui.votes"):
         assert store.read_all() == [good]
-    assert [r.getMessage().split(": skipping")[0][-2:] for r in caplog.records] == [":1", ":2", ":5", ":6"]
+    # Read from the newest line back: the warnings come last line first.
+    assert [r.getMessage().split(": skipping")[0][-2:] for r in caplog.records] == [":6", ":5", ":2", ":1"]
 
 
 def test_concurrent_appends_never_interleave(tmp_path: Path) -> None:
@@ -98,3 +103,22 @@ def test_concurrent_appends_never_interleave(tmp_path: Path) -> None:
     lines = store.path.read_text().splitlines()
     assert len(lines) == 400
     assert len(store.read_all()) == 400
+
+
+def test_the_votes_file_rotates_within_its_size_bound(tmp_path: Path) -> None:
+    line_bytes = len(make_vote(request(), SERVED, 1000.0).to_json()) + 1
+    store = VoteStore(tmp_path / "votes.jsonl", max_bytes=10 * line_bytes, num_backups=2)
+    votes = [make_vote(request(), SERVED, 1000.0 + i) for i in range(95)]  # lines of one length
+    for vote in votes:
+        store.append(vote)
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files == ["votes.jsonl", "votes.jsonl.1", "votes.jsonl.2"]
+    assert all(p.stat().st_size <= 10 * line_bytes for p in tmp_path.iterdir())
+    kept = store.read_all()  # the newest 25: 5 in the current file, 10 in each backup
+    assert kept == votes[-25:]
+    assert store.read_recent(12) == votes[-12:]
+    assert store.read_recent(3, lambda v: v.time_s % 2 == 0) == [votes[90], votes[92], votes[94]]
+    no_backups = VoteStore(tmp_path / "solo.jsonl", max_bytes=4 * line_bytes, num_backups=0)
+    for vote in votes[:9]:
+        no_backups.append(vote)
+    assert no_backups.read_all() == votes[8:9] and not (tmp_path / "solo.jsonl.1").exists()
