@@ -63,13 +63,9 @@ def _window_families() -> list[str]:
     return sorted(f for f, spec in FAMILIES.items() if spec.config.get("sliding_window"))
 
 
-# Checks that fail today because a piece of issue 14 has not landed: (family, check) -> the piece.
-# Strict xfails: each turns into a failure the moment its piece lands, and is then removed here.
-_H2_CONTEXT = "H2: the context is capped at the sliding window (loading._attention_window)"
-KNOWN_GAPS: dict[tuple[str, str], str] = {
-    **{(family, check): _H2_CONTEXT for family in _window_families() for check in ("tokens", "logprobs", "context")},
-    ("deepseek_v3", "path"): "H2: a KV cache laid out from what MLA stores (the fast path's step fails)",
-}
+# Checks that fail because a piece of issue 14 has not landed: (family, check) -> the piece, as a
+# strict xfail (it fails the moment the piece lands, and is then removed here). None today.
+KNOWN_GAPS: dict[tuple[str, str], str] = {}
 
 
 def _cases(check: str, families: list[str] | None = None) -> list[Any]:
