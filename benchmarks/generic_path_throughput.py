@@ -28,7 +28,7 @@ if str(REPO_ROOT) not in sys.path:  # run as a script from a checkout without in
 from transformers import GraniteMoeHybridConfig, GraniteMoeHybridForCausalLM  # noqa: E402
 
 from llmserve.engine.request import SamplingParams  # noqa: E402
-from llmserve.generic.batching import choose_layout  # noqa: E402
+from llmserve.generic.batching import plan_batching  # noqa: E402
 from llmserve.generic.engine import GenericEngine  # noqa: E402
 from llmserve.generic.forward import ModelForward  # noqa: E402
 
@@ -98,14 +98,14 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     model = build_model(args)
     forward = ModelForward(model, torch.device(args.device))
-    layout, reason = choose_layout(forward, args.vocab_size, getattr(torch, args.dtype))
+    plan = plan_batching(forward, args.vocab_size, getattr(torch, args.dtype))
     print(f"GraniteMoeHybrid hidden {args.hidden_size}, {args.layers} layers, {args.dtype} on {args.device}; "
-          f"threads {torch.get_num_threads()}; batching: {reason}")
+          f"threads {torch.get_num_threads()}; batching: {plan.reason}")
     baseline = generate_rate(model, args)
     rows = [("model.generate, batch 1", baseline)]
     for concurrency in args.concurrency:
-        engine = GenericEngine(forward, _Digits(), frozenset(), args.vocab_size, 4096, layout,
-                               max_num_seqs=concurrency)
+        engine = GenericEngine(forward, _Digits(), frozenset(), args.vocab_size, 4096, plan.layout,
+                               max_num_seqs=concurrency, batched_prefill=plan.batched_prefill)
         rows.append((f"generic path, c={concurrency}", engine_rate(engine, args, concurrency)))
     print("| run | output tok/s | vs generate |\n| --- | ---: | ---: |")
     for name, rate in rows:

@@ -24,6 +24,13 @@ class RowBatch:
         self.lengths = [length]  # each row's own number of positions in the cache
         self.mask = torch.ones(1, length, dtype=torch.long, device=device)  # [B, T]
 
+    @classmethod
+    def of(cls, seq_ids: list[int], cache: Any, mask: torch.Tensor, lengths: list[int]) -> RowBatch:
+        """Rows prefilled together: their cache, padding mask [B, T] and own lengths."""
+        batch = cls.__new__(cls)
+        batch.seq_ids, batch.cache, batch.mask, batch.lengths = list(seq_ids), cache, mask, list(lengths)
+        return batch
+
     @property
     def num_rows(self) -> int:
         return len(self.seq_ids)

@@ -9,10 +9,12 @@ samples every row at once with the shared sampler and reports through the shared
 
 Running sequences decode together in one left-padded `RowBatch` when the builder found that the
 model's cache stacks and a stacked decode equals a single one (`layout` given); otherwise each
-sequence decodes in a forward of its own. A sequence leaves its batch the step it finishes or the
-moment it is aborted, freeing its cache. Fault isolation: a prompt that fails its prefill fails
-alone; a failed decode is retried one sequence at a time (each re-running its tokens so far), so
-only sequences that fail on their own are failed.
+sequence decodes in a forward of its own. Prompts admitted in one step are prefilled in one padded
+forward where that was found exact too (`batched_prefill`). A sequence leaves its batch the step
+it finishes or the moment it is aborted, freeing its cache. Fault isolation: a prompt that fails
+its prefill fails alone (a failed padded prefill is retried prompt by prompt); a failed decode is
+retried one sequence at a time (each re-running its tokens so far), so only sequences that fail
+on their own are failed.
 """
 
 from __future__ import annotations
@@ -51,13 +53,15 @@ class GenericEngine:
 
     def __init__(self, forward: ModelForward, tokenizer: Any, stop_token_ids: frozenset[int], vocab_size: int,
                  max_model_len: int, layout: CacheLayout | None, max_num_seqs: int = 256,
-                 max_num_batched_tokens: int = 8192, stream_interval: int = 1, seed: int = 0) -> None:
+                 max_num_batched_tokens: int = 8192, stream_interval: int = 1, seed: int = 0,
+                 batched_prefill: bool = False) -> None:
         self.forward = forward
         self.tokenizer = tokenizer
         self.stop_token_ids = stop_token_ids
         self.vocab_size = vocab_size
         self.max_model_len = max_model_len
         self.layout = layout  # None: every sequence decodes alone
+        self.batched_prefill = batched_prefill and layout is not None  # prompts of one step in one forward
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
         self.stream_interval = stream_interval
@@ -125,17 +129,31 @@ class GenericEngine:
     # ---- admission and prefill ---------------------------------------------------------------
 
     def _admit(self, outputs: list[SequenceOutput]) -> tuple[list[_Row], list[RowBatch]]:
-        """Prefill waiting prompts alone, within the token budget (at least one) and `max_num_seqs`."""
-        rows: list[_Row] = []
-        groups: list[RowBatch] = []
+        """Prefill waiting prompts within the token budget (at least one) and `max_num_seqs`:
+        together in one padded forward where the plan allows, else (and on failure) alone."""
+        admitted: list[TrackedSequence] = []
         budget = self.max_num_batched_tokens
-        while self._waiting and self.num_running + len(groups) < self.max_num_seqs:
+        while self._waiting and self.num_running + len(admitted) < self.max_num_seqs:
             tracked = self._tracked[self._waiting[0]]
-            if rows and tracked.seq.num_prompt_tokens > budget:
+            if admitted and tracked.seq.num_prompt_tokens > budget:
                 break
             self._waiting.popleft()
             budget -= tracked.seq.num_prompt_tokens
             self.last_scheduled.append(tracked.seq.seq_id)
+            admitted.append(tracked)
+        rows: list[_Row] = []
+        groups: list[RowBatch] = []
+        together = [t for t in admitted if self.batched_prefill and t.seq.params.prompt_logprobs is None]
+        if len(together) > 1:
+            try:
+                rows, group = self._prefill_together(together)
+                groups.append(group)
+            except Exception:
+                log.exception("prefill of %d prompts together failed; prefilling them alone", len(together))
+                together = []
+        for tracked in admitted:
+            if len(together) > 1 and tracked in together:
+                continue
             try:
                 row, group = self._prefill(tracked)
             except Exception as exc:
@@ -145,6 +163,12 @@ class GenericEngine:
             rows.append(row)
             groups.append(group)
         return rows, groups
+
+    def _prefill_together(self, tracked: list[TrackedSequence]) -> tuple[list[_Row], RowBatch]:
+        """Prompts prefilled in one left-padded forward: their next-token logits and one batch."""
+        cache, mask, logits = self.forward.prefill_batch([t.seq.all_ids for t in tracked])
+        group = RowBatch.of([t.seq.seq_id for t in tracked], cache, mask, [t.seq.num_tokens for t in tracked])
+        return [_Row(t, logits[i]) for i, t in enumerate(tracked)], group
 
     def _prefill(self, tracked: TrackedSequence) -> tuple[_Row, RowBatch]:
         """Run a sequence's tokens so far from an empty cache; its next-token logits and batch of one."""

@@ -75,6 +75,17 @@ class ModelForward:
         logits = logits[0].float()  # [P, V]
         return Prefilled(cache, logits if all_logits else logits[-1:])
 
+    def prefill_batch(self, prompts: list[list[int]]) -> tuple[Any, torch.Tensor, torch.Tensor]:
+        """Run several prompts together, left-padded as `generate` batches them. Returns the cache,
+        the padding mask [B, T] and each prompt's next-token logits [B, V] float32."""
+        length = max(len(p) for p in prompts)
+        ids = torch.tensor([[0] * (length - len(p)) + p for p in prompts], dtype=torch.long, device=self.device)
+        mask = torch.tensor([[0] * (length - len(p)) + [1] * len(p) for p in prompts], dtype=torch.long,
+                            device=self.device)
+        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+        logits, cache = self._call(ids, mask, positions, 0, None, False)
+        return cache, mask, logits[:, -1].float()
+
     def decode(self, cache: Any, token_ids: list[int], attention_mask: torch.Tensor,
                positions: list[int]) -> tuple[torch.Tensor, Any]:
         """One token per row. attention_mask: [B, T + 1] (0 over left padding), positions: each

@@ -11,7 +11,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from llmserve.engine.request import SamplingParams
-from llmserve.generic.batching import choose_layout
+from llmserve.generic.batching import plan_batching
 from llmserve.generic.engine import GenericEngine
 from llmserve.generic.forward import ModelForward
 from llmserve.tiny.families import FAMILIES, build_family_model
@@ -28,12 +28,13 @@ def test_family_on_the_generic_path(family: str, tiny_model_dir: Path, tmp_path:
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     vocab_size = int(model.get_output_embeddings().weight.shape[0])
     forward = ModelForward(model, torch.device("cpu"))
-    layout, reason = choose_layout(forward, vocab_size, torch.float32)
-    assert layout is not None, reason
-    engine = GenericEngine(forward, tokenizer, frozenset(), vocab_size, 4096, layout)
+    plan = plan_batching(forward, vocab_size, torch.float32)
+    assert plan.layout is not None and plan.batched_prefill, plan.reason
+    engine = GenericEngine(forward, tokenizer, frozenset(), vocab_size, 4096, plan.layout,
+                           batched_prefill=plan.batched_prefill)
     prompts = [tokenizer.encode(t) for t in TEXTS]
     events = run(engine, [(p, SamplingParams(max_tokens=n, temperature=0, ignore_eos=True, logprobs=0))
-                          for p, n in zip(prompts, MAX_TOKENS, strict=True)])
+                          for p, n in zip(prompts, MAX_TOKENS, strict=True)], join_every=2, burst=2)
     with torch.inference_mode():
         for i, prompt in enumerate(prompts):
             got = tokens(events[i])
