@@ -167,8 +167,10 @@ async function vote(winner) {
   try {
     recorded = await postJson("ui/api/vote", body);
   } catch (err) {
-    // An expired or already voted battle takes no vote at all; anything else may be retried.
-    round.voted = err instanceof ApiError && ["battle_not_found", "battle_already_voted"].includes(err.code);
+    // An expired or already voted battle takes no vote at all, nor one whose answers did not both
+    // arrive in full (one was stopped): the server only counts what was delivered. Anything else may be retried.
+    round.voted = err instanceof ApiError &&
+      ["battle_not_found", "battle_already_voted", "battle_not_answered"].includes(err.code);
     showError(err);
     updateControls();
     return;
