@@ -34,6 +34,7 @@ from llmserve.placement import (
     plan_placement,
     weight_bytes_by_device,
 )
+from llmserve.quantization import check_quantized_checkpoint, describe_quantized
 
 log = logging.getLogger(__name__)
 
@@ -182,6 +183,7 @@ def check_worker(config: WorkerConfig, path: str) -> str:
     check_weights(model_dir, config.allow_pickle, f"{path}.model_path")
     task = resolve_task(config, model_dir, path)
     hf_config = read_hf_config(model_dir, config, path)
+    check_quantized_checkpoint(config, hf_config, path)
     if task == "embed":
         for key in _GENERATE_ONLY:
             value = getattr(config, key)
@@ -214,6 +216,7 @@ def load_model(config: WorkerConfig, path: str = "workers[0]") -> LoadedModel:
     check_weights(model_dir, config.allow_pickle, f"{path}.model_path")
     common: dict[str, Any] = {"trust_remote_code": config.trust_remote_code}
     hf_config = read_hf_config(model_dir, config, path)
+    prequantized = check_quantized_checkpoint(config, hf_config, path)
     dtype = resolve_dtype(config.dtype, device, getattr(hf_config, "dtype", None))
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir(config, model_dir, path), **common)
     placement = plan_placement(config, device, dtype, hf_config, path)
@@ -224,6 +227,8 @@ def load_model(config: WorkerConfig, path: str = "workers[0]") -> LoadedModel:
     if not placement.uses_device_map:
         model.to(device)
     model.eval()
+    if prequantized is not None:
+        log.info("%s: %s", path, describe_quantized(prequantized, model))
     main = placement.main_device
     devices = layer_devices(model, hf_config.num_hidden_layers, main)
     keep_hidden_states_on(model, main)

@@ -102,11 +102,21 @@ def fuse_projections(model: nn.Module) -> int:
     return count
 
 
+def is_dense(linear: nn.Linear) -> bool:
+    """A Linear whose output is `x @ weight.T + bias` and nothing else: pre-quantized checkpoints
+    (compressed-tensors FP8, ...) keep the `nn.Linear` class but store 8-bit weights beside their
+    scales and replace the instance's forward, and fusing those would drop the scales."""
+    names = {name for name, _ in linear.named_parameters(recurse=False)}
+    return (names <= {"weight", "bias"} and linear.weight.dtype.is_floating_point
+            and linear.weight.element_size() >= 2 and "forward" not in vars(linear)
+            and not linear._forward_hooks and not linear._forward_pre_hooks)
+
+
 def _fusable(module: nn.Module, names: tuple[str, ...]) -> list[nn.Linear] | None:
     """The module's Linears of that group when it has all of them, plain, alike in input size,
     dtype and device; else None."""
     linears = [getattr(module, name, None) for name in names]
-    plain = [lin for lin in linears if type(lin) is nn.Linear]
+    plain = [lin for lin in linears if type(lin) is nn.Linear and is_dense(lin)]
     if len(plain) != len(names):
         return None
     first = plain[0]

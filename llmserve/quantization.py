@@ -1,0 +1,92 @@
+"""Pre-quantized checkpoints: the format a checkpoint's config.json declares, and whether this
+machine has the package transformers needs to load it.
+
+transformers loads these itself (`quantization_config` in config.json): fine-grained FP8 and
+compressed-tensors FP8 (the H200's native formats), GPTQ and AWQ. Their linear layers stay the
+model's own modules, so the fast path serves them as it serves any model (the fused projections
+leave them alone: `fused_projections.is_dense`), checked by the same load-time probe. A format
+whose package is missing is refused at start-up with one line naming the package, instead of
+transformers' traceback from inside the worker.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from llmserve.config import WorkerConfig
+from llmserve.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CheckpointFormat:
+    """A `quant_method` transformers loads, and what it needs installed."""
+
+    label: str
+    modules: tuple[str, ...]
+    """Import names of the packages transformers needs for it."""
+    pip: str
+    """The `pip install` arguments that provide them."""
+
+
+FORMATS: dict[str, CheckpointFormat] = {
+    "fp8": CheckpointFormat("fine-grained FP8", ("accelerate",), "accelerate"),
+    "compressed-tensors": CheckpointFormat("compressed-tensors", ("compressed_tensors",), '"compressed-tensors>=0.15"'),
+    "gptq": CheckpointFormat("GPTQ", ("optimum", "gptqmodel"), "optimum gptqmodel"),
+    "awq": CheckpointFormat("AWQ", ("gptqmodel", "accelerate"), "gptqmodel accelerate"),
+    "bitsandbytes": CheckpointFormat("bitsandbytes", ("bitsandbytes",), '"llmserve[quant]"'),
+}
+
+
+def checkpoint_quantization(hf_config: Any) -> str | None:
+    """The checkpoint's `quant_method` ("fp8", "gptq", ...), None for full-precision weights."""
+    quant = getattr(hf_config, "quantization_config", None)
+    if quant is None:
+        return None
+    method = quant.get("quant_method") if isinstance(quant, dict) else getattr(quant, "quant_method", None)
+    method = getattr(method, "value", method)  # transformers' QuantizationMethod enum
+    return str(method) if method else None
+
+
+def missing_modules(method: str) -> list[str]:
+    """The packages format `method` needs that are not installed (none for a format not listed)."""
+    fmt = FORMATS.get(method)
+    if fmt is None:
+        return []
+    return [name for name in fmt.modules if importlib.util.find_spec(name) is None]
+
+
+def check_quantized_checkpoint(config: WorkerConfig, hf_config: Any, path: str) -> str | None:
+    """The checkpoint's quantization, refused in one line where it cannot load here; None if none."""
+    method = checkpoint_quantization(hf_config)
+    if method is None:
+        return None
+    fmt = FORMATS.get(method)
+    label = fmt.label if fmt is not None else method
+    for key in ("load_8bit", "load_4bit"):
+        if getattr(config, key):
+            raise ConfigError(f'{path}.{key} = true: "{config.model_path}" is already quantized ({label}); '
+                              f"remove {key}")
+    missing = missing_modules(method)
+    if missing and fmt is not None:
+        names = " and ".join(name.replace("_", "-") for name in missing)
+        raise ConfigError(f'{path}.model_path = "{config.model_path}": a {label} checkpoint needs {names}, '
+                          f"not installed (pip install {fmt.pip})")
+    return method
+
+
+def describe_quantized(method: str, model: torch.nn.Module) -> str:
+    """What the weights are once loaded: FP8 stays 8-bit where the device has FP8 kernels, else
+    transformers dequantizes it."""
+    dtypes = {p.dtype for p in model.parameters()}
+    is_8bit = any(d.itemsize == 1 for d in dtypes)  # fp8 / int8 weights
+    is_packed = any(d in (torch.int32, torch.int64, torch.uint8) for d in dtypes)  # GPTQ / AWQ packed ints
+    kept = "kept quantized" if is_8bit or is_packed else "dequantized on load (no kernels for it here)"
+    fmt = FORMATS.get(method)
+    return f"{fmt.label if fmt is not None else method} checkpoint, {kept}"
