@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from llmserve.errors import ConfigError
+from llmserve.reasoning import REASONING_PARSERS
+from llmserve.tool_parsers import TOOL_PARSERS
 
 DISPATCH_POLICIES = ("shortest_queue", "lottery")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -197,6 +199,10 @@ class WorkerConfig:
     """Seed of the worker's sampler for requests that give none."""
     chat_template: str = ""
     """Chat template: a built-in name (vicuna_v1.1, llama-2, alpaca, chatml, chatglm2, zero_shot), a Jinja string or a file; empty uses the tokenizer's."""
+    tool_parser: str = ""
+    """How the model writes tool calls: "hermes" (<tool_call> JSON: Qwen2.5/3, Hermes) or "llama3_json"; empty: chosen from the chat template (tools are refused when none fits)."""
+    reasoning_parser: str = ""
+    """How the model marks its reasoning: "think" (<think>...</think>: Qwen3, DeepSeek-R1); empty: chosen from the chat template, else none."""
     enable_chat: bool = True
     """Serve /v1/chat/completions for this model (needs a chat template); false: completions only."""
     tokenizer_path: str = ""
@@ -244,6 +250,10 @@ class WorkerConfig:
                "expected 1..64")
         for i, name in enumerate(self.model_names):
             _check(bool(name.strip()), f"{path}.model_names[{i}]", name, "names must not be empty")
+        _check(self.tool_parser in ('', *TOOL_PARSERS), f"{path}.tool_parser", self.tool_parser,
+               f"expected one of {', '.join(TOOL_PARSERS)} (or empty)")
+        _check(self.reasoning_parser in ('', *REASONING_PARSERS), f"{path}.reasoning_parser", self.reasoning_parser,
+               f"expected one of {', '.join(REASONING_PARSERS)} (or empty)")
         self._validate_loading(path)
 
     def _validate_loading(self, path: str) -> None:

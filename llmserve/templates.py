@@ -74,18 +74,18 @@ def check_serves_chat(config: WorkerConfig, model: str) -> None:
                                   "use /v1/completions", param="model")
 
 
-def render_chat_prompt(tokenizer: Any, messages: list[dict[str, str]]) -> str:
+def render_chat_prompt(tokenizer: Any, messages: list[dict[str, Any]], **template_kwargs: Any) -> str:
     """The prompt text for a conversation, ending with the assistant's turn header."""
     try:
-        return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False, **template_kwargs)
     except Exception as exc:  # a template's raise_exception() or a rendering error
         raise InvalidRequestError(f"the chat template rejected these messages: {_first_line(exc)}",
                                   param="messages") from None
 
 
-def encode_chat(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
+def encode_chat(tokenizer: Any, messages: list[dict[str, Any]], **template_kwargs: Any) -> list[int]:
     """Prompt token ids; the template supplies the special tokens itself."""
-    return encode_texts(tokenizer, [render_chat_prompt(tokenizer, messages)], add_special_tokens=False)[0]
+    return encode_texts(tokenizer, [render_chat_prompt(tokenizer, messages, **template_kwargs)], add_special_tokens=False)[0]
 
 
 def encode_text(tokenizer: Any, text: str, add_special_tokens: bool = True) -> list[int]:

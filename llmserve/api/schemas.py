@@ -13,6 +13,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from llmserve.api.structured import StructuredFields
+from llmserve.api.tools import ToolFields, ToolMessageFields
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 Int64 = Annotated[int, Field(ge=INT64_MIN, le=INT64_MAX)]
@@ -36,7 +37,7 @@ class TextPart(StrictRequest):
     text: str | None = None
 
 
-class ChatMessage(StrictRequest):
+class ChatMessage(ToolMessageFields, StrictRequest):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
     name: str | None = None
@@ -65,7 +66,7 @@ class SamplingFields(StructuredFields, StrictRequest):
     logit_bias: dict[str, Annotated[float, Field(ge=-100.0, le=100.0)]] | None = None
 
 
-class ChatCompletionRequest(SamplingFields):
+class ChatCompletionRequest(ToolFields, SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(default=None, ge=1, le=INT64_MAX)
     logprobs: bool = False

@@ -98,6 +98,8 @@ def _compile(compiler: Any, spec: GrammarSpec, param: str) -> Any:
             return compiler.compile_regex(spec.source)
         if spec.kind == "choice":
             return compiler.compile_regex("|".join(re.escape(option) for option in spec.choices))
+        if spec.kind == "structural_tag":
+            return compiler.compile_structural_tag(spec.source)
         return compiler.compile_grammar(spec.source)
     except Exception as exc:  # xgrammar raises RuntimeError / ValueError with the reason
         raise InvalidRequestError(f"cannot use this {_what(spec)}: {_reason(exc)}", param=param) from None
@@ -105,14 +107,16 @@ def _compile(compiler: Any, spec: GrammarSpec, param: str) -> Any:
 
 def _what(spec: GrammarSpec) -> str:
     return {"json_object": "JSON object format", "json_schema": "JSON schema", "regex": "regular expression",
-            "choice": "choice list", "grammar": "grammar"}[spec.kind]
+            "choice": "choice list", "grammar": "grammar", "structural_tag": "tool definition"}[spec.kind]
 
 
 def _reason(exc: Exception) -> str:
     """xgrammar's message without its source locations, one line, bounded."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     text = lines[-1] if lines else type(exc).__name__
-    text = re.sub(r"\[[^\]]*\.(cc|h|py):\d+\]\s*", "", text)
+    # xgrammar prefixes "[hh:mm:ss] /its/source.cc:123: "; error bodies carry no source paths.
+    text = re.sub(r"^(\[[^\]]*\]\s*)?\S*\.(cc|h|hpp|py):\d+:?\s*", "", text)
+    text = re.sub(r"\[[^\]]*\.(cc|h|hpp|py):\d+\]\s*", "", text)
     return text[:300]
 
 

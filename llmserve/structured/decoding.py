@@ -80,7 +80,7 @@ class StructuredDecoding:
                 bitmask[row, token_id // _BITS] |= _bit(token_id % _BITS)
         else:
             state.matcher.fill_next_token_bitmask(bitmask, row)
-            if seq.params.grammar is not None and seq.params.grammar.is_json:
+            if seq.params.grammar is not None and seq.params.grammar.forbids_control_bytes:
                 bitmask[row] &= self.compiler.json_safe_words()
 
     def _state(self, seq: Sequence) -> _Matcher:

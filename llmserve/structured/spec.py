@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
-GrammarKind = Literal["json_object", "json_schema", "regex", "choice", "grammar"]
+GrammarKind = Literal["json_object", "json_schema", "regex", "choice", "grammar", "structural_tag"]
 
 
 @dataclass(frozen=True)
@@ -18,7 +18,8 @@ class GrammarSpec:
     """One output constraint. `source` is canonical text, so equal constraints are equal specs.
 
     json_object: "" (any JSON object); json_schema: the schema as compact JSON;
-    regex: the pattern; choice: a JSON list of the allowed strings; grammar: EBNF (GBNF) text.
+    regex: the pattern; choice: a JSON list of the allowed strings; grammar: EBNF (GBNF) text;
+    structural_tag: xgrammar's structural-tag JSON (tool calls forced by `tool_choice`).
     """
 
     kind: GrammarKind
@@ -34,8 +35,9 @@ class GrammarSpec:
         return cls("choice", json.dumps(list(options), separators=(",", ":")))
 
     @property
-    def is_json(self) -> bool:
-        return self.kind in ("json_object", "json_schema")
+    def forbids_control_bytes(self) -> bool:
+        """JSON answers (and forced tool calls, JSON in tags) never hold a raw byte below 0x20."""
+        return self.kind in ("json_object", "json_schema", "structural_tag")
 
     @property
     def choices(self) -> list[str]:

@@ -36,13 +36,37 @@ SPECIAL_TOKENS = (BOS_TOKEN, EOS_TOKEN, EOT_TOKEN, START_HEADER_TOKEN, END_HEADE
 
 # Llama 3 layout: BOS once, then per message a role header, a blank line, the content and
 # <|eot_id|>. Content given as a list of OpenAI-style parts is joined from its text parts.
+# With `tools` (transformers' apply_chat_template(tools=...)) the functions are listed in the system
+# turn and the model is told the Hermes/Qwen call syntax; an assistant turn's `tool_calls` are
+# written back in that syntax and a tool result is wrapped in <tool_response>. Without tools the
+# prompt is exactly the plain Llama 3 layout.
+TOOLS_PREAMBLE = (
+    "# Tools\\n\\nTo call a function, answer with <tool_call>{\"name\": NAME, \"arguments\": ARGUMENTS}"
+    "</tool_call>, one per call. The functions, as JSON schemas:\\n<tools>\\n"
+)
 CHAT_TEMPLATE = (
     "{{- bos_token -}}"
+    "{%- if tools -%}{%- set tool_text = '" + TOOLS_PREAMBLE + "' + (tools | map('tojson') | join('\\n'))"
+    " + '\\n</tools>' -%}"
+    "{%- if messages[0]['role'] != 'system' -%}"
+    "{{- '<|start_header_id|>system<|end_header_id|>\\n\\n' + tool_text + '<|eot_id|>' -}}{%- endif -%}{%- endif -%}"
     "{%- for message in messages -%}"
     "{%- if message['content'] is string -%}{%- set content = message['content'] -%}"
+    "{%- elif message['content'] is none -%}{%- set content = '' -%}"
     "{%- else -%}{%- set content = message['content'] | selectattr('type', 'equalto', 'text')"
     " | map(attribute='text') | join('') -%}{%- endif -%}"
-    "{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' + content + '<|eot_id|>' -}}"
+    "{%- if tools and loop.first and message['role'] == 'system' -%}"
+    "{%- set content = content + '\\n\\n' + tool_text -%}{%- endif -%}"
+    "{%- if message['role'] == 'tool' -%}{%- set content = '<tool_response>' + content + '</tool_response>' -%}"
+    "{%- endif -%}"
+    "{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' + content -}}"
+    "{%- if message['role'] == 'assistant' and message['tool_calls'] is defined and message['tool_calls'] -%}"
+    "{%- for call in message['tool_calls'] -%}"
+    "{%- set fn = call['function'] if call['function'] is defined else call -%}"
+    "{{- '<tool_call>{\"name\": ' + (fn['name'] | tojson) + ', \"arguments\": ' + (fn['arguments'] if fn['arguments']"
+    " is string else fn['arguments'] | tojson) + '}</tool_call>' -}}"
+    "{%- endfor -%}{%- endif -%}"
+    "{{- '<|eot_id|>' -}}"
     "{%- endfor -%}"
     "{%- if add_generation_prompt -%}{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' -}}{%- endif -%}"
 )

@@ -90,7 +90,7 @@ class HermesToolParser(ToolParser):
         # No newlines around the JSON: JSON output is kept free of raw control bytes (see
         # llmserve/structured/compiler.py), and the parser reads both spellings.
         tags = [{"type": "tag", "begin": f'{START}{{"name": "{tool.name}", "arguments": ',
-                 "content": {"type": "json_schema", "json_schema": tool.parameters_schema, "max_whitespace_cnt": 0},
+                 "content": {"type": "json_schema", "json_schema": tool.parameters_schema, "max_whitespace_cnt": 1},
                  "end": "}" + END} for tool in tools]
         return {"type": "tags_with_separator", "tags": tags, "separator": "", "at_least_one": True,
                 "stop_after_first": not parallel}

@@ -77,7 +77,7 @@ class Llama3JsonToolParser(ToolParser):
     @classmethod
     def forced_format(cls, tools: list[FunctionTool], parallel: bool) -> dict[str, Any]:
         tags = [{"type": "tag", "begin": f'{{"name": "{tool.name}", "parameters": ',
-                 "content": {"type": "json_schema", "json_schema": tool.parameters_schema, "max_whitespace_cnt": 0},
+                 "content": {"type": "json_schema", "json_schema": tool.parameters_schema, "max_whitespace_cnt": 1},
                  "end": "}"} for tool in tools]
         return {"type": "tags_with_separator", "tags": tags, "separator": "; ", "at_least_one": True,
                 "stop_after_first": not parallel}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from enum import Enum
+from enum import StrEnum
 from typing import Annotated
 
 import httpx
@@ -18,7 +18,7 @@ MODEL = "tiny-llama"
 MESSAGES = [{"role": "user", "content": "Describe a person."}]
 
 
-class Role(str, Enum):
+class Role(StrEnum):
     admin = "admin"
     user = "user"
 
