@@ -47,3 +47,29 @@ def test_key_comparison_is_constant_time_over_all_keys() -> None:
     assert key_matches("k1-aaaaaaaa", ["k0-zzzzzzzz", "k1-aaaaaaaa"])
     assert not key_matches("k1-aaaaaaa", ["k1-aaaaaaaa"])
     assert not key_matches("", ["k1-aaaaaaaa"])
+
+
+def test_two_authorization_headers_are_refused(keyed_base_url: str) -> None:
+    headers = [("Authorization", f"Bearer {API_KEY}"), ("Authorization", "Bearer sk-other-key-123")]
+    r = httpx.get(keyed_base_url + "/models", headers=headers)
+    assert r.status_code == 400
+    assert r.json()["error"]["type"] == "invalid_request_error" and "exactly one" in r.json()["error"]["message"]
+    assert httpx.get(keyed_base_url + "/models", headers=headers[:1]).status_code == 200
+
+
+def test_json_and_script_responses_are_never_sniffed(keyed_base_url: str) -> None:
+    root = _root(keyed_base_url)
+    for response in (httpx.get(root + "/health"), httpx.get(keyed_base_url + "/models"),
+                     httpx.get(root + "/ui/static/app.js"), httpx.get(root + "/nothing")):
+        assert response.headers["x-content-type-options"] == "nosniff", response.url
+
+
+def test_ui_pages_under_static_get_the_pages_security_headers(keyed_base_url: str) -> None:
+    from llmserve.ui.routes import PAGE_HEADERS
+
+    root = _root(keyed_base_url)
+    for path in ("/", "/ui/static/index.html", "/ui/static/arena.html"):
+        r = httpx.get(root + path)
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+        for name, value in PAGE_HEADERS.items():
+            assert r.headers[name] == value, (path, name)

@@ -222,3 +222,15 @@ def test_a_client_leaving_a_non_streaming_request_aborts_it(tiny_model_dir) -> N
         finished = _ready(url).json()["workers"][0]["num_finished"]
         assert finished == 1  # it ended (aborted) well before its 3,500 tokens
         assert _post(url, max_tokens=3).status_code == 200
+
+
+def test_a_request_that_can_never_fit_is_a_400_not_a_retryable_503(tiny_model_dir) -> None:
+    config = parse_config({"workers": [{"model_path": str(tiny_model_dir), "model_names": [MODEL],
+                                        "kv_cache_tokens": 8192, "max_num_seqs": 2, "max_waiting": 2}]})
+    with live_server(config) as url:
+        r = _post(url, prompt=["a", "b", "c"], n=2, max_tokens=2)  # 6 sequences > 2 running + 2 waiting
+        assert r.status_code == 400 and "retry-after" not in r.headers
+        error = r.json()["error"]
+        assert error["type"] == "invalid_request_error" and "max_num_seqs 2 + max_waiting 2" in error["message"]
+        assert "worker" not in error["message"]
+        assert _post(url, prompt=["a", "b"], n=2, max_tokens=2).status_code == 200  # 4 fit
