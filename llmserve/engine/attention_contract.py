@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 from transformers import AttentionInterface
-from transformers.cache_utils import DummyLayer, DynamicCache, DynamicLayer, LinearAttentionCacheLayerMixin
+from transformers.cache_utils import DynamicCache, LinearAttentionCacheLayerMixin
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from llmserve.engine.kv_cache import LayerKVSpec
@@ -99,7 +99,12 @@ def inspect_attention(model: torch.nn.Module, num_tokens: int = _SHORT_INPUT) ->
     implementation is restored afterwards."""
     config: Any = model.config  # type: ignore[union-attr]
     num_layers = int(getattr(config.get_text_config(), "num_hidden_layers", 0) or 0)
-    calls = _record(model, num_tokens)
+    try:
+        calls = _record(model, num_tokens)
+    except Exception as exc:  # the model's own code, with any error: it is not served by the fast path
+        reason = str(exc).strip().split("\n")[0][:200]
+        return AttentionContract(num_layers, (), [f"its forward fails under a recording attention function "
+                                                  f"({type(exc).__name__}: {reason})"])
     unsupported = _cache_state_reasons(config)
     layers, reasons = _read_calls(calls, num_layers, num_tokens)
     unsupported += reasons
@@ -160,7 +165,9 @@ def _cache_state_reasons(config: Any) -> list[str]:
         return []
     reasons = []
     for index, layer in enumerate(cache.layers):
-        if isinstance(layer, LinearAttentionCacheLayerMixin) or not isinstance(layer, (DynamicLayer, DummyLayer)):
+        # Recurrent and convolution states (transformers' linear-attention layers, any layer holding them).
+        if isinstance(layer, LinearAttentionCacheLayerMixin) or any(
+                hasattr(layer, name) for name in ("conv_states", "recurrent_states", "ssm_states")):
             reasons.append(f"layer {index} keeps a {type(layer).__name__} in transformers' cache (state besides "
                            "attention keys and values)")
     return reasons
@@ -186,8 +193,9 @@ def _read_calls(calls: list[_Call], num_layers: int, num_tokens: int) -> tuple[l
         reasons += layer_reasons
     missing = sorted(set(range(num_layers)) - set(by_layer))
     if missing:
-        reasons.append(f"layers {_ranges(missing)} never call transformers' attention interface (a recurrent "
-                       "mixer or attention in the model's own code)")
+        which = f"layers {_ranges(missing)} never call" if len(missing) > 1 else f"layer {missing[0]} never calls"
+        reasons.append(f"{which} transformers' attention interface (a recurrent mixer or attention in the "
+                       "model's own code)")
     extra = sorted(set(by_layer) - set(range(num_layers)))
     if extra:
         reasons.append(f"layer_idx {_ranges(extra)} outside the config's {num_layers} layers")

@@ -62,3 +62,47 @@ def test_module_imports_again() -> None:
             "assert hasattr(torch.ops.llmserve, 'paged_attention')")
     result = subprocess.run([sys.executable, "-W", "error", "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+def _mla_step(seed: int = 0) -> dict[str, torch.Tensor]:
+    """`_step` with values of their own head dim (6), stored beside the keys in one layer tensor
+    [num_blocks, block_size, Hkv, Dk + Dv] as `KVCache` lays out such a layer."""
+    step = _step(seed)
+    gen = torch.Generator().manual_seed(seed + 1)
+    step["value"] = torch.randn(5, NUM_KV_HEADS, 6, generator=gen)
+    step["kv_cache"] = torch.randn(NUM_BLOCKS, BLOCK_SIZE, NUM_KV_HEADS, HEAD_DIM + 6, generator=gen)
+    return step
+
+
+FEATURES = {"sliding_window": 3, "softcap": 2.0, "sinks": torch.tensor([0.5, -1.0, 2.0, 0.0]),
+            "alibi_slopes": torch.tensor([0.5, 0.25, 0.125, 0.0625])}
+
+
+def test_ops_pass_the_features_and_value_head_dim_to_the_kernels() -> None:
+    """Window, soft-cap, sinks and ALiBi through the op reach the kernel; an MLA-shaped layer tensor is
+    split into keys and values of their own head dims."""
+    for make in (_step, _mla_step):
+        step, want = make(), make()
+        torch.ops.llmserve.write_kv(step["key"], step["value"], step["kv_cache"], step["slot_mapping"], False)
+        got = torch.ops.llmserve.paged_attention(*_attention_args(step), *FEATURES.values())
+        k_cache, v_cache = hf_attention.split_kv(want["kv_cache"], HEAD_DIM)
+        torch_attention.write_kv(want["key"], want["value"], k_cache, v_cache, want["slot_mapping"])
+        expected = torch_attention.paged_attention(
+            want["query"], k_cache, v_cache, want["cu_seqlens_q"], want["context_lens"], want["block_tables"],
+            HEAD_DIM**-0.5, 3, **FEATURES,
+        )
+        plain = torch_attention.paged_attention(
+            want["query"], k_cache, v_cache, want["cu_seqlens_q"], want["context_lens"], want["block_tables"],
+            HEAD_DIM**-0.5, 3,
+        )
+        assert torch.equal(step["kv_cache"], want["kv_cache"])
+        assert got.shape == (5, NUM_HEADS, step["value"].shape[-1])
+        assert torch.equal(got, expected) and not torch.allclose(got, plain, atol=1e-2)
+
+
+def test_ops_with_features_pass_torch_opcheck() -> None:
+    for make in (_step, _mla_step):
+        step = make()
+        torch.library.opcheck(hf_attention.write_kv,
+                              (step["key"], step["value"], step["kv_cache"], step["slot_mapping"], False))
+        torch.library.opcheck(hf_attention.paged_attention, (*_attention_args(step), *FEATURES.values()))

@@ -1,8 +1,10 @@
-"""Block pool: allocation, growth, freeing, and prefix caching with exact block reuse."""
+"""Block pool: allocation, growth, freeing, and prefix caching with exact block reuse; per-layer cache shapes."""
 
 from __future__ import annotations
 
-from llmserve.engine.kv_cache import BlockPool
+import torch
+
+from llmserve.engine.kv_cache import BlockPool, KVCache, KVCacheSpec, LayerKVSpec, split_kv
 from llmserve.engine.request import SamplingParams, Sequence
 
 
@@ -101,3 +103,27 @@ def test_prefix_caching_can_be_disabled() -> None:
     second = _seq(1, list(range(9)))
     pool.allocate(second)
     assert second.num_cached_tokens == 0
+
+
+def test_per_layer_shapes_get_tensors_of_their_own() -> None:
+    """Layers of different KV heads and an MLA-shaped layer (key and value head dims differ): each
+    layer's keys and values are views of one tensor, sized as the layer stores them."""
+    layers = [LayerKVSpec(2, 8, 8, sliding_window=16), LayerKVSpec(4, 8, 8), LayerKVSpec(4, 24, 12)]
+    spec = KVCacheSpec.from_layers(layers, block_size=4, num_blocks=5, dtype=torch.float32)
+    assert (spec.num_layers, spec.num_kv_heads, spec.head_dim, spec.is_uniform) == (3, 4, 24, False)
+    assert spec.bytes_per_token == 4 * (2 * 16 + 4 * 16 + 4 * 36)
+    cache = KVCache(spec, torch.device("cpu"))
+    assert cache.storage is None
+    for index, layer in enumerate(layers):
+        k, v = cache.layer(index)
+        assert k.shape == (5, 4, layer.num_kv_heads, layer.head_dim)
+        assert v.shape == (5, 4, layer.num_kv_heads, layer.head_dim_v)
+        k.fill_(1.0)
+        v.fill_(2.0)
+        kv = cache.layer_kv(index)
+        assert kv.sum() == k.numel() + 2 * v.numel()  # both live in the one tensor the cache write mutates
+        assert all(torch.equal(a, b) for a, b in zip(split_kv(kv, layer.head_dim), (k, v), strict=True))
+    uniform = KVCacheSpec(2, 2, 8, 4, 5, torch.float32)
+    assert uniform.is_uniform and KVCache(uniform, torch.device("cpu")).storage is not None
+    assert uniform.bytes_per_token == KVCacheSpec.from_layers([LayerKVSpec(2, 8, 8)] * 2, 4, 5,
+                                                              torch.float32).bytes_per_token

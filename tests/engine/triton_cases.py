@@ -182,6 +182,31 @@ def test_custom_ops_run_the_kernels_under_compile() -> None:
     torch.testing.assert_close(out.cpu().double(), shared.reference_attention(batch), atol=1e-5, rtol=0)
 
 
+def test_custom_ops_pass_features_and_mla_layers_under_compile() -> None:
+    """A windowed, soft-capped, sink-and-ALiBi layer whose values have their own head dim, stored as
+    KVCache lays it out ([num_blocks, block_size, Hkv, Dk + Dv]): one compiled graph, the reference's answer."""
+    name, specs, heads, kv_heads, head_dim, head_dim_v, block_size, features = shared.FEATURE_CASES[-1]
+    batch = shared.feature_batch(name, specs, heads, kv_heads, head_dim, head_dim_v, block_size, torch.float32)
+    kv_cache = torch.cat([batch.k_cache, batch.v_cache], dim=-1).to(DEVICE)  # [num_blocks, block_size, Hkv, Dk + Dv]
+    kwargs = shared.feature_kwargs(features, DEVICE)
+
+    def step(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, kv: torch.Tensor,
+             slots: torch.Tensor, cu: torch.Tensor, lens: torch.Tensor, tables: torch.Tensor) -> torch.Tensor:
+        hf_attention.write_kv(key, value, kv, slots, True)
+        return hf_attention.paged_attention(query, kv, cu, lens, tables, batch.scale, batch.max_seqlen_q, True,
+                                            kwargs["sliding_window"], kwargs["softcap"], kwargs["sinks"],
+                                            kwargs["alibi_slopes"])
+
+    compiled = torch.compile(step, backend="aot_eager", fullgraph=True)
+    inputs = (batch.query, batch.new_key, batch.new_value)
+    indices = (batch.slot_mapping, batch.cu_seqlens_q, batch.context_lens, batch.block_tables)
+    out = compiled(*(x.to(DEVICE) for x in inputs), kv_cache, *(x.to(DEVICE) for x in indices))
+    want_k, want_v = shared.reference_cache(batch)
+    assert torch.equal(kv_cache[..., :head_dim].cpu(), want_k) and torch.equal(kv_cache[..., head_dim:].cpu(), want_v)
+    torch.testing.assert_close(out.cpu().double(), shared.reference_attention(batch, **shared.feature_kwargs(features)),
+                               atol=1e-5, rtol=0)
+
+
 def test_rejects_mismatched_dtypes() -> None:
     batch = shared.make_batch([(2, 1)], 4, 2, 16, 4)
     with pytest.raises(ValueError, match="dtype"):
