@@ -96,6 +96,8 @@ class Reference:
     """Per prompt, the greedy continuation: NUM_DECODE_STEPS + 1 tokens."""
     output_logprobs: tuple[torch.Tensor, ...]
     """Per prompt, [NUM_DECODE_STEPS + 1, V]: row i is the distribution tokens[i] was taken from."""
+    seconds: float = 0.0
+    """What computing it took."""
 
     @property
     def tolerance(self) -> float:
@@ -115,6 +117,7 @@ class ProbeResult:
     is_chunked: bool
     plan: ProbePlan
     seconds: float
+    reference_seconds: float
 
     @property
     def passed(self) -> bool:
@@ -139,7 +142,7 @@ class ProbeResult:
         return (f"probe {verdict} ({len(plan.prompts)} prompts of {plan.num_prompt_tokens} tokens, {prefill}, "
                 f"{NUM_DECODE_STEPS} decode steps, {self.num_positions} positions, max |logprob difference| "
                 f"{self.max_difference:.1e} vs {self.tolerance:.2g} for {dtype}{ties}{window}, "
-                f"{self.seconds:.2f} s)")
+                f"{self.seconds:.2f} s, reference {self.reference_seconds:.2f} s)")
 
 
 def smallest_window(hf_config: Any) -> int | None:
@@ -170,6 +173,7 @@ def _prompt_ids(tokenizer: Any, text: str, length: int) -> tuple[int, ...]:
 @torch.inference_mode()
 def compute_reference(model: torch.nn.Module, plan: ProbePlan, device: torch.device, dtype: torch.dtype) -> Reference:
     """The model's own log-probabilities on the probe: a full forward per prefix, no cache."""
+    started = time.perf_counter()
     takes_keep = "logits_to_keep" in inspect.signature(model.forward).parameters
     positions, prompt_rows, tokens, output_rows = [], [], [], []
     for prompt in plan.prompts:
@@ -185,7 +189,8 @@ def compute_reference(model: torch.nn.Module, plan: ProbePlan, device: torch.dev
         prompt_rows.append(rows[:-1])
         tokens.append(tuple(ids[len(prompt):]))
         output_rows.append(torch.stack(outputs))
-    return Reference(plan, dtype, tuple(positions), tuple(prompt_rows), tuple(tokens), tuple(output_rows))
+    return Reference(plan, dtype, tuple(positions), tuple(prompt_rows), tuple(tokens), tuple(output_rows),
+                     time.perf_counter() - started)
 
 
 def compared_positions(num_tokens: int, chunk_tokens: int) -> list[int]:
@@ -240,7 +245,7 @@ def probe_engine(engine: Any, reference: Reference) -> ProbeResult:
         cause = comparison.check(reference, index, collected[seq_id])
     return ProbeResult(cause, comparison.max_difference, reference.tolerance, reference.dtype,
                        comparison.num_positions, comparison.num_near_ties, is_chunked, plan,
-                       time.perf_counter() - started)
+                       time.perf_counter() - started, reference.seconds)
 
 
 @contextlib.contextmanager

@@ -70,8 +70,9 @@ def test_the_reference_is_the_models_own_greedy_forward(tiny_model_dir: Path) ->
 def test_a_wrong_attention_scale_fails_the_probe(tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     loaded, reference = _loaded_and_reference(tiny_model_dir)
     paged = attention.paged_attention
-    # A fast path that scales scores by 2 / sqrt(D) instead of 1 / sqrt(D): the query doubled.
-    monkeypatch.setattr(attention, "paged_attention", lambda query, *args, **kwargs: paged(query * 2.0, *args, **kwargs))
+    # A fast path that drops the 1 / sqrt(D) scale of the scores: the query scaled up by sqrt(D).
+    monkeypatch.setattr(attention, "paged_attention",
+                        lambda query, *args, **kwargs: paged(query * query.shape[-1] ** 0.5, *args, **kwargs))
     result = probe_engine(build_fast_engine(loaded, _config(tiny_model_dir), "workers[0]"), reference)
     assert not result.passed
     assert result.cause.startswith("log-probabilities off by ") and "of probe prompt 0 (tolerance 0.005)" in result.cause

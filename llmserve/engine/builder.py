@@ -24,6 +24,7 @@ import torch
 from llmserve.config import WorkerConfig
 from llmserve.embedding.engine import EmbeddingEngine, build_embedding_engine
 from llmserve.engine import hf_attention
+from llmserve.engine.attention_contract import inspect_attention
 from llmserve.engine.engine import LLMEngine
 from llmserve.engine.fused_projections import fuse_projections
 from llmserve.engine.kv_cache import BlockPool, KVCache
@@ -72,6 +73,8 @@ def build_engine(config: WorkerConfig, index: int) -> LLMEngine | GenericEngine:
     if unsupported and config.engine_path == FAST:
         raise ConfigError(f'{path}.engine_path = "fast": the fast path cannot serve {config.model_path}: {unsupported}')
     if unsupported:
+        log.info("%s: the fast path cannot serve %s (%s); the generic path serves it", path, config.model_path,
+                 unsupported)
         return _generic_engine(loaded, config, path, reference, f"the fast path cannot serve it: {unsupported}")
     engine, cause = _fast_engine(loaded, config, path, reference)
     if engine is not None:
@@ -96,19 +99,20 @@ def _reference(loaded: LoadedModel, config: WorkerConfig, path: str) -> Referenc
     """The probe's reference, from the model as loaded; a model whose own forward fails is refused."""
     plan = plan_probe(loaded.tokenizer, smallest_window(loaded.model.config), loaded.max_model_len)
     try:
-        return compute_reference(loaded.model, plan, loaded.device, loaded.dtype)
+        reference = compute_reference(loaded.model, plan, loaded.device, loaded.dtype)
     except Exception as exc:  # any failure of the model's own code: nothing to check a path against
         raise ConfigError(f"{path}: {config.model_path} fails its own forward on the probe prompts: "
                           f"{_one_line(exc)}") from None
+    _release_memory()  # the forwards' activations, cached by the allocator, are not the KV cache's to lose
+    return reference
 
 
 def _unsupported(loaded: LoadedModel) -> str:
     """Why the fast path cannot serve this model, from its attention contract; "" when it can."""
     try:
-        from llmserve.engine.attention_contract import inspect_attention
-    except ImportError:  # the contract is not there yet: the probe alone decides
-        return ""
-    return "; ".join(inspect_attention(loaded.model).unsupported)
+        return "; ".join(inspect_attention(loaded.model).unsupported)
+    except Exception as exc:  # a model the inspection cannot even run is no model for the fast path
+        return f"inspecting its attention raised {_one_line(exc)}"
 
 
 def _fast_engine(loaded: LoadedModel, config: WorkerConfig, path: str,

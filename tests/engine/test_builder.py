@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from llmserve.errors import ConfigError
 from llmserve.generic import builder as generic_builder
 from llmserve.generic.engine import GenericEngine
 from llmserve.loading import load_model
+from llmserve.tiny.families import build_family_model
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
                     "generation_config.json")
@@ -29,9 +31,10 @@ def _config(model_dir: Path, engine_path: str = "auto") -> WorkerConfig:
 
 @pytest.fixture
 def wrong_scale(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A broken fast path: paged attention that scales scores by 2 / sqrt(D) (the query doubled)."""
+    """A broken fast path: paged attention that drops the 1 / sqrt(D) scale (the query scaled up by sqrt(D))."""
     paged = attention.paged_attention
-    monkeypatch.setattr(attention, "paged_attention", lambda query, *args, **kwargs: paged(query * 2.0, *args, **kwargs))
+    monkeypatch.setattr(attention, "paged_attention",
+                        lambda query, *args, **kwargs: paged(query * query.shape[-1] ** 0.5, *args, **kwargs))
 
 
 @pytest.fixture(scope="module")
@@ -93,6 +96,24 @@ def test_auto_moves_a_wrong_fast_path_to_the_generic_path(tiny_model_dir: Path, 
     expected = model.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, 5, dtype=torch.long),
                               max_new_tokens=8, do_sample=False, pad_token_id=0)[0, 5:].tolist()
     assert _greedy(engine, prompt, 8) == expected
+
+
+def test_a_fast_path_that_drops_the_window_goes_generic(tiny_model_dir: Path, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    mistral = build_family_model("mistral", tiny_model_dir, tmp_path / "mistral")  # every layer windowed
+    assert isinstance(build_engine(_config(mistral), 0), LLMEngine)  # the window served: the fast path
+    paged = attention.paged_attention
+    signature = inspect.signature(paged)
+
+    def without_window(*args: object, **kwargs: object) -> torch.Tensor:
+        bound = signature.bind(*args, **kwargs)
+        bound.arguments["sliding_window"] = 0
+        return paged(*bound.args, **bound.kwargs)
+
+    monkeypatch.setattr(attention, "paged_attention", without_window)
+    engine = build_engine(_config(mistral), 0)
+    assert isinstance(engine, GenericEngine) and engine.serving_path is not None
+    assert engine.serving_path.reason.startswith("the fast path failed its load-time check: ")
 
 
 def test_forcing_a_wrong_fast_path_is_refused_in_one_line(tiny_model_dir: Path, wrong_scale: None) -> None:
