@@ -58,9 +58,11 @@ def test_a_failing_step_fails_only_its_requests(tiny_model_dir) -> None:
     from llmserve.app import create_app
 
     config = tiny_config(tiny_model_dir)
-    app = create_app(config, engine_factory=faulty_factory(fail_steps={3}))
+    # The engine reruns a failed step's sequences apart before failing any (engine.py): the request
+    # fails when its step fails again on its own (call 4), a lone transient failure would be retried.
+    app = create_app(config, engine_factory=faulty_factory(fail_steps={3, 4}))
     with live_server(config, app=app) as url:
-        failed = _post(url, max_tokens=20, ignore_eos=True)  # steps 1.. include the failing step 3
+        failed = _post(url, max_tokens=20, ignore_eos=True)  # steps 1.. include the failing steps 3, 4
         assert failed.status_code == 500
         error = failed.json()["error"]
         assert error["type"] == "internal_error" and "step failed" in error["message"]
@@ -75,7 +77,7 @@ def test_a_failing_step_ends_a_stream_with_an_error_event_then_done(tiny_model_d
     from llmserve.app import create_app
 
     config = tiny_config(tiny_model_dir)
-    app = create_app(config, engine_factory=faulty_factory(fail_steps={4}))
+    app = create_app(config, engine_factory=faulty_factory(fail_steps={4, 5}))  # the step, then its rerun
     with live_server(config, app=app) as url:
         events = []
         with httpx.stream("POST", f"{url}/completions", json={"model": MODEL, "prompt": "x", "max_tokens": 30,

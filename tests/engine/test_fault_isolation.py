@@ -246,3 +246,23 @@ def test_a_failed_step_is_undone_before_it_is_rerun(tiny_model_dir, prompt_ids, 
     # The step in flight had computed the last known token; undone, it is uncomputed again.
     assert seen[0] == [(computed - 1, 0, n) for computed, n in before]
     assert seen[1] is True and engine._in_flight is None
+
+
+@pytest.mark.parametrize("async_scheduling", [False, True], ids=["sync", "async"])
+def test_a_transient_failure_fails_nobody(tiny_model_dir, prompt_ids, undisturbed, monkeypatch,
+                                          async_scheduling) -> None:
+    """One forward that fails once (an out-of-memory blip) is undone and rerun: every stream finishes."""
+    engine = _engine(tiny_model_dir, async_scheduling)
+    execute = engine.runner.execute
+    calls = {"n": 0}
+
+    def blip(scheduled, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 6:
+            raise RuntimeError("injected one-off failure")
+        return execute(scheduled, *args, **kwargs)
+
+    monkeypatch.setattr(engine.runner, "execute", blip)
+    tokens, finals = _run(engine, _arrivals(prompt_ids, None))
+    assert calls["n"] > 6
+    _assert_isolated(engine, tokens, finals, undisturbed)
