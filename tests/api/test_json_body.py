@@ -4,6 +4,9 @@ property test throwing random JSON at every POST route of a live server."""
 from __future__ import annotations
 
 import json
+import logging
+import socket
+import time
 
 import httpx
 import pytest
@@ -143,3 +146,16 @@ def test_the_server_is_healthy_after_the_property_test(keyless_root: str) -> Non
     r = httpx.post(keyless_root + "/v1/chat/completions", json={"model": M, "messages": USER, "max_tokens": 2},
                    timeout=30)
     assert r.status_code == 200
+
+
+def test_a_client_leaving_mid_body_is_not_an_error(keyless_root: str, caplog: pytest.LogCaptureFixture) -> None:
+    host, port = keyless_root.removeprefix("http://").split(":")
+    for path in ("/v1/chat/completions", "/v1/tokenize", "/ui/api/vote"):
+        with socket.create_connection((host, int(port))) as sock:
+            sock.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         "Content-Length: 100000\r\n\r\n".encode() + b'{"model": "tiny-')
+            time.sleep(0.2)  # the handler is waiting for the rest of the body
+    time.sleep(0.3)
+    metrics = httpx.get(keyless_root + "/metrics").text
+    assert 'status="500"' not in metrics and 'status="499"' not in metrics
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
