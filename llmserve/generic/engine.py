@@ -28,7 +28,7 @@ import torch
 
 from llmserve.engine.outputs import SequenceOutput, TrackedSequence, check_stop, emit, token_logprob, track
 from llmserve.engine.request import SamplingParams, Sequence, SequenceStatus, TokenLogprob
-from llmserve.engine.sampler import build_sampling_batch, prompt_logprob_table, sample
+from llmserve.engine.sampler import SampleResult, build_sampling_batch, prompt_logprob_table, sample
 from llmserve.generic.batch import RowBatch
 from llmserve.generic.forward import ModelForward
 from llmserve.generic.rows import CacheLayout, CannotStack
@@ -262,15 +262,33 @@ class GenericEngine:
 
     # ---- sampling and outputs ----------------------------------------------------------------
 
-    def _postprocess(self, rows: list[_Row]) -> list[SequenceOutput]:
+    def _sample(self, rows: list[_Row]) -> SampleResult:
         seqs = [r.tracked.seq for r in rows]
         logits = torch.stack([r.logits for r in rows])  # [R, V]
         generators = [r.tracked.generator for r in rows]
-        batch = build_sampling_batch(seqs, generators, self._generator, self.vocab_size, logits.device)
-        result = sample(logits, batch)
-        outputs = []
+        return sample(logits, build_sampling_batch(seqs, generators, self._generator, self.vocab_size, logits.device))
+
+    def _sample_isolated(self, rows: list[_Row], outputs: list[SequenceOutput]) -> list[tuple[_Row, SampleResult, int]]:
+        """Each row with its sampled result and its row in it; if sampling the batch fails, rows are
+        sampled one by one and those that fail alone end with an error."""
+        try:
+            result = self._sample(rows)
+            return [(r, result, i) for i, r in enumerate(rows)]
+        except Exception:
+            log.exception("sampling %d rows failed; sampling them one by one", len(rows))
+        sampled = []
+        for r in rows:
+            try:
+                sampled.append((r, self._sample([r]), 0))
+            except Exception as exc:
+                log.exception("sequence %d: sampling failed", r.tracked.seq.seq_id)
+                outputs.append(self._finish(r.tracked, SequenceStatus.FINISHED_ERROR, _message("sampling", exc)))
+        return sampled
+
+    def _postprocess(self, rows: list[_Row]) -> list[SequenceOutput]:
+        outputs: list[SequenceOutput] = []
         finished: set[int] = set()
-        for row, r in enumerate(rows):
+        for r, result, row in self._sample_isolated(rows, outputs):
             tracked, seq = r.tracked, r.tracked.seq
             if seq.params.max_tokens == 0:  # prompt logprobs only (echo with max_tokens = 0)
                 outputs.append(self._finish(tracked, SequenceStatus.FINISHED_LENGTH, free=False))
@@ -305,4 +323,4 @@ class GenericEngine:
 
 
 def _message(stage: str, exc: BaseException) -> str:
-    return f"the model's {stage} failed for this request: {type(exc).__name__}"
+    return f"the {stage} step failed for this request: {type(exc).__name__}"

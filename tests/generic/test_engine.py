@@ -240,3 +240,17 @@ def test_a_model_that_ignores_padding_decodes_alone(tiny_model_dir: Path) -> Non
     forward.takes_position_ids = False  # positions from the padded cache length: wrong for padded rows
     plan = plan_batching(forward, 4096, torch.float32)
     assert plan.layout is None and not plan.batched_prefill and "differs from a lone one" in plan.reason
+
+
+def test_a_request_that_fails_sampling_fails_alone(hybrid_dir: Path) -> None:
+    engine = engine_for(hybrid_dir)
+    reference = load_reference(hybrid_dir)
+    prompts = [engine.tokenizer.encode(t) for t in TEXTS[:3]]
+    bad = SamplingParams(max_tokens=8, temperature=0, logit_bias=((10**9, 1.0),))  # past the HTTP edge's checks
+    requests = [(prompts[0], SamplingParams(max_tokens=8, temperature=0)), (prompts[1], bad),
+                (prompts[2], SamplingParams(max_tokens=8, temperature=0))]
+    events = run(engine, requests, burst=3)
+    assert events[1][-1].finish_reason == "error" and "sampling" in (events[1][-1].error or "")
+    for i in (0, 2):
+        assert tokens(events[i]) == generate(reference, prompts[i], 8)
+    assert not engine.has_work and not engine._groups
