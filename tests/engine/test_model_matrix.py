@@ -4,10 +4,10 @@ the model itself does.
 
 For each family a tiny random-weight model (float32) serves a mixed batch: four prompts at once, three
 of them several sliding windows long, prefilled in chunks of 32 tokens over blocks of 8, and then the
-same batch again (prefix-cache hits on the fast path). Its greedy
-tokens must equal `model.generate`'s, each token's logprob must be within 1e-4 of the log_softmax of
-the model's own forward over the same tokens, and the path the builder chose (fast or generic) must
-be the one `EXPECTED_PATH` names. The features that make a family special (soft-caps, sinks, sliding
+same batch again (prefix-cache hits on the fast path). Its greedy tokens must equal
+`model.generate`'s, each token's logprob must be within 1e-4 of the log_softmax of the model's own
+(eager) forward over the same tokens, the path the builder chose (fast or generic) must be the one
+`EXPECTED_PATH` names, and a windowed model's context must be its own, not its window. The features that make a family special (soft-caps, sinks, sliding
 windows) are shown to change the model's own answer on these prompts when switched off, so
 agreement with them on proves they are served, not ignored.
 """
@@ -34,7 +34,7 @@ MAX_TOKENS = 12
 NUM_PASSES = 2
 MAX_STEPS = 1000
 SEED = 1
-# One short prompt and three of 100+ tokens: longer than every family's sliding window (16-32).
+# One short prompt and three of ~100-160 tokens: several times every family's sliding window (16-32).
 PROMPTS = (
     "def f(x):",
     "import os\nimport sys\n\n\ndef main(argv):\n    for name in sorted(os.listdir(argv[1])):\n"
@@ -74,7 +74,7 @@ def _cases(check: str, families: list[str] | None = None) -> list[Any]:
 
 
 def _gap_marks(family: str, check: str) -> list[pytest.MarkDecorator]:
-    reason = KNOWN_GAPS.get((family, check)) or KNOWN_GAPS.get(("*", check))
+    reason = KNOWN_GAPS.get((family, check))
     return [pytest.mark.xfail(strict=True, reason=reason)] if reason else []
 
 
