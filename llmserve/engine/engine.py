@@ -160,21 +160,23 @@ class LLMEngine:
         the next one is queued before this one's tokens are read. A step that fails is undone and
         its sequences rerun apart (`_recover`).
         """
-        outputs, self._refused = self._refused, []
+        if self._refused:  # reported on their own: nothing that may fail below can lose them
+            refused, self._refused = self._refused, []
+            return refused
         launched, self._in_flight = self._in_flight, None
         try:
             if launched is None:
                 launched = self._launch(self.scheduler.schedule(), None)
                 if launched is None:
-                    return outputs
+                    return []
             if self.async_scheduling and launched.readback is not None:
                 self._in_flight = self._launch_ahead(launched)
-            return outputs + self._complete(launched)
+            return self._complete(launched)
         except Exception as exc:
             log.warning("a batched step failed (%s); rerunning its sequences apart", type(exc).__name__)
             self._undo(self._in_flight, launched)
             self._in_flight = None
-            return outputs + self._recover()
+            return self._recover()
         except BaseException:
             self._in_flight = None
             raise
