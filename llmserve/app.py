@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from llmserve.api import chat, completions, embeddings, models, tokenize
+from llmserve.api import chat, completions, embeddings, models, responses, tokenize
 from llmserve.api.middleware import APIKeyMiddleware, BodySizeLimitMiddleware, SecurityHeadersMiddleware
 from llmserve.api.state import ServerState
 from llmserve.config import Config
@@ -98,6 +98,7 @@ def _routes() -> list[Route]:
         Route("/v1/models/{model:path}", models.retrieve_model, methods=["GET"]),
         Route("/v1/chat/completions", chat.create_chat_completion, methods=["POST"]),
         Route("/v1/completions", completions.create_completion, methods=["POST"]),
+        Route("/v1/responses", responses.create_response, methods=["POST"]),
         Route("/v1/embeddings", embeddings.create_embedding, methods=["POST"]),
         Route("/v1/engines/{model:path}/embeddings", embeddings.create_embedding, methods=["POST"]),
         Route("/v1/tokenize", tokenize.tokenize, methods=["POST"]),
