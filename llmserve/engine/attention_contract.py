@@ -139,16 +139,23 @@ def _record(model: torch.nn.Module, num_tokens: int) -> list[_Call]:
 
 @contextmanager
 def _implementation(model: torch.nn.Module, function: Callable[..., Any]) -> Iterator[None]:
-    """`function` as the model's attention implementation, with full boolean masks, while inside."""
+    """`function` as the model's attention implementation, with full boolean masks, while inside.
+
+    Registered under a name of this call's own (workers load in threads at once: one shared name
+    would let one worker's recorder receive another's calls) and unregistered afterwards.
+    """
     config: Any = model.config  # type: ignore[union-attr]
     previous = config._attn_implementation
-    AttentionInterface.register(_RECORDER, function)
-    AttentionMaskInterface.register(_RECORDER, _full_mask)
+    name = f"{_RECORDER}_{id(function):x}"
+    AttentionInterface.register(name, function)
+    AttentionMaskInterface.register(name, _full_mask)
     try:
-        model.set_attn_implementation(_RECORDER)  # type: ignore[operator]
+        model.set_attn_implementation(name)  # type: ignore[operator]
         yield
     finally:
         model.set_attn_implementation(previous)  # type: ignore[operator]
+        for interface in (AttentionInterface, AttentionMaskInterface):
+            interface._global_mapping.pop(name, None)  # register() has no inverse
 
 
 def _full_mask(*args: Any, **kwargs: Any) -> torch.Tensor | None:

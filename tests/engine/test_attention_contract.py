@@ -30,6 +30,7 @@ def test_plain_llama_is_served_and_its_implementation_restored() -> None:
     assert contract.layers == tuple(LayerAttention(i, 4, 2, 16, 16, scaling=0.25) for i in range(2))
     assert contract.kv_specs() == [LayerKVSpec(2, 16, 16)] * 2
     assert model.config._attn_implementation == before
+    assert not [name for name in tf.AttentionInterface._global_mapping if name.startswith("llmserve_inspect")]
 
 
 def test_per_layer_windows_softcaps_and_sinks() -> None:
