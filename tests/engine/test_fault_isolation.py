@@ -266,3 +266,20 @@ def test_a_transient_failure_fails_nobody(tiny_model_dir, prompt_ids, undisturbe
     tokens, finals = _run(engine, _arrivals(prompt_ids, None))
     assert calls["n"] > 6
     _assert_isolated(engine, tokens, finals, undisturbed)
+
+
+def test_the_batch_builder_takes_any_checked_values() -> None:
+    """What `check_sampling_params` lets through, `build_sampling_batch` turns into tensors."""
+    from llmserve.engine.request import Sequence
+    from llmserve.engine.sampler import build_sampling_batch, check_sampling_params, sample
+
+    extremes = [SamplingParams(top_k=10**400), SamplingParams(top_k=2**63), SamplingParams(seed=-(2**63)),
+                SamplingParams(seed=2**64 - 1, temperature=3e38, presence_penalty=-3e38, logit_bias=((5, -3e38),)),
+                SamplingParams(repetition_penalty=1e-30, top_p=0.0, min_p=1.0, logprobs=6, prompt_logprobs=0)]
+    for params in extremes:
+        check_sampling_params(params, 6)
+    batch = build_sampling_batch([Sequence(i, [0], p) for i, p in enumerate(extremes)], [None] * 5, None, 6,
+                                 torch.device("cpu"))
+    assert batch.top_k.tolist() == [6, 6, 6, 6, 6]
+    result = sample(torch.randn(5, 6), batch)  # extreme rows may sample oddly, but sample they do
+    assert len(result.token_ids) == 5 and all(0 <= t < 6 for t in result.token_ids)
