@@ -87,6 +87,9 @@ def describe_quantized(method: str, model: torch.nn.Module) -> str:
     dtypes = {p.dtype for p in model.parameters()}
     is_8bit = any(d.itemsize == 1 for d in dtypes)  # fp8 / int8 weights
     is_packed = any(d in (torch.int32, torch.int64, torch.uint8) for d in dtypes)  # GPTQ / AWQ packed ints
-    kept = "kept quantized" if is_8bit or is_packed else "dequantized on load (no kernels for it here)"
+    # compressed-tensors may decompress the weights (on a CPU, at the first forward) yet keep each
+    # layer's quantization scheme (its FP8 activations) in the layer's own forward.
+    has_scheme = any(hasattr(module, "quantization_scheme") for module in model.modules())
+    kept = "kept quantized" if is_8bit or is_packed or has_scheme else "dequantized on load (no kernels for it here)"
     fmt = FORMATS.get(method)
     return f"{fmt.label if fmt is not None else method} checkpoint, {kept}"

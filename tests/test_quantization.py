@@ -8,6 +8,8 @@ from __future__ import annotations
 import importlib.util
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -29,6 +31,7 @@ from llmserve.tiny.quantized import (
     write_fp8_checkpoint,
 )
 
+ROOT = Path(__file__).resolve().parents[1]
 BLOCK = 32  # divides every projection of the tiny model (128, 64, 384)
 PROMPTS = ("def quantize(weight):\n    return", "import os\nimport sys\n\nclass Loader:")
 MAX_TOKENS = 12
@@ -159,3 +162,16 @@ def test_bitsandbytes_on_top_of_a_quantized_checkpoint_is_refused(fp8_dir: Path)
     config = WorkerConfig(model_path=str(fp8_dir), device="cuda", load_4bit=True)
     with pytest.raises(ConfigError, match=r'^w\.load_4bit = true: ".*" is already quantized \(fine-grained FP8\)'):
         check_quantized_checkpoint(config, AutoConfig.from_pretrained(fp8_dir), "w")
+
+
+def test_the_gpu_script_runs_on_the_cpu(tiny_model_dir: Path, tmp_path: Path) -> None:
+    # benchmarks/gpu_quantized.py's smoke mode: both FP8 formats, fast path, token-identical in float32.
+    out = tmp_path / "quantized.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_quantized.py"), "--device", "cpu",
+                           "--dtype", "float32", "--model-path", str(tiny_model_dir), "--block", "32", "--num-prompts", "2", "--max-tokens", "4",
+                           "--kv-cache-tokens", "8192", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["checkpoint"], r["path"], r["token_identical"]) for r in rows] == [
+        ("fine-grained-fp8", "fast", 2), ("compressed-tensors-fp8", "fast", 2)]
