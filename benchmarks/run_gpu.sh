@@ -22,6 +22,10 @@ python3 benchmarks/gpu_train_checkpoint.py --model-path "$MODEL" --save-dir "$MO
 python3 benchmarks/gpu_correctness.py --model-path "$MODEL-trained" --text-prompts \
   --out "$OUT/correctness_trained.json" | tee "$OUT/correctness_trained.txt"
 python3 benchmarks/gpu_model_families.py --out "$OUT/families.json" | tee "$OUT/families.txt"
+# Pre-quantized FP8 (fine-grained and compressed-tensors, needs `pip install compressed-tensors`) of the
+# trained checkpoint; a refused format is a row with its one-line reason, so it does not stop the run.
+python3 benchmarks/gpu_quantized.py --model-path "$MODEL-trained" --out "$OUT/quantized.json" \
+  | tee "$OUT/quantized.txt" || true
 python3 benchmarks/gpu_serve_bench.py --model-path "$MODEL" --out-dir "$OUT" --sampled --logprobs | tee "$OUT/serve.txt"
 python3 benchmarks/gpu_references.py --model-path "$MODEL" --out "$OUT/references.json" | tee "$OUT/references.txt"
 python3 benchmarks/gpu_step_profile.py --model-path "$MODEL" --out "$OUT/step_profile.json" | tee "$OUT/step_profile.txt"
