@@ -5,6 +5,10 @@ Safety defaults: safetensors only unless `allow_pickle`, no remote code unless
 local cache only (`local_files_only`): nothing is downloaded at start-up, so `HF_HUB_OFFLINE`
 holds whatever it is set to. `check_worker` runs every check that needs the machine or the model
 files, so `preflight` can fail with one line before any worker loads.
+
+Loading is one straight sequence: `resolve_worker` (device, model folder, task, config, dtype:
+every check that needs the machine or the files) -> place (`placement.py`) -> load -> the model's
+context; the builder then probes it, sizes the KV cache (`kv_cache_spec`) and builds the engine.
 """
 
 from __future__ import annotations
@@ -154,12 +158,6 @@ def resolve_task(config: WorkerConfig, model_dir: Path, path: str = "workers[0]"
     return config.task
 
 
-def worker_task(config: WorkerConfig, path: str = "workers[0]") -> str:
-    """The task of a worker ("generate" or "embed"), resolving "auto" from its model folder."""
-    model_dir = resolve_model_dir(config.model_path, config.revision, f"{path}.model_path")
-    return resolve_task(config, model_dir, path)
-
-
 def tokenizer_dir(config: WorkerConfig, model_dir: Path, path: str = "workers[0]") -> Path:
     """The tokenizer's folder: `tokenizer_path` (a folder or a cached hub id) when set, else the model's."""
     if not config.tokenizer_path:
@@ -171,11 +169,23 @@ def tokenizer_dir(config: WorkerConfig, model_dir: Path, path: str = "workers[0]
     return folder
 
 
-def check_worker(config: WorkerConfig, path: str) -> str:
-    """Every start-up check that needs the machine or the model files; returns the worker's task.
+@dataclass(frozen=True)
+class ResolvedWorker:
+    """What a worker's config resolves to on this machine, its checks passed: the first step of loading."""
 
-    Static contradictions (e.g. load_8bit with load_4bit) are caught by `WorkerConfig.validate`.
-    """
+    device: torch.device
+    model_dir: Path
+    task: str
+    """"generate" or "embed"."""
+    hf_config: Any
+    dtype: torch.dtype
+    prequantized: Any
+    """The checkpoint's own quantization (see quantization.py), None for plain weights."""
+
+
+def resolve_worker(config: WorkerConfig, path: str) -> ResolvedWorker:
+    """Resolve and check, once: device, GPUs, bitsandbytes, model folder and weights, task, the model's
+    config and quantization, dtype. Static contradictions are `WorkerConfig.validate`'s."""
     device = resolve_device(config.device, f"{path}.device")
     check_gpus(config, device, path)
     check_bitsandbytes(config, path)
@@ -183,8 +193,15 @@ def check_worker(config: WorkerConfig, path: str) -> str:
     check_weights(model_dir, config.allow_pickle, f"{path}.model_path")
     task = resolve_task(config, model_dir, path)
     hf_config = read_hf_config(model_dir, config, path)
-    check_quantized_checkpoint(config, hf_config, path)
-    if task == "embed":
+    prequantized = check_quantized_checkpoint(config, hf_config, path)
+    dtype = resolve_dtype(config.dtype, device, getattr(hf_config, "dtype", None))
+    return ResolvedWorker(device, model_dir, task, hf_config, dtype, prequantized)
+
+
+def check_worker(config: WorkerConfig, path: str) -> str:
+    """Every start-up check that needs the machine or the model files; returns the worker's task."""
+    worker = resolve_worker(config, path)
+    if worker.task == "embed":
         for key in _GENERATE_ONLY:
             value = getattr(config, key)
             if value:
@@ -192,10 +209,9 @@ def check_worker(config: WorkerConfig, path: str) -> str:
                 raise ConfigError(f'{path}.{key} = {shown}: not supported by embedding workers (task "embed")')
         if config.num_gpus != 1:
             raise ConfigError(f"{path}.num_gpus = {config.num_gpus}: embedding workers run on one device")
-    elif device.type == "cuda":  # a device map that cannot hold the weights fails here, not at load
-        dtype = resolve_dtype(config.dtype, device, getattr(hf_config, "dtype", None))
-        plan_placement(config, device, dtype, hf_config, path)
-    return task
+    elif worker.device.type == "cuda":  # a device map that cannot hold the weights fails here, not at load
+        plan_placement(config, worker.device, worker.dtype, worker.hf_config, path)
+    return worker.task
 
 
 def read_hf_config(model_dir: Path, config: WorkerConfig, path: str) -> Any:
@@ -207,17 +223,13 @@ def read_hf_config(model_dir: Path, config: WorkerConfig, path: str) -> Any:
         raise ConfigError(f'{path}.model_path = "{config.model_path}": cannot read its config.json: {reason}') from None
 
 
-def load_model(config: WorkerConfig, path: str = "workers[0]") -> LoadedModel:
-    """Load model and tokenizer onto the configured device(s), dtype and quantization."""
-    device = resolve_device(config.device, f"{path}.device")
-    check_gpus(config, device, path)
-    check_bitsandbytes(config, path)
-    model_dir = resolve_model_dir(config.model_path, config.revision, f"{path}.model_path")
-    check_weights(model_dir, config.allow_pickle, f"{path}.model_path")
+def load_model(config: WorkerConfig, path: str = "workers[0]", resolved: ResolvedWorker | None = None) -> LoadedModel:
+    """Load model and tokenizer onto the configured device(s), dtype and quantization (resolving the
+    worker first unless `resolved` is given)."""
+    worker = resolved or resolve_worker(config, path)
+    device, model_dir, hf_config, dtype = worker.device, worker.model_dir, worker.hf_config, worker.dtype
+    prequantized = worker.prequantized
     common: dict[str, Any] = {"trust_remote_code": config.trust_remote_code}
-    hf_config = read_hf_config(model_dir, config, path)
-    prequantized = check_quantized_checkpoint(config, hf_config, path)
-    dtype = resolve_dtype(config.dtype, device, getattr(hf_config, "dtype", None))
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir(config, model_dir, path), **common)
     placement = plan_placement(config, device, dtype, hf_config, path)
     model: Any = AutoModelForCausalLM.from_pretrained(

@@ -32,7 +32,7 @@ from llmserve.engine.runner import ModelRunner
 from llmserve.engine.scheduler import Scheduler, SchedulerConfig
 from llmserve.engine.serving_path import EMBEDDING, FAST, GENERIC, ServingPath
 from llmserve.errors import ConfigError
-from llmserve.loading import LoadedModel, kv_cache_spec, load_model, worker_task
+from llmserve.loading import LoadedModel, ResolvedWorker, kv_cache_spec, load_model, resolve_worker
 from llmserve.probe import (
     ProbeResult,
     Reference,
@@ -51,21 +51,23 @@ log = logging.getLogger(__name__)
 
 def build_worker_engine(config: WorkerConfig, index: int) -> LLMEngine | GenericEngine | EmbeddingEngine:
     """A server worker's engine: text generation, or embeddings for `task = "embed"` workers."""
-    if worker_task(config, f"workers[{index}]") == "embed":
+    resolved = resolve_worker(config, f"workers[{index}]")
+    if resolved.task == "embed":
         engine = build_embedding_engine(config, index)
         engine.serving_path = ServingPath(EMBEDDING, 'task "embed": pooled hidden states of the model\'s own forward')
         return engine
-    return build_engine(config, index)
+    return build_engine(config, index, resolved)
 
 
-def build_engine(config: WorkerConfig, index: int) -> LLMEngine | GenericEngine:
+def build_engine(config: WorkerConfig, index: int, resolved: ResolvedWorker | None = None) -> LLMEngine | GenericEngine:
     """Everything one text-generation worker runs, probed against the model's own forward."""
     path = f"workers[{index}]"
-    if worker_task(config, path) == "embed":
+    resolved = resolved or resolve_worker(config, path)
+    if resolved.task == "embed":
         raise ConfigError(f'{path}.model_path = "{config.model_path}": an embedding model, which cannot '
                           "generate text")
     check_chat_template(config.chat_template, f"{path}.chat_template")
-    loaded = _load(config, path)
+    loaded = _load(config, path, resolved)
     reference = _reference(loaded, config, path)
     if config.engine_path == GENERIC:
         return _generic_engine(loaded, config, path, reference, 'engine_path = "generic" in the config')
@@ -86,11 +88,12 @@ def build_engine(config: WorkerConfig, index: int) -> LLMEngine | GenericEngine:
                 path, cause)
     del loaded  # the fast path changed this model; free it before loading a fresh one
     _release_memory()
-    return _generic_engine(_load(config, path), config, path, reference, f"the fast path failed its load-time check: {cause}")
+    return _generic_engine(_load(config, path, resolved), config, path, reference,
+                           f"the fast path failed its load-time check: {cause}")
 
 
-def _load(config: WorkerConfig, path: str) -> LoadedModel:
-    loaded = load_model(config, path)
+def _load(config: WorkerConfig, path: str, resolved: ResolvedWorker) -> LoadedModel:
+    loaded = load_model(config, path, resolved)
     loaded.tokenizer.chat_template = resolve_chat_template(config.chat_template, loaded.tokenizer)
     return loaded
 

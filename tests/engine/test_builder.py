@@ -81,7 +81,8 @@ def test_auto_serves_the_tiny_llama_on_the_fast_path(tiny_model_dir: Path) -> No
 def test_auto_moves_a_wrong_fast_path_to_the_generic_path(tiny_model_dir: Path, wrong_scale: None,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     loads = []
-    monkeypatch.setattr(builder, "load_model", lambda config, path: loads.append(path) or load_model(config, path))
+    monkeypatch.setattr(builder, "load_model",
+                        lambda config, path, resolved: loads.append(path) or load_model(config, path, resolved))
     engine = build_engine(_config(tiny_model_dir), 0)
     assert isinstance(engine, GenericEngine) and engine.serving_path is not None
     assert engine.serving_path.name == "generic"
