@@ -33,6 +33,8 @@ from llmserve.api.streaming import collect, off_loop_if_large, raise_if_error, r
 from llmserve.errors import InvalidRequestError
 from llmserve.worker import RequestStream, Worker
 
+_EXTENSIONS = ("structured_outputs", "top_k", "min_p", "repetition_penalty", "chat_template_kwargs")
+
 
 class ResponsesRequest(BaseModel):
     """The Responses API body; fields not listed are ignored, listed ones not implemented are refused."""
@@ -63,6 +65,12 @@ class ResponsesRequest(BaseModel):
     max_tool_calls: int | None = None
     top_logprobs: int | None = None
     stream_options: dict[str, Any] | None = None
+    # Extensions shared with chat (vLLM's names), passed through as they are.
+    structured_outputs: Any = None
+    top_k: Any = None
+    min_p: Any = None
+    repetition_penalty: Any = None
+    chat_template_kwargs: Any = None
 
 
 def _refuse_unsupported(body: ResponsesRequest) -> None:
@@ -89,7 +97,7 @@ def chat_request(body: ResponsesRequest) -> ChatCompletionRequest:
     """The chat request equivalent to a Responses request (400s name the Responses field)."""
     _refuse_unsupported(body)
     chat: dict[str, Any] = {"model": body.model, "messages": _messages(body), "stream": body.stream}
-    for name in ("temperature", "top_p", "seed", "user", "parallel_tool_calls"):
+    for name in ("temperature", "top_p", "seed", "user", "parallel_tool_calls", *_EXTENSIONS):
         if getattr(body, name) is not None:
             chat[name] = getattr(body, name)
     if body.max_output_tokens is not None:
