@@ -155,6 +155,21 @@ def _load_module(path: Path) -> Any:
     return module
 
 
+def _random_model(module: Any, settings: dict[str, Any], seed: int) -> torch.nn.Module:
+    """Seeded random weights, wide enough that greedy outputs follow the prompt."""
+    torch.manual_seed(seed)
+    model = module.TinyGLMForCausalLM(module.TinyGLMConfig(**settings))
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.ndim == 1 and not name.endswith("bias"):
+                param.fill_(1.0)
+            elif param.ndim == 1:
+                param.normal_(0.0, 0.1)
+            else:
+                param.normal_(0.0, 0.5 if name == "embedding.weight" else 0.08)
+    return model
+
+
 def build_remote_code_model(tokenizer_dir: Path, out_dir: Path, seed: int = 0, hidden_size: int = 64,
                             num_layers: int = 2, num_heads: int = 4) -> Path:
     """Write a TinyGLM remote-code model with the tiny model's tokenizer from `tokenizer_dir`."""
@@ -168,16 +183,10 @@ def build_remote_code_model(tokenizer_dir: Path, out_dir: Path, seed: int = 0, h
                 "layernorm_epsilon": 1e-5, "bos_token_id": base.get("bos_token_id"),
                 "eos_token_id": base.get("eos_token_id"), "pad_token_id": base.get("pad_token_id")}
     module = _load_module(source)
-    torch.manual_seed(seed)
-    model = module.TinyGLMForCausalLM(module.TinyGLMConfig(**settings))
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if param.ndim == 1 and not name.endswith("bias"):
-                param.fill_(1.0)
-            elif param.ndim == 1:
-                param.normal_(0.0, 0.1)
-            else:
-                param.normal_(0.0, 0.5 if name == "embedding.weight" else 0.08)
+    try:
+        model = _random_model(module, settings, seed)
+    finally:
+        sys.modules.pop(module.__name__, None)  # loaded for this build only
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
     config = {**settings, "model_type": "tinyglm", "architectures": ["TinyGLMForCausalLM"], "dtype": "float32",
