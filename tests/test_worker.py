@@ -89,3 +89,19 @@ def test_a_refused_sequence_fails_alone_and_the_worker_keeps_serving(tiny_model_
         await worker.stop()
 
     asyncio.run(run())
+
+
+def test_the_ready_line_says_which_path_serves_and_why(tiny_model_dir, caplog: pytest.LogCaptureFixture) -> None:
+    config = WorkerConfig(model_path=str(tiny_model_dir), model_names=("tiny",), kv_cache_tokens=4096)
+
+    async def run() -> None:
+        worker = Worker(config, 0, build_engine)
+        await worker.start()
+        assert worker.serving_path is not None and worker.serving_path.name == "fast"
+        await worker.stop()
+
+    with caplog.at_level("INFO", logger="llmserve.worker"):
+        asyncio.run(run())
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "llmserve.worker" and " ready: " in r.getMessage()]
+    assert line.startswith("worker-0 ready: serves tiny in ")
+    assert " s on the fast path (the attention contract is served; probe passed: max |logprob difference| " in line
