@@ -199,22 +199,30 @@ def _attend_decodes(
     scale: float,
     features: Features,
 ) -> None:
-    """One batched attention call for all single-token sequences, keys padded to the longest."""
+    """One batched attention call for all single-token sequences, keys padded to the longest (with a
+    window: each sequence's keys from the block holding its window's first position)."""
     device = query.device
-    max_len = max(lens)
     seq_index = torch.tensor(seqs, device=block_tables.device, dtype=torch.long)
     row_index = torch.tensor(rows, device=device, dtype=torch.long)
     tables = block_tables.index_select(0, seq_index)  # [N, max_blocks]
+    q = query.index_select(0, row_index).unsqueeze(2)  # [N, H, 1, Dk]
+    if features.sliding_window > 0:  # skip the blocks below every window; positions count from there
+        block_size = k_cache.shape[1]
+        first_blocks = [max(0, length - features.sliding_window) // block_size for length in lens]
+        lens = [length - first * block_size for length, first in zip(lens, first_blocks, strict=True)]
+        columns = torch.tensor(first_blocks, device=tables.device)[:, None] + torch.arange(
+            -(-max(lens) // block_size), device=tables.device)  # [N, blocks of the longest]
+        tables = tables.gather(1, columns.clamp(max=tables.shape[1] - 1))  # past a table's end: masked keys
+    max_len = max(lens)
     key = gather_kv(k_cache, tables, max_len).to(query.dtype)  # [N, Hkv, max_len, Dk]
     value = gather_kv(v_cache, tables, max_len).to(query.dtype)  # [N, Hkv, max_len, Dv]
-    q = query.index_select(0, row_index).unsqueeze(2)  # [N, H, 1, Dk]
     if features.is_plain:
         mask = None
         if min(lens) != max_len:
             lens_t = torch.tensor(lens, device=device)
             mask = (torch.arange(max_len, device=device) < lens_t[:, None])[:, None, None, :]  # [N,1,1,L]
         result = _sdpa(q, key, value, mask, scale)  # [N, H, 1, Dv]
-    else:
+    else:  # each query sits at the last of its sequence's (gathered) positions
         q_pos = torch.tensor(lens, device=device)[:, None] - 1  # [N, 1]
         result = _attend(q, key, value, q_pos, scale, features)
     out.index_copy_(0, row_index, result.squeeze(2).to(out.dtype))
