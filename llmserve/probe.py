@@ -51,8 +51,11 @@ MIN_PROMPT_TOKENS = 40
 TOKENS_PAST_WINDOW = 24
 """A windowed model's probe prompts run this far past its smallest window."""
 MAX_PROMPT_TOKENS = 4608
-"""The probe's bound on big models: past Mistral-7B's 4,096-token window; longer windows are
-not exercised (the log line says so)."""
+"""The probe's bound on accelerators: past Mistral-7B's 4,096-token window (a reference forward of
+that many tokens is a fraction of a second on a GPU); longer windows are not exercised, and the log
+line says so."""
+MAX_PROMPT_TOKENS_CPU = 1024
+"""The bound on the CPU, where the reference's forwards of 4k tokens take seconds even for a tiny model."""
 _NUM_EDGE_POSITIONS = 16
 _TEXTS = (
     "The quick brown fox jumps over the lazy dog. A server answers each request with the tokens "
@@ -155,10 +158,11 @@ def smallest_window(hf_config: Any) -> int | None:
     return min(windows, default=None)
 
 
-def plan_probe(tokenizer: Any, window: int | None, max_model_len: int) -> ProbePlan:
-    """Two text prompts long enough to pass `window`, short enough for the context and the bound."""
+def plan_probe(tokenizer: Any, window: int | None, max_model_len: int, device: torch.device) -> ProbePlan:
+    """Two text prompts long enough to pass `window`, short enough for the context and the device's bound."""
     wanted = max(MIN_PROMPT_TOKENS, window + TOKENS_PAST_WINDOW if window else 0)
-    length = max(2, min(wanted, MAX_PROMPT_TOKENS, max_model_len - NUM_DECODE_STEPS - 1))
+    bound = MAX_PROMPT_TOKENS if device.type == "cuda" else MAX_PROMPT_TOKENS_CPU
+    length = max(2, min(wanted, bound, max_model_len - NUM_DECODE_STEPS - 1))
     prompts = tuple(_prompt_ids(tokenizer, text, length) for text in _TEXTS)
     return ProbePlan(prompts, chunk_tokens=-(-length // 2), window=window)
 

@@ -17,6 +17,7 @@ from llmserve.engine.request import SamplingParams, TokenLogprob
 from llmserve.loading import LoadedModel, load_model
 from llmserve.probe import (
     MAX_PROMPT_TOKENS,
+    MAX_PROMPT_TOKENS_CPU,
     NUM_DECODE_STEPS,
     ProbePlan,
     Reference,
@@ -34,7 +35,7 @@ def _config(model_dir: Path) -> WorkerConfig:
 
 def _loaded_and_reference(model_dir: Path) -> tuple[LoadedModel, Reference]:
     loaded = load_model(_config(model_dir))
-    plan = plan_probe(loaded.tokenizer, None, loaded.max_model_len)
+    plan = plan_probe(loaded.tokenizer, None, loaded.max_model_len, loaded.device)
     return loaded, compute_reference(loaded.model, plan, loaded.device, loaded.dtype)
 
 
@@ -81,13 +82,17 @@ def test_a_wrong_attention_scale_fails_the_probe(tiny_model_dir: Path, monkeypat
 
 def test_probe_prompts_run_past_the_smallest_window(tiny_model_dir: Path) -> None:
     loaded = load_model(_config(tiny_model_dir))
-    plan = plan_probe(loaded.tokenizer, 64, 4096)
+    cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
+    plan = plan_probe(loaded.tokenizer, 64, 4096, cpu)
     assert plan.num_prompt_tokens == 64 + 24 and plan.covers_window and plan.chunk_tokens == 44
     assert {len(p) for p in plan.prompts} == {88} and plan.prompts[0] != plan.prompts[1]
-    assert plan_probe(loaded.tokenizer, None, 4096).num_prompt_tokens == 40
-    bounded = plan_probe(loaded.tokenizer, 8192, 131072)  # bounded on big windows, and says so
+    assert plan_probe(loaded.tokenizer, None, 4096, cpu).num_prompt_tokens == 40
+    assert plan_probe(loaded.tokenizer, 4096, 32768, gpu).num_prompt_tokens == 4096 + 24  # Mistral-7B's window
+    # Bounded on big windows (more on GPUs than on the CPU), and it says so.
+    bounded = plan_probe(loaded.tokenizer, 8192, 131072, gpu)
     assert bounded.num_prompt_tokens == MAX_PROMPT_TOKENS and not bounded.covers_window
-    assert plan_probe(loaded.tokenizer, 64, 30).num_prompt_tokens == 30 - NUM_DECODE_STEPS - 1  # within the context
+    assert plan_probe(loaded.tokenizer, 4096, 32768, cpu).num_prompt_tokens == MAX_PROMPT_TOKENS_CPU
+    assert plan_probe(loaded.tokenizer, 64, 30, cpu).num_prompt_tokens == 30 - NUM_DECODE_STEPS - 1  # the context
 
 
 def test_long_prompts_compare_a_bounded_set_of_positions() -> None:

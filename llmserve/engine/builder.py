@@ -100,7 +100,7 @@ def _load(config: WorkerConfig, path: str, resolved: ResolvedWorker) -> LoadedMo
 
 def _reference(loaded: LoadedModel, config: WorkerConfig, path: str) -> Reference:
     """The probe's reference, from the model as loaded; a model whose own forward fails is refused."""
-    plan = plan_probe(loaded.tokenizer, smallest_window(loaded.model.config), loaded.max_model_len)
+    plan = plan_probe(loaded.tokenizer, smallest_window(loaded.model.config), loaded.max_model_len, loaded.device)
     try:
         reference = compute_reference(loaded.model, plan, loaded.device, loaded.dtype)
     except Exception as exc:  # any failure of the model's own code: nothing to check a path against
