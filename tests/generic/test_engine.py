@@ -69,7 +69,7 @@ def test_greedy_is_token_exact_and_logprobs_match_the_models_forward(name: str, 
         assert got == generate(reference, prompt, MAX_TOKENS[i]), f"{name} request {i}"
         assert events[i][-1].finish_reason in ("length", "stop") and events[i][-1].error is None
         text = engine.tokenizer.decode(got, skip_special_tokens=True)
-        assert "".join(e.text for e in events[i]) == text.removesuffix("\ufffd")  # an unfinished character waits
+        assert "".join(e.text for e in events[i]) == text.rstrip("\ufffd")  # an unfinished character waits
         expected = forward_logprobs(reference, prompt + got)[len(prompt) - 1:]
         logprobs = [lp for e in events[i] for lp in e.logprobs]
         for step, lp in enumerate(logprobs):
