@@ -66,6 +66,9 @@ class StructuredDecoding:
         bitmask = torch.full((len(seqs), self.num_words), -1, dtype=torch.int32)
         for row in rows:
             self._fill(seqs[row], bitmask, row)
+        json_rows = [row for row in rows if seqs[row].params.grammar.forbids_control_bytes]  # type: ignore[union-attr]
+        if json_rows:  # one op for all of them
+            bitmask[json_rows] &= self.compiler.json_safe_words()
         return allowed_tokens(to_device(bitmask, device), self.vocab_size)
 
     def _fill(self, seq: Sequence, bitmask: torch.Tensor, row: int) -> None:
@@ -80,8 +83,6 @@ class StructuredDecoding:
                 bitmask[row, token_id // _BITS] |= _bit(token_id % _BITS)
         else:
             state.matcher.fill_next_token_bitmask(bitmask, row)
-            if seq.params.grammar is not None and seq.params.grammar.forbids_control_bytes:
-                bitmask[row] &= self.compiler.json_safe_words()
 
     def _state(self, seq: Sequence) -> _Matcher:
         state = self._matchers.get(seq.seq_id)
@@ -106,7 +107,12 @@ def _bit(index: int) -> int:
 
 def allowed_tokens(bitmask: torch.Tensor, vocab_size: int) -> torch.Tensor:
     """Unpack a token bitmask on its device. bitmask: [B, W] int32 (bit j of word w allows token
-    32 * w + j). Returns [B, V] bool."""
-    shifts = torch.arange(_BITS, dtype=torch.int32, device=bitmask.device)
-    bits = (bitmask.unsqueeze(-1) >> shifts) & 1  # [B, W, 32]; arithmetic shift keeps the low bits right
-    return bits.flatten(1)[:, :vocab_size].bool()
+    32 * w + j). Returns [B, V] bool.
+
+    Read as bytes (little-endian, as on every device torch runs on here: byte k of a word holds
+    bits 8k..8k+7) and looked up in a 256 x 8 table: a quarter of the work of shifting each word
+    32 times, which matters on the CPU with a 128k vocabulary.
+    """
+    device = bitmask.device
+    table = ((torch.arange(256, device=device).unsqueeze(1) >> torch.arange(8, device=device)) & 1).bool()
+    return table[bitmask.contiguous().view(torch.uint8).long()].flatten(1)[:, :vocab_size]  # [B, 4W, 8] -> [B, V]
