@@ -128,3 +128,23 @@ def test_llmserve_chat_takes_tokenizer_path_and_names_the_missing_template(split
         LocalBackend.load(chat_config("--model-path", str(split["no_template"])))
     backend = LocalBackend.load(chat_config("--model-path", str(split["no_template"]), "--chat-template", "llama-2"))
     assert backend.template_name == "llama-2 (built-in)"
+
+
+def test_llmserve_chat_applies_the_builtin_templates_stops(split: dict[str, Path]) -> None:
+    from llmserve.chat.backends import GenerationParams
+    from llmserve.chat.local import LocalBackend
+    from llmserve.chat.options import options_from_args, worker_config
+    from llmserve.cli import build_parser
+
+    args = ["chat", "--device", "cpu", "--model-path", str(split["no_template"]), "--chat-template", "zero_shot"]
+    backend = LocalBackend.load(worker_config(options_from_args(build_parser().parse_args(args))))
+    added = []
+    original_add = backend.engine.add
+
+    def add(seq_id: int, prompt_ids: list[int], sampling: object) -> None:
+        added.append(sampling)
+        original_add(seq_id, prompt_ids, sampling)
+
+    backend.engine.add = add
+    reply = "".join(backend.stream_reply([{"role": "user", "content": "Hi"}], GenerationParams(0.0, 1.0, 8)))
+    assert added[0].stop == ("###",) and "###" not in reply

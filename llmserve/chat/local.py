@@ -7,7 +7,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from llmserve.builtin_templates import BUILTIN_TEMPLATES
+from llmserve.builtin_templates import BUILTIN_TEMPLATES, template_stop_strings, template_stop_token_ids
 from llmserve.chat.backends import ChatError, ContextTooLongError, GenerationParams, Message, ReplyStats
 from llmserve.config import WorkerConfig
 from llmserve.engine.engine import LLMEngine, SequenceOutput
@@ -20,9 +20,13 @@ from llmserve.templates import encode_chat, render_chat_prompt
 class LocalBackend:
     """Chats with a model loaded in this process; `abort()` frees the sequence between two steps."""
 
-    def __init__(self, engine: LLMEngine | GenericEngine, template_name: str) -> None:
+    def __init__(self, engine: LLMEngine | GenericEngine, template_name: str, stop: tuple[str, ...] = (),
+                 stop_token_ids: tuple[int, ...] = ()) -> None:
         self.engine = engine
         self._template_name = template_name
+        # A built-in template's stop strings and tokens, added to each answer as the server adds them.
+        self._stop = stop
+        self._stop_token_ids = stop_token_ids
         self._seq_ids = itertools.count()
         self._active: int | None = None
         self._last_stats: ReplyStats | None = None
@@ -39,7 +43,8 @@ class LocalBackend:
             raise ChatError(f"{config.model_path} ships no chat template; pick one with --chat-template "
                             f"({', '.join(BUILTIN_TEMPLATES)}, a Jinja file or string)")
         name = describe_template(config.chat_template, engine.tokenizer.chat_template, config.model_path)
-        return cls(engine, name)
+        return cls(engine, name, template_stop_strings(config.chat_template),
+                   template_stop_token_ids(config.chat_template, engine.tokenizer))
 
     @property
     def template_name(self) -> str:
@@ -69,7 +74,7 @@ class LocalBackend:
                 f"of {self.engine.max_model_len} tokens")
         seq_id = next(self._seq_ids)
         sampling = SamplingParams(max_tokens=params.max_new_tokens, temperature=params.temperature,
-                                  top_p=params.top_p)
+                                  top_p=params.top_p, stop=self._stop, stop_token_ids=self._stop_token_ids)
         self.engine.add(seq_id, prompt_ids, sampling)
         self._active = seq_id
         return self._generate(seq_id)
