@@ -24,6 +24,8 @@ from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Met
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from llmserve.gateway_metrics import GatewayCollector
+
 _LATENCY_BUCKETS_S = (0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0)
 AGGREGATE_LABEL = "*"  # the `model` and `worker` label of series summed over every model and worker
 _ITL_BUCKETS_S = (0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5)
@@ -71,8 +73,10 @@ class ServerMetrics:
         return ModelSeries(self, model if self.per_model else AGGREGATE_LABEL)
 
     def watch_workers(self, workers: Iterable[WorkerGauges]) -> None:
-        """Export the workers' live gauges at scrape time."""
-        self.registry.register(_WorkerCollector(list(workers), self.per_model))
+        """Export the workers' live gauges at scrape time, and the inference gateway's (gateway_metrics.py)."""
+        workers = list(workers)
+        self.registry.register(_WorkerCollector(workers, self.per_model))
+        self.registry.register(GatewayCollector(workers, self.per_model, AGGREGATE_LABEL))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -168,6 +168,12 @@ class Worker:
         return pool.usage if pool is not None else 0.0
 
     @property
+    def kv_pool(self) -> Any:
+        """The engine's KV-cache block pool (gateway_metrics.py reads it); None before loading, on
+        the generic path and for embedding engines."""
+        return getattr(self.engine, "pool", None)
+
+    @property
     def task(self) -> str:
         """"generate" or "embed" (an embedding engine); known once the engine has loaded."""
         return str(getattr(self.engine, "task", "generate"))

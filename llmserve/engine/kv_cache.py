@@ -158,6 +158,7 @@ class BlockPool:
         # Blocks nobody uses, least recently freed first; hashed ones may still be reused.
         self._free: OrderedDict[int, None] = OrderedDict((b, None) for b in range(num_blocks))
         self.num_prefix_hits = 0  # tokens served from the prefix cache, for metrics
+        self.num_prefix_queries = 0  # tokens looked up in the prefix cache, for metrics
 
     @property
     def num_free_blocks(self) -> int:
@@ -192,6 +193,8 @@ class BlockPool:
         seq.num_computed_tokens = seq.num_cached_tokens = len(cached) * self.block_size
         seq.num_hashed_blocks = len(cached)
         self.num_prefix_hits += seq.num_cached_tokens
+        if self.enable_prefix_caching and seq.params.prompt_logprobs is None:
+            self.num_prefix_queries += len(tokens)
         return True
 
     def ensure_capacity(self, seq: Sequence, num_tokens: int) -> bool:
