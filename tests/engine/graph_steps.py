@@ -20,5 +20,6 @@ def graph_and_eager_steps(engine: LLMEngine, graphs: StepGraphs) -> Iterator[tup
         expected = runner.forward(batch)
         yield batch, graphs.run(batch), expected
         sampling = [s.seq for s in scheduled if s.samples]
+        computed_before = [s.seq.num_computed_tokens for s in scheduled]
         engine._advance(scheduled)
-        engine._complete(_Launched(scheduled, sampling, StepLogits(expected), None, None))
+        engine._complete(_Launched(scheduled, sampling, StepLogits(expected), None, None, computed_before, []))
