@@ -38,12 +38,20 @@ def test_correctness_check_runs_on_the_cpu(tiny_model_dir, tmp_path: Path) -> No
     assert agreement["llmserve"]["runs"] == 12 and agreement["transformers_sdpa"]["runs"] == 4
 
 
-def test_model_families_check_runs_on_the_cpu(tmp_path: Path) -> None:
-    result = _run_on_cpu("gpu_model_families.py", tmp_path / "families.json", "--families", "qwen2", "qwen3",
-                         "--num-prompts", "3", "--max-tokens", "6")
+def test_model_matrix_runs_on_the_cpu(tmp_path: Path) -> None:
+    """A fast-path family and the remote-code model (generic path), each in its own child process."""
+    result = _run_on_cpu("gpu_model_matrix.py", tmp_path / "matrix.json", "--families", "qwen2", "remote_code",
+                         "--scale", "1", "--num-prompts", "2", "--max-tokens", "4", "--jobs", "2")
     families = result["families"]
-    assert set(families) == {"qwen2", "qwen3"}
-    assert all(row["token_identical"] == row["num_prompts"] == 9 for row in families.values())
+    assert {name: row["path"] for name, row in families.items()} == {"qwen2": "fast", "remote_code": "generic"}
+    for row in families.values():
+        bf16, fp32 = row["bfloat16"], row["float32"]
+        assert bf16["steps"] == 16 and bf16["max_logprob_diff"] <= bf16["tolerance"] and bf16["within_tolerance"]
+        assert fp32["token_identical"] == fp32["runs"] == 4 and fp32["max_logprob_diff"] < 1e-3
+    assert families["qwen2"]["hf_yardstick"]["sdpa_valid"]
+    assert families["qwen2"]["hf_yardstick"]["bfloat16_eager_vs_sdpa"]["steps"] == 8
+    assert not families["remote_code"]["hf_yardstick"]["sdpa_valid"]
+    assert (tmp_path / "matrix_logs" / "qwen2.log").exists()
 
 
 def test_training_then_text_prompt_correctness_run_on_the_cpu(tiny_model_dir, tmp_path: Path) -> None:
