@@ -209,6 +209,9 @@ def check_worker(config: WorkerConfig, path: str) -> str:
                 raise ConfigError(f'{path}.{key} = {shown}: not supported by embedding workers (task "embed")')
         if config.num_gpus != 1:
             raise ConfigError(f"{path}.num_gpus = {config.num_gpus}: embedding workers run on one device")
+        if config.engine_path != "auto":
+            raise ConfigError(f'{path}.engine_path = "{config.engine_path}": embedding workers run the embedding '
+                              'engine; the fast and generic paths are for text generation')
     elif worker.device.type == "cuda":  # a device map that cannot hold the weights fails here, not at load
         plan_placement(config, worker.device, worker.dtype, worker.hf_config, path)
     return worker.task

@@ -117,6 +117,9 @@ CASES = [
      f"{W}.num_gpus = 2: embedding workers run on one device"),
     ({"model_path": "{minilm}", "device": "cuda", "max_gpu_memory": "2GiB"}, {"gpus": 1},
      f'{W}.max_gpu_memory = "2GiB": not supported by embedding workers (task "embed")'),
+    ({"model_path": "{minilm}", "engine_path": "generic"}, {},
+     f'{W}.engine_path = "generic": embedding workers run the embedding engine; the fast and generic paths '
+     "are for text generation"),
     ({"device": "cuda", "num_gpus": 2, "max_gpu_memory": "1MB"}, {"gpus": 2},
      f'{W}.max_gpu_memory = "1MB": the weights do not fit on 2 GPU(s) x 1MB; raise max_gpu_memory or num_gpus, '
      "or offload to CPU (load_8bit + cpu_offloading)"),
