@@ -66,3 +66,14 @@ def test_training_then_text_prompt_correctness_run_on_the_cpu(tiny_model_dir, tm
                         "--text-prompts", "--num-prompts", "3", "--max-tokens", "6")
     assert check["prompts"] == "held-out stdlib text"
     assert check["checks"][0]["token_identical"] == 9
+
+
+def test_generic_throughput_runs_on_the_cpu(tmp_path: Path) -> None:
+    result = _run_on_cpu("gpu_generic_throughput.py", tmp_path / "generic.json", "--dtype", "float32",
+                         "--hidden-size", "128", "--layers", "4", "--prompt-len", "32", "--max-tokens", "8",
+                         "--generate-requests", "2", "--concurrency", "1", "4")
+    assert result["path"] == "generic" and result["family"] == "granitemoehybrid"
+    assert [row["run"] for row in result["rows"]] == ["model.generate, batch 1", "generic path, c=1",
+                                                      "generic path, c=4"]
+    assert all(row["output_tokens_per_s"] > 0 for row in result["rows"])
+    assert result["rows"][1]["first_request_matching_prefix_with_generate"] == 8  # float32: the same tokens
