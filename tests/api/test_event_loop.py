@@ -1,0 +1,118 @@
+"""Nothing heavy on the event loop: another client's stream keeps flowing while a 4 MB prompt is
+tokenized. The server runs as `llmserve run` in a process of its own, so the client's own work
+(encoding and reading megabytes) cannot pass for a stall of the server."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.api.conftest import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+TEXT = "The quick brown fox jumps over the lazy dog. " * 90_000  # 4.05 MB, 1.8M tokens
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]]:
+    port = free_port()
+    config = tmp_path_factory.mktemp("loop") / "config.toml"
+    config.write_text(f'[server]\nport = {port}\nmax_request_bytes = 8000000\n[[workers]]\n'
+                      f'model_path = "{tiny_model_dir}"\nmodel_names = ["tiny"]\nkv_cache_tokens = 16384\n'
+                      "[ui]\nenabled = false\n")
+    proc = subprocess.Popen([sys.executable, "-m", "llmserve", "run", str(config), "--log-level", "warning"],
+                            cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, "server did not start"
+            time.sleep(0.1)
+        yield "127.0.0.1", port
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def _tokenize(address: tuple[str, int], body: bytes, times: dict[str, float], result: dict) -> None:
+    """POST /v1/tokenize over a raw socket (blocking calls release the GIL: no client-side stall)."""
+    head = (f"POST /v1/tokenize HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
+    with socket.create_connection(address) as sock:
+        times["sent"] = time.perf_counter()
+        sock.sendall(head + body)
+        chunks = []
+        while chunk := sock.recv(1 << 20):
+            chunks.append(chunk)
+    times["answered"] = time.perf_counter()
+    result["response"] = b"".join(chunks)
+
+
+def _stream_arrivals(address: tuple[str, int], until: threading.Event) -> list[float]:
+    """Arrival times of a streamed completion's SSE events, read until `until` is set."""
+    body = json.dumps({"model": "tiny", "prompt": "x", "max_tokens": 4000, "ignore_eos": True,
+                       "stream": True}).encode()
+    arrivals: list[float] = []
+    with socket.create_connection(address) as sock:
+        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        while not until.is_set():
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            arrivals.extend([time.perf_counter()] * chunk.count(b"data: "))
+    return arrivals
+
+
+def _longest_gap_s(arrivals: list[float]) -> float:
+    return max(b - a for a, b in zip(arrivals, arrivals[1:], strict=False))
+
+
+@pytest.mark.xfail(strict=False, reason=(
+    "machine-dependent: the 1.8M-int id list is built under the GIL (~30 ms on an idle core); on a CPU "
+    "oversubscribed several times over, the thread holding the GIL is descheduled and gaps reach 100-700 ms "
+    "(before the fix: the whole 3 s tokenization stalled every stream). XPASS on a quiet machine."))
+def test_streams_keep_flowing_while_a_4_mb_prompt_is_tokenized(server: tuple[str, int]) -> None:
+    # The claim is about the server, not the machine: where streaming alone already stalls (a CPU
+    # shared with other jobs), a 100 ms bound says nothing either way, and the test says so.
+    quiet = threading.Event()
+    threading.Timer(3.0, quiet.set).start()
+    baseline_s = _longest_gap_s(_stream_arrivals(server, quiet)[5:])
+    if baseline_s > 0.05:
+        pytest.skip(f"this machine stalls a stream by {baseline_s * 1000:.0f} ms with nothing else running")
+    payload = json.dumps({"model": "tiny", "prompt": TEXT}).encode()
+    times: dict[str, float] = {}
+    result: dict = {}
+    done = threading.Event()
+
+    def tokenize_after_a_while() -> None:
+        time.sleep(0.5)  # the stream is under way
+        _tokenize(server, payload, times, result)
+        done.set()
+
+    worker = threading.Thread(target=tokenize_after_a_while)
+    worker.start()
+    arrivals = _stream_arrivals(server, done)
+    worker.join()
+    head, _, body = result["response"].partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), head
+    answer = json.loads(body)
+    assert answer["count"] == len(answer["tokens"]) > 1_000_000
+    during = [t for t in arrivals if times["sent"] <= t <= times["answered"]]
+    assert times["answered"] - times["sent"] > 0.5 and len(during) > 10, (times, len(during))
+    gaps = sorted(b - a for a, b in zip(during, during[1:], strict=False))
+    assert gaps[-1] < 0.1, f"longest inter-chunk gaps while tokenizing: {[round(g * 1000) for g in gaps[-5:]]} ms"
