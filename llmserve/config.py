@@ -79,6 +79,10 @@ class ServerConfig:
     """Largest `top_logprobs` (chat) / `logprobs` (completions) accepted."""
     shutdown_timeout: float = 30.0
     """Seconds in-flight requests may take to finish after SIGTERM before they are aborted."""
+    drain_grace: float = 5.0
+    """Seconds after SIGTERM during which /ready answers 503 while new requests are still served, so
+    a load balancer sees the instance leave before its listener closes: longer than the balancer's
+    health-check interval (Kubernetes: the readiness probe's period). SIGINT skips it."""
     metrics_require_key: bool = False
     """With api_keys set, require the key on /metrics too (it is open otherwise)."""
     log_requests: bool = False
@@ -107,6 +111,7 @@ class ServerConfig:
         _check(self.max_request_bytes >= 1024, "server.max_request_bytes", self.max_request_bytes,
                "expected at least 1024")
         _check(self.shutdown_timeout >= 0, "server.shutdown_timeout", self.shutdown_timeout, "expected >= 0")
+        _check(0 <= self.drain_grace <= 3600, "server.drain_grace", self.drain_grace, "expected 0..3600 seconds")
         for name in ("header_timeout_s", "body_timeout_s", "keep_alive_timeout_s"):
             value = getattr(self, name)
             _check(value > 0, f"server.{name}", value, "expected a positive number of seconds")

@@ -1,8 +1,15 @@
 """Running the server process: check the config, serve with uvicorn, drain gracefully on a signal.
 
-On SIGTERM or SIGINT the server stops accepting work (new requests get 503), lets in-flight
-requests finish for up to `shutdown_timeout` seconds, ends the rest with finish_reason
-"abort", then shuts down and exits 0. A second SIGINT skips the wait.
+The drain is one a load balancer understands without retrying a 503 (measured with HAProxy in
+tests/deploy/test_haproxy.py): on SIGTERM
+
+1. /ready answers 503 at once, while new requests are still served, each response closing its
+   connection, for `drain_grace` seconds: the balancer's health check sees the instance leave;
+2. then the listener closes: a new connection is refused, which every balancer retries elsewhere;
+3. in-flight requests finish within `shutdown_timeout`, the rest end with finish_reason "abort";
+   the server shuts down and exits 0.
+
+SIGINT (an operator's Ctrl-C) skips the grace; a second SIGINT skips the wait too.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from collections.abc import Iterator
 from types import FrameType
 
 import uvicorn
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llmserve.api.state import ServerState
 from llmserve.app import create_app
@@ -91,12 +99,19 @@ class DrainingServer(uvicorn.Server):
             if sig == signal.SIGINT:
                 self.should_exit = True
             return
-        log.info("received %s: draining (up to %.0f s)", signal.Signals(sig).name,
-                 self.state.config.server.shutdown_timeout)
-        self._drain_task = asyncio.get_running_loop().create_task(self._drain())
+        server = self.state.config.server
+        grace = server.drain_grace if sig == signal.SIGTERM else 0.0
+        log.info("received %s: not ready; serving %.0f s more, then draining (up to %.0f s)",
+                 signal.Signals(sig).name, grace, server.shutdown_timeout)
+        self._drain_task = asyncio.get_running_loop().create_task(self._drain(grace))
 
-    async def _drain(self) -> None:
-        self.state.is_draining = True
+    async def _drain(self, grace_s: float) -> None:
+        self.state.is_leaving = True
+        await asyncio.sleep(grace_s)
+        for listener in self.servers:  # connections already open stay open; new ones are refused
+            listener.close()
+        log.info("listener closed: finishing %d in-flight sequences",
+                 sum(w.num_unfinished for w in self.state.workers))
         deadline = time.monotonic() + self.state.config.server.shutdown_timeout
         while any(w.num_unfinished for w in self.state.workers) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
@@ -113,6 +128,26 @@ class DrainingServer(uvicorn.Server):
         self.should_exit = True
 
 
+def closing_when_leaving(app: ASGIApp, state: ServerState) -> ASGIApp:
+    """The app, with `Connection: close` on every response begun while the server is leaving, so a
+    balancer's pooled connections end after their answer instead of being reused once the listener
+    has closed (uvicorn closes a connection whose response says so)."""
+
+    async def wrapped(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not state.is_leaving:
+            await app(scope, receive, send)
+            return
+
+        async def send_closing(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), (b"connection", b"close")]}
+            await send(message)
+
+        await app(scope, receive, send_closing)
+
+    return wrapped
+
+
 GIL_SWITCH_INTERVAL_S = 0.0005
 
 
@@ -127,7 +162,7 @@ def serve(config_path: str, host: str | None = None, port: int | None = None, lo
     app = create_app(config)
     scheme = "https" if is_tls(config.server) else "http"
     log.info("llmserve listening on %s://%s:%d", scheme, config.server.host, config.server.port)
-    uv_config = uvicorn.Config(app, host=config.server.host, port=config.server.port, log_level=log_level,
+    uv_config = uvicorn.Config(closing_when_leaving(app, app.state.server), host=config.server.host, port=config.server.port, log_level=log_level,
                                access_log=False, timeout_graceful_shutdown=5, **uvicorn_tls_kwargs(config.server),
                                **uvicorn_options(config.server))
     DrainingServer(uv_config, app.state.server).run()

@@ -1,4 +1,6 @@
-"""Graceful shutdown of a real server process: SIGTERM drains in-flight streams, refuses new work, exits 0."""
+"""Graceful shutdown of a real server process: on SIGTERM /ready fails at once while new requests are
+still served (closing their connections) for `drain_grace`, then the listener closes, in-flight streams
+finish, and the process exits 0."""
 
 from __future__ import annotations
 
@@ -12,16 +14,19 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.api.conftest import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _start(tmp_path: Path, model_dir: Path, shutdown_timeout: float) -> tuple[subprocess.Popen, str]:
+def _start(tmp_path: Path, model_dir: Path, shutdown_timeout: float,
+           drain_grace: float = 0.0) -> tuple[subprocess.Popen, str]:
     port = free_port()
     config = tmp_path / "config.toml"
-    config.write_text(f'[server]\nport = {port}\nshutdown_timeout = {shutdown_timeout}\n[[workers]]\n'
+    config.write_text(f'[server]\nport = {port}\nshutdown_timeout = {shutdown_timeout}\n'
+                      f'drain_grace = {drain_grace}\n[[workers]]\n'
                       f'model_path = "{model_dir}"\nmodel_names = ["tiny"]\nkv_cache_tokens = 16384\n')
     proc = subprocess.Popen([sys.executable, "-m", "llmserve", "run", str(config)], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -68,15 +73,23 @@ def _in_flight(base: str, max_tokens: int, count: int) -> tuple[list, list[threa
     return results, threads
 
 
-def test_sigterm_lets_streams_finish_refuses_new_work_and_exits_zero(tmp_path: Path, tiny_model_dir: Path) -> None:
-    proc, base = _start(tmp_path, tiny_model_dir, shutdown_timeout=60)
+def test_sigterm_fails_ready_serves_through_the_grace_then_refuses_connections(tmp_path: Path,
+                                                                               tiny_model_dir: Path) -> None:
+    proc, base = _start(tmp_path, tiny_model_dir, shutdown_timeout=60, drain_grace=1.5)
     try:
         results, threads = _in_flight(base, 400, 8)
+        signalled = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         time.sleep(0.2)
-        refused = httpx.post(f"{base}/v1/completions", json={"model": "tiny", "prompt": "late", "max_tokens": 2},
-                             timeout=10)
-        assert refused.status_code == 503 and refused.headers.get("retry-after")
+        ready = httpx.get(f"{base}/ready", timeout=10)
+        assert ready.status_code == 503 and ready.json()["status"] == "draining"
+        late = httpx.post(f"{base}/v1/completions", json={"model": "tiny", "prompt": "late", "max_tokens": 2},
+                          timeout=10)
+        assert late.status_code == 200 and late.headers["connection"] == "close"
+        assert time.monotonic() - signalled < 1.5  # both inside the grace
+        time.sleep(1.5)
+        with pytest.raises(httpx.ConnectError):  # the listener is closed: a balancer retries elsewhere
+            httpx.get(f"{base}/health", timeout=10)
         for thread in threads:
             thread.join(60)
         output, _ = proc.communicate(timeout=60)

@@ -48,11 +48,14 @@ async def health(request: Request) -> JSONResponse:
 
 
 async def ready(request: Request) -> JSONResponse:
-    """200 when every worker is loaded and healthy, else 503 with each worker's state."""
+    """200 when every worker is loaded and healthy, else 503 with each worker's state (and from
+    SIGTERM on, "draining")."""
     state = server_state(request)
     workers = [{"name": w.name, "models": list(w.model_names), "state": w.state.value,
                 **_load(w, state.metrics.per_model), **_engine_path(w), **({"reason": w.failure} if w.failure else {})}
                for w in state.workers]
+    if state.is_leaving:  # shutting down: load balancers stop sending work (server.py's drain)
+        return JSONResponse({"status": "draining", "workers": workers}, status_code=503)
     is_ready = all(w.is_ready for w in state.workers)
     return JSONResponse({"status": "ready" if is_ready else "not ready", "workers": workers},
                         status_code=200 if is_ready else 503)

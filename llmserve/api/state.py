@@ -29,19 +29,19 @@ class ServerState:
     workers: list[Worker]
     dispatcher: Dispatcher
     metrics: ServerMetrics
-    is_draining: bool = False  # set on SIGTERM: new work gets 503 while in-flight requests finish
+    # Set on SIGTERM (server.py): /ready answers 503 and responses close their connections, while
+    # requests are still served; load balancers take the instance out before its listener closes.
+    is_leaving: bool = False
     # Maps a model alias (an anonymous arena battle's side) to a served name, else None; set by the UI.
     resolve_alias: Callable[[str], str | None] | None = None
 
     def choose_worker(self, model: str, task: str | None = "generate") -> Worker:
-        """The worker for a new request; 503 while the server drains for shutdown.
+        """The worker for a new request.
 
         `model` may be an alias that `resolve_alias` maps to a served name; errors keep naming the alias.
         `task` is what the route needs ("generate" or "embed"; None for either): asking a
         model for what it does not serve is a 400 naming the route it does serve.
         """
-        if self.is_draining:
-            raise ServiceUnavailableError("the server is shutting down", retry_after_s=5)
         real = self.resolve_alias(model) if self.resolve_alias is not None else None
         if real is None:
             worker = self.dispatcher.choose(model)
