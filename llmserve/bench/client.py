@@ -34,17 +34,20 @@ class RequestResult:
 
 
 def build_payload(endpoint: str, model: str, prompt: BenchPrompt, temperature: float,
-                  logprobs: int | None = None) -> dict[str, Any]:
-    """The JSON body of a streaming request for `prompt` (exact length via `ignore_eos`), asking
-    for `logprobs` top alternatives per token when set (chat: `logprobs` + `top_logprobs`)."""
+                  logprobs: int | None = None, ignore_eos: bool = True) -> dict[str, Any]:
+    """The JSON body of a streaming request for `prompt`, asking for `logprobs` top alternatives per
+    token when set (chat: `logprobs` + `top_logprobs`). With `ignore_eos` (a vLLM extension) every
+    answer has exactly the asked length; without it the body holds only OpenAI's own fields, which
+    any server takes (some answer 422 to fields they do not know), and lengths come from `usage`."""
     body: dict[str, Any] = {
         "model": model,
         "max_tokens": prompt.num_output_tokens,
         "temperature": temperature,
-        "ignore_eos": True,
         "stream": True,
         "stream_options": {"include_usage": True},
     }
+    if ignore_eos:
+        body["ignore_eos"] = True
     if endpoint == "chat":
         body["messages"] = [{"role": "user", "content": prompt.text}]
         if logprobs is not None:
@@ -86,6 +89,7 @@ class _StreamTracker:
         self._last_content_s: float | None = None
         self._num_content_chunks = 0
         self._usage: dict[str, Any] | None = None
+        self._num_finished_choices = 0
 
     def on_chunk(self, chunk: dict[str, Any], now_s: float) -> None:
         """Record one parsed chunk received at `now_s`."""
@@ -93,6 +97,7 @@ class _StreamTracker:
             raise _StreamError(error_message(chunk))
         if isinstance(chunk.get("usage"), dict):
             self._usage = chunk["usage"]
+        self._num_finished_choices += sum(1 for c in chunk.get("choices") or [] if c.get("finish_reason"))
         if not chunk_text(chunk):
             return
         if self._last_content_s is None:
@@ -103,7 +108,10 @@ class _StreamTracker:
         self._num_content_chunks += 1
 
     def finish(self, is_done: bool) -> RequestResult:
-        """Close the record; a stream that ended without `[DONE]` counts as cut off."""
+        """Close the record. A stream that ended without `[DONE]` counts as cut off unless it had
+        finished and sent its usage, the last thing OpenAI streams before `[DONE]` (`transformers
+        serve` closes the stream there)."""
+        is_done = is_done or (self._num_finished_choices > 0 and self._usage is not None)
         self.result.latency_s = time.perf_counter() - self.start_s
         usage = self._usage or {}
         self.result.num_output_tokens = int(usage.get("completion_tokens", self._num_content_chunks))

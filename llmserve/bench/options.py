@@ -33,6 +33,9 @@ class BenchOptions:
     """Prompt length in tokens (approximate without a tokenizer; >= 1)."""
     output_len: int = 128
     """Tokens to generate per request, sent as `max_tokens` with `ignore_eos` (>= 1)."""
+    ignore_eos: bool = True
+    """Send `ignore_eos` (exact lengths); False for servers that refuse unknown fields: an answer may
+    then stop early, and its length is read from `usage`."""
     range_ratio: float = 0.0
     """Lengths are drawn uniformly from [len*(1-r), len*(1+r)]; 0 <= r < 1."""
     seed: int = 0

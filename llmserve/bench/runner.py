@@ -71,7 +71,8 @@ async def _send_one(
     semaphore: asyncio.Semaphore | None,
 ) -> RequestResult:
     """Send one prompt, waiting for a concurrency slot first when there is a limit."""
-    payload = build_payload(options.endpoint, model, prompt, options.temperature, options.logprobs)
+    payload = build_payload(options.endpoint, model, prompt, options.temperature, options.logprobs,
+                            options.ignore_eos)
     if semaphore is None:
         return await send_request(client, options.url, payload, prompt.num_prompt_tokens)
     async with semaphore:

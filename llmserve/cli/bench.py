@@ -45,6 +45,8 @@ def register(subparsers: Any) -> None:
     data.add_argument("--num-prompts", type=_positive_int, default=100)
     data.add_argument("--input-len", type=_positive_int, default=128, help="prompt tokens")
     data.add_argument("--output-len", type=_positive_int, default=128, help="generated tokens (ignore_eos)")
+    data.add_argument("--no-ignore-eos", action="store_true",
+                      help="send no ignore_eos (servers that refuse unknown fields); lengths from usage")
     data.add_argument("--range-ratio", type=float, default=0.0, help="lengths uniform in len*(1±r)")
     data.add_argument("--seed", type=int, default=0)
     data.add_argument("--tokenizer", default=None, help="local HF tokenizer folder for exact prompt lengths")
@@ -74,6 +76,7 @@ def options_from_args(args: argparse.Namespace) -> BenchOptions:
         num_prompts=args.num_prompts,
         input_len=args.input_len,
         output_len=args.output_len,
+        ignore_eos=not args.no_ignore_eos,
         range_ratio=args.range_ratio,
         seed=args.seed,
         tokenizer=args.tokenizer,

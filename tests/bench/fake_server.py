@@ -3,7 +3,8 @@
 It streams exactly `max_tokens` content chunks, one every `token_delay_s`, then the finish
 chunk, a usage chunk (prompt tokens = words in the prompt) and `[DONE]`. Special model names
 trigger failures: `missing` (404), `broken` (error chunk mid-stream), `cut` (no [DONE]),
-`no-usage` (no usage chunk).
+`no-usage` (no usage chunk); `strict` answers 422 to `ignore_eos` and, as `transformers serve`
+does, ends its stream after the usage chunk without `[DONE]`.
 """
 
 from __future__ import annotations
@@ -78,6 +79,8 @@ class FakeOpenAI:
         self.auth_headers.append(request.headers.get("authorization"))
         if body["model"] == "missing":
             return JSONResponse({"error": {"message": "model 'missing' not found"}}, status_code=404)
+        if body["model"] == "strict" and "ignore_eos" in body:
+            return JSONResponse({"detail": "Unexpected fields in the request: {'ignore_eos'}"}, status_code=422)
         return StreamingResponse(self._events(body), media_type="text/event-stream")
 
     async def _events(self, body: dict[str, Any]) -> AsyncIterator[str]:
@@ -99,7 +102,8 @@ class FakeOpenAI:
             if body["model"] != "no-usage":
                 usage = {"prompt_tokens": _prompt_words(body), "completion_tokens": body["max_tokens"]}
                 yield _sse({"id": "c1", "choices": [], "usage": usage})
-            yield "data: [DONE]\n\n"
+            if body["model"] != "strict":
+                yield "data: [DONE]\n\n"
         finally:
             self.num_in_flight -= 1
 

@@ -105,3 +105,10 @@ def test_unreachable_server_without_model_exits_2(capsys: pytest.CaptureFixture[
         port = sock.getsockname()[1]  # bound but not listening: connections are refused
         assert main(["bench", "--base-url", f"http://127.0.0.1:{port}/v1", "--no-progress"]) == 2
     assert "llmserve bench:" in capsys.readouterr().err
+
+
+def test_no_ignore_eos_flag() -> None:
+    from llmserve.cli.bench import options_from_args
+
+    assert options_from_args(build_parser().parse_args(["bench"])).ignore_eos is True
+    assert options_from_args(build_parser().parse_args(["bench", "--no-ignore-eos"])).ignore_eos is False

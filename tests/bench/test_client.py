@@ -103,3 +103,17 @@ async def test_non_json_error_body_and_transport_errors() -> None:
     assert busy.error == "HTTP 503: overloaded"
     assert down.error == "ConnectError: connection refused"
     assert not busy.is_success and not down.is_success
+
+
+async def test_a_server_refusing_unknown_fields_is_driven_without_ignore_eos(
+    fake: FakeOpenAI, asgi_transport: httpx.ASGITransport
+) -> None:
+    url = "http://fake/v1/chat/completions"
+    async with httpx.AsyncClient(transport=asgi_transport) as client:
+        refused = await send_request(client, url, build_payload("chat", "strict", PROMPT, 0.0))
+        plain = await send_request(client, url, build_payload("chat", "strict", PROMPT, 0.0, ignore_eos=False))
+    assert not refused.is_success and refused.error is not None and refused.error.startswith("HTTP 422")
+    assert "ignore_eos" not in fake.bodies[1]
+    # No [DONE]: the stream had finished and sent its usage, which gives the lengths.
+    assert plain.is_success and plain.error is None
+    assert (plain.num_prompt_tokens, plain.num_output_tokens) == (3, 5)
