@@ -45,6 +45,9 @@ class ServerConfig:
     """TCP port to listen on."""
     api_keys: tuple[str, ...] = ()
     """Accepted `Authorization: Bearer` keys; empty means no authentication."""
+    api_keys_file: str = ""
+    """A file of more keys, one a line (blank lines and `#` comments skipped), read at start-up:
+    keys kept out of the config file, e.g. a mounted Kubernetes Secret."""
     allowed_origins: tuple[str, ...] = ()
     """Origins allowed by CORS; empty turns CORS off ("*" allows every origin)."""
     allow_credentials: bool = False
@@ -363,7 +366,7 @@ def load_config(path: str | Path) -> Config:
 def parse_config(data: Mapping[str, Any]) -> Config:
     """Build a validated `Config` from already-parsed TOML data."""
     _reject_unknown(data, {"server", "workers", "ui"}, "")
-    server = _build(ServerConfig, data.get("server", {}), "server")
+    server = _with_key_file(_build(ServerConfig, data.get("server", {}), "server"))
     ui = _build(UIConfig, data.get("ui", {}), "ui")
     raw_workers = data.get("workers", [])
     if not isinstance(raw_workers, list):
@@ -372,6 +375,21 @@ def parse_config(data: Mapping[str, Any]) -> Config:
     config = Config(server=server, workers=workers, ui=ui)
     config.validate()
     return config
+
+
+def _with_key_file(server: ServerConfig) -> ServerConfig:
+    """`api_keys` plus the keys in `api_keys_file`, when set."""
+    if not server.api_keys_file:
+        return server
+    try:
+        lines = Path(server.api_keys_file).read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise ConfigError(f"server.api_keys_file = {_show(server.api_keys_file)}: cannot read it: "
+                          f"{exc.strerror}") from None
+    keys = tuple(k for k in (line.strip() for line in lines) if k and not k.startswith("#"))
+    if not keys:
+        raise ConfigError(f"server.api_keys_file = {_show(server.api_keys_file)}: no keys in it")
+    return dataclasses.replace(server, api_keys=(*server.api_keys, *keys))
 
 
 def with_overrides(config: Config, **server_fields: Any) -> Config:

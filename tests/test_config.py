@@ -95,3 +95,19 @@ def test_example_config_mirrors_every_field_with_its_default() -> None:
     for key, default in defaults.items():
         if key not in ("model_path", "model_names"):
             assert (tuple(worker[key]) if isinstance(worker[key], list) else worker[key]) == default, key
+
+
+def test_api_keys_file_adds_its_keys_and_an_unreadable_or_empty_one_is_refused(tmp_path) -> None:
+    WORKER = [{"model_path": "m"}]  # noqa: N806
+    keys = tmp_path / "api-keys"
+    keys.write_text("# from a Kubernetes Secret\nsk-from-file-0001\n\n  sk-from-file-0002  \n")
+    server = parse_config({"server": {"api_keys": ["sk-inline-0000"], "api_keys_file": str(keys)}, "workers": WORKER}).server
+    assert server.api_keys == ("sk-inline-0000", "sk-from-file-0001", "sk-from-file-0002")
+    keys.write_text("short\n")
+    with pytest.raises(ConfigError, match=r"server.api_keys\[0\]"):
+        parse_config({"server": {"api_keys_file": str(keys)}, "workers": WORKER})
+    keys.write_text("# nothing\n")
+    with pytest.raises(ConfigError, match="no keys in it"):
+        parse_config({"server": {"api_keys_file": str(keys)}, "workers": WORKER})
+    with pytest.raises(ConfigError, match="cannot read it"):
+        parse_config({"server": {"api_keys_file": str(tmp_path / "missing")}, "workers": WORKER})
