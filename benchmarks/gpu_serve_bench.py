@@ -10,6 +10,9 @@ Starts `llmserve run` on the given model (bf16, CUDA graphs, Triton attention), 
     and a mixed row: the throughput workload where 8 of the 256 streams ask for logprobs;
   - with `--throughput-runs N`, the greedy throughput row N times (how much it moves on one host).
 Every other row is greedy (temperature 0). Writes every report as JSON and prints a markdown table.
+`--rows latency,throughput` runs only those of the four greedy rows (latency, c16, c64, throughput).
+`--server-root DIR` starts the server from DIR, so that `python -m llmserve` imports DIR's llmserve
+package (an A/B against another commit's code: its llmserve/ in DIR, this script driving both).
 
     python benchmarks/gpu_serve_bench.py --model-path /tmp/llama-1b --out-dir $OUT
 """
@@ -43,7 +46,7 @@ WORKER = """[[workers]]
 model_path = "{model}"
 model_names = ["bench"]
 device = "{device}"
-dtype = "bfloat16"
+dtype = "{dtype}"
 max_num_seqs = {max_num_seqs}
 max_model_len = 2048
 max_num_batched_tokens = {budget}
@@ -55,17 +58,20 @@ fuse_projections = {fuse}
 
 
 def start_server(model: str, port: int, log_path: Path, max_num_seqs: int, budget: int,
-                 graphs: bool, compile_model: bool, fuse: bool = True, workers: int = 1) -> subprocess.Popen:
-    """`llmserve run` with one worker per GPU (cuda:0 .. cuda:N-1) serving the model as "bench"."""
+                 graphs: bool, compile_model: bool, fuse: bool = True, workers: int = 1,
+                 server_root: Path = REPO_ROOT, device: str = "cuda") -> subprocess.Popen:
+    """`llmserve run` from `server_root` (whose llmserve package it imports) with one worker per GPU
+    (cuda:0 .. cuda:N-1) serving the model as "bench"; on the CPU (smoke runs) one float32 worker."""
     config = Path(tempfile.mkdtemp()) / "bench.toml"
-    devices = ["cuda"] if workers == 1 else [f"cuda:{i}" for i in range(workers)]
+    devices = [device] if workers == 1 else [f"cuda:{i}" for i in range(workers)]
+    dtype = "float32" if device == "cpu" else "bfloat16"
     config.write_text(SERVER.format(port=port) + "".join(
-        WORKER.format(model=model, device=device, max_num_seqs=max_num_seqs, budget=budget,
+        WORKER.format(model=model, device=device, dtype=dtype, max_num_seqs=max_num_seqs, budget=budget,
                       graphs=str(graphs).lower(), compile=str(compile_model).lower(), fuse=str(fuse).lower())
         for device in devices))
     log = log_path.open("w")
     proc = subprocess.Popen([sys.executable, "-m", "llmserve", "run", str(config)], stdout=log,
-                            stderr=subprocess.STDOUT, cwd=REPO_ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                            stderr=subprocess.STDOUT, cwd=server_root, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     deadline = time.monotonic() + 300
     while True:
         try:
@@ -85,9 +91,17 @@ def http_stack() -> dict[str, str]:
     return {"loop": "uvloop" if found["uvloop"] else "asyncio", "http": "httptools" if found["httptools"] else "h11"}
 
 
+def server_package(server_root: Path) -> str:
+    """The llmserve package `python -m llmserve` imports when started from `server_root`."""
+    return subprocess.run([sys.executable, "-c", "import llmserve; print(llmserve.__file__)"], cwd=server_root,
+                          capture_output=True, text=True, check=True).stdout.strip()
+
+
 # The rows' workloads: one stream after a 512-token prompt; 512 requests (prompts 64-512) at c=256.
 LATENCY = {"input_len": 512, "output_len": 256, "max_concurrency": 1}
 THROUGHPUT = {"input_len": 288, "range_ratio": 0.77, "output_len": 256}
+GREEDY_ROWS = ("latency", "c16", "c64", "throughput")
+SMOKE_LIMITS = {"num_prompts": 4, "input_len": 64, "output_len": 8}  # --device cpu: every row this small
 
 
 def bench_options(port: int, tokenizer: str, **kw) -> BenchOptions:
@@ -96,7 +110,9 @@ def bench_options(port: int, tokenizer: str, **kw) -> BenchOptions:
                         tokenizer=tokenizer, show_progress=False, **kw)
 
 
-def bench(port: int, tokenizer: str, name: str, **kw) -> dict:
+def bench(port: int, tokenizer: str, name: str, smoke: bool = False, **kw) -> dict:
+    if smoke:
+        kw.update({key: min(kw[key], limit) for key, limit in SMOKE_LIMITS.items() if key in kw})
     report = report_to_dict(run_bench(bench_options(port, tokenizer, **kw)))
     report["scenario"] = name
     m = report["metrics"]
@@ -147,34 +163,48 @@ def main() -> int:
     parser.add_argument("--sampled", action="store_true", help="also run the latency and throughput rows at temperature 1")
     parser.add_argument("--logprobs", action="store_true", help="also run them asking for logprobs (top 1)")
     parser.add_argument("--throughput-runs", type=int, default=1, help="times to run the greedy throughput row")
+    parser.add_argument("--rows", default=",".join(GREEDY_ROWS),
+                        help=f"the greedy rows to run, comma-separated, of {', '.join(GREEDY_ROWS)}")
+    parser.add_argument("--server-root", type=Path, default=REPO_ROOT,
+                        help="start the server from this folder: its llmserve package serves (A/B runs)")
+    parser.add_argument("--device", default="cuda", help="cpu only smoke-tests this script (tiny workloads)")
     args = parser.parse_args()
+    rows = set(args.rows.split(","))
+    if not rows <= set(GREEDY_ROWS):
+        parser.error(f"--rows: unknown {', '.join(sorted(rows - set(GREEDY_ROWS)))}")
     args.out_dir.mkdir(parents=True, exist_ok=True)
     stack = http_stack()
-    print(f"server HTTP stack: {stack['loop']} + {stack['http']}", flush=True)
+    args.server_root = args.server_root.resolve()
+    package = server_package(args.server_root)
+    print(f"server HTTP stack: {stack['loop']} + {stack['http']}; server package {package}", flush=True)
     proc = start_server(args.model_path, args.port, args.out_dir / "server.log", args.max_num_seqs,
-                        args.budget, not args.no_graphs, not args.no_compile, not args.no_fuse, args.workers)
+                        args.budget, not args.no_graphs, not args.no_compile, not args.no_fuse, args.workers,
+                        args.server_root, args.device)
     reports = []
+    smoke = args.device == "cpu"
     try:
         tok = args.model_path
-        bench(args.port, tok, "warmup", num_prompts=8, input_len=128, output_len=16, max_concurrency=8)
-        reports.append(bench(args.port, tok, "latency c=1 in=512 out=256", num_prompts=3 if args.quick else 5,
-                             **LATENCY))
+        bench(args.port, tok, "warmup", smoke, num_prompts=8, input_len=128, output_len=16, max_concurrency=8)
+        if "latency" in rows:
+            reports.append(bench(args.port, tok, "latency c=1 in=512 out=256", smoke,
+                                 num_prompts=3 if args.quick else 5, **LATENCY))
         for conc in (16, 64):
-            reports.append(bench(args.port, tok, f"c={conc} in=256 out=256", num_prompts=conc * 2,
-                                 input_len=256, output_len=256, max_concurrency=conc))
-        for run in range(args.throughput_runs):
+            if f"c{conc}" in rows:
+                reports.append(bench(args.port, tok, f"c={conc} in=256 out=256", smoke, num_prompts=conc * 2,
+                                     input_len=256, output_len=256, max_concurrency=conc))
+        for run in range(args.throughput_runs if "throughput" in rows else 0):
             reports.append(bench(args.port, tok, "throughput 512 req in=64-512 out=256 c=256"
-                                 + (f" (run {run + 1})" if args.throughput_runs > 1 else ""),
+                                 + (f" (run {run + 1})" if args.throughput_runs > 1 else ""), smoke,
                                  num_prompts=128 if args.quick else 512, max_concurrency=256, **THROUGHPUT))
         if args.sampled:  # the same at temperature 1 (what the OpenAI API does by default)
-            reports.append(bench(args.port, tok, "sampled T=1 latency c=1 in=512 out=256", num_prompts=5,
+            reports.append(bench(args.port, tok, "sampled T=1 latency c=1 in=512 out=256", smoke, num_prompts=5,
                                  temperature=1.0, **LATENCY))
-            reports.append(bench(args.port, tok, "sampled T=1 throughput 512 req c=256", num_prompts=512,
+            reports.append(bench(args.port, tok, "sampled T=1 throughput 512 req c=256", smoke, num_prompts=512,
                                  max_concurrency=256, temperature=1.0, **THROUGHPUT))
         if args.logprobs:  # greedy, each token's logprob and top alternative sent back
-            reports.append(bench(args.port, tok, "logprobs=1 latency c=1 in=512 out=256", num_prompts=5,
+            reports.append(bench(args.port, tok, "logprobs=1 latency c=1 in=512 out=256", smoke, num_prompts=5,
                                  logprobs=1, **LATENCY))
-            reports.append(bench(args.port, tok, "logprobs=1 throughput 512 req c=256", num_prompts=512,
+            reports.append(bench(args.port, tok, "logprobs=1 throughput 512 req c=256", smoke, num_prompts=512,
                                  max_concurrency=256, logprobs=1, **THROUGHPUT))
             reports.append(bench_mixed(args.port, tok, "mixed: 8 of 256 streams with logprobs=1, 512 req"))
     finally:
@@ -182,6 +212,7 @@ def main() -> int:
         proc.wait(timeout=60)
     for report in reports:
         report["server_http_stack"] = stack
+        report["server_package"] = package
     (args.out_dir / "serve_bench.json").write_text(json.dumps(reports, indent=2))
     print("| scenario | out tok/s | req/s | TTFT p50 ms | TTFT p99 ms | TPOT p50 ms | ITL p50 ms | failed |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")

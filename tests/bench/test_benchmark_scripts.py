@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -77,3 +79,27 @@ def test_generic_throughput_runs_on_the_cpu(tmp_path: Path) -> None:
                                                       "generic path, c=4"]
     assert all(row["output_tokens_per_s"] > 0 for row in result["rows"])
     assert result["rows"][1]["first_request_matching_prefix_with_generate"] == 8  # float32: the same tokens
+
+
+def test_ab_rows_run_on_the_cpu(tiny_model_dir, tmp_path: Path) -> None:
+    """gpu_ab_rows.sh: each side's server imports its own folder's llmserve (here the base is this
+    checkout's package under another folder), the two rows only, a table of both."""
+    base = tmp_path / "base"
+    base.mkdir()
+    (base / "llmserve").symlink_to(ROOT / "llmserve")
+    with socket.socket() as sock:  # a free port: other test runs may be serving on the default one
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "MODEL": str(tiny_model_dir), "BASE": str(base), "ROUNDS": "1", "PORT": str(port),
+           "PYTHON": sys.executable, "BENCH_ARGS": "--device cpu"}
+    out = tmp_path / "ab"
+    proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_ab_rows.sh"), str(out)], capture_output=True,
+                          text=True, timeout=300, cwd=ROOT, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for side, package in (("base", base), ("head", ROOT)):
+        reports = json.loads((out / f"{side}-1" / "serve_bench.json").read_text())
+        assert [r["scenario"].split()[0] for r in reports] == ["latency", "throughput"]
+        assert all(r["server_package"] == str(package / "llmserve" / "__init__.py") for r in reports)
+        assert all(r["metrics"]["num_failed"] == 0 and r["metrics"]["output_tokens_per_s"] > 0 for r in reports)
+    table = (out / "ab.md").read_text().splitlines()
+    assert [line.split(" | ")[0] for line in table[2:]] == ["| base-1", "| head-1"]
