@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import gc
 import logging
-from typing import TYPE_CHECKING
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -102,7 +104,8 @@ def _reference(loaded: LoadedModel, config: WorkerConfig, path: str) -> Referenc
     """The probe's reference, from the model as loaded; a model whose own forward fails is refused."""
     plan = plan_probe(loaded.tokenizer, smallest_window(loaded.model.config), loaded.max_model_len, loaded.device)
     try:
-        reference = compute_reference(loaded.model, plan, loaded.device, loaded.dtype)
+        with _eager_attention(loaded.model):
+            reference = compute_reference(loaded.model, plan, loaded.device, loaded.dtype)
     except Exception as exc:  # any failure of the model's own code: nothing to check a path against
         raise ConfigError(f"{path}: {config.model_path} fails its own forward on the probe prompts: "
                           f"{_one_line(exc)}") from None
@@ -139,7 +142,34 @@ def _fast_engine(loaded: LoadedModel, config: WorkerConfig, path: str,
 
 def _generic_engine(loaded: LoadedModel, config: WorkerConfig, path: str, reference: Reference,
                     why: str) -> GenericEngine:
-    """The generic path's engine; it must pass the probe, or the worker is refused."""
+    """The generic path's engine; it must pass the probe, or the worker is refused.
+
+    The model runs with the attention implementation it loaded with; if that fails the probe and is
+    not transformers' eager attention (the reference's), eager is tried before refusing: some
+    transformers releases' SDPA path drops a feature of the model (5.17 loses Gemma 2's soft-cap).
+    """
+    engine, cause = _probed_generic_engine(loaded, config, path, reference, why)
+    if engine is None and _attention_implementation(loaded.model) not in (None, "eager"):
+        log.warning("%s: the generic path with %s attention fails its load-time check (%s); trying eager attention",
+                    path, _attention_implementation(loaded.model), cause)
+        try:
+            loaded.model.set_attn_implementation("eager")  # type: ignore[operator]
+        except Exception as exc:  # a model with no choice of attention: the first cause stands
+            log.debug("%s: cannot switch to eager attention: %s", path, _one_line(exc))
+        else:
+            engine, cause = _probed_generic_engine(loaded, config, path, reference, why + " (eager attention)")
+    if engine is not None:
+        return engine
+    if config.engine_path == GENERIC:
+        raise ConfigError(f'{path}.engine_path = "generic": the generic path fails its load-time check on '
+                          f"{config.model_path}: {cause}")
+    raise ConfigError(f"{path}: cannot serve {config.model_path} correctly: {why}, and the generic path fails "
+                      f"its load-time check too: {cause}")
+
+
+def _probed_generic_engine(loaded: LoadedModel, config: WorkerConfig, path: str, reference: Reference,
+                           why: str) -> tuple[GenericEngine | None, str]:
+    """The generic path's engine when it passes the probe, else None and the cause (one line)."""
     from llmserve.generic.builder import build_generic_engine
 
     try:
@@ -147,20 +177,38 @@ def _generic_engine(loaded: LoadedModel, config: WorkerConfig, path: str, refere
         result = probe_engine(engine, reference)
     except ConfigError:
         raise
-    except Exception as exc:  # refused below, with the cause
+    except Exception as exc:  # refused by the caller, with the cause
         log.debug("%s: the generic path failed on %s", path, config.model_path, exc_info=True)
-        cause = f"it raised {_one_line(exc)}"
-    else:
-        _log_probe(path, GENERIC, result)
-        cause = result.cause
-        if result.passed:
-            engine.serving_path = ServingPath(GENERIC, f"{why}; {result.summary()}")
-            return engine
-    if config.engine_path == GENERIC:
-        raise ConfigError(f'{path}.engine_path = "generic": the generic path fails its load-time check on '
-                          f"{config.model_path}: {cause}")
-    raise ConfigError(f"{path}: cannot serve {config.model_path} correctly: {why}, and the generic path fails "
-                      f"its load-time check too: {cause}")
+        return None, f"it raised {_one_line(exc)}"
+    _log_probe(path, GENERIC, result)
+    if not result.passed:
+        return None, result.cause
+    engine.serving_path = ServingPath(GENERIC, f"{why}; {result.summary()}")
+    return engine, ""
+
+
+def _attention_implementation(model: torch.nn.Module) -> str | None:
+    return getattr(getattr(model, "config", None), "_attn_implementation", None)
+
+
+@contextmanager
+def _eager_attention(model: torch.nn.Module) -> Iterator[None]:
+    """transformers' eager attention while inside: the model's definition, no kernel shortcuts, is
+    what the probe compares with (SDPA in transformers 5.17 drops Gemma 2's soft-cap)."""
+    previous = _attention_implementation(model)
+    setter: Any = getattr(model, "set_attn_implementation", None)
+    if previous in (None, "eager") or setter is None:
+        yield
+        return
+    try:
+        setter("eager")
+    except Exception:  # remote code or a model without a choice: its own attention is the reference
+        yield
+        return
+    try:
+        yield
+    finally:
+        setter(previous)
 
 
 def build_fast_engine(loaded: LoadedModel, config: WorkerConfig, path: str) -> LLMEngine:
