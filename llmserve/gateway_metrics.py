@@ -28,6 +28,14 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 PREFIX = "llmserve_gateway_"
+# The endpoint picker's flags and their values (deploy/kubernetes/base/epp.yaml passes exactly these).
+PICKER_FLAGS = {
+    "total-queued-requests-metric": PREFIX + "num_requests_waiting{model=*}",
+    "total-running-requests-metric": PREFIX + "num_requests_running{model=*}",
+    "kv-cache-usage-percentage-metric": PREFIX + "kv_cache_usage_ratio{model=*}",
+    "cache-info-metric": PREFIX + "cache_config_info{model=*}",
+    "lora-info-metric": "",
+}
 
 
 class KVPool(Protocol):

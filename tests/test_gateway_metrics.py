@@ -8,15 +8,18 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from llmserve.engine.kv_cache import BlockPool
 from llmserve.engine.request import SamplingParams, Sequence
-from llmserve.gateway_metrics import kv_usage
+from llmserve.gateway_metrics import PICKER_FLAGS, kv_usage
 from llmserve.metrics import ServerMetrics
 
-PICKER_FLAGS = {  # what docs/scaling-out.md and the chart's endpoint picker pass
-    "total-queued-requests-metric": ("llmserve_gateway_num_requests_waiting", "gauge"),
-    "total-running-requests-metric": ("llmserve_gateway_num_requests_running", "gauge"),
-    "kv-cache-usage-percentage-metric": ("llmserve_gateway_kv_cache_usage_ratio", "gauge"),
-    "cache-info-metric": ("llmserve_gateway_cache_config_info", "gauge"),
-}
+TYPES = {"total-queued-requests-metric": "gauge", "total-running-requests-metric": "gauge",
+         "kv-cache-usage-percentage-metric": "gauge", "cache-info-metric": "gauge"}
+
+
+def _spec(value: str) -> tuple[str, dict[str, str]]:
+    """A picker flag's `name{label=value,...}` as the picker splits it (values unquoted)."""
+    name, _, rest = value.partition("{")
+    pairs = [p.split("=") for p in rest.rstrip("}").split(",")] if rest else []
+    return name.strip(), {k.strip(): v.strip() for k, v in pairs}
 
 
 @dataclass
@@ -59,21 +62,22 @@ def _first_matching(family, labels: dict[str, str]):
 
 
 def test_the_picker_reads_instance_totals_with_the_documented_flags_per_model_on_and_off() -> None:
+    assert PICKER_FLAGS["lora-info-metric"] == ""  # no LoRA adapters: the picker skips that scrape
     for per_model in (True, False):
         families = _families(per_model)
-        for name, kind in PICKER_FLAGS.values():
-            assert families[name].type == kind
-        assert families["llmserve_gateway_prefix_cache_queries"].type == "counter"
-        assert families["llmserve_gateway_prefix_cache_hits"].type == "counter"
-        read = {flag: _first_matching(families[name], {"model": "*"}) for flag, (name, _) in PICKER_FLAGS.items()}
+        read = {}
+        for flag, kind in TYPES.items():
+            name, labels = _spec(PICKER_FLAGS[flag])
+            assert labels == {"model": "*"} and families[name].type == kind
+            read[flag] = _first_matching(families[name], labels)
+            assert families[name].samples[0] is read[flag]  # first: a flag without a selector reads it too
         assert read["total-queued-requests-metric"].value == 3
         assert read["total-running-requests-metric"].value == 8
         assert read["kv-cache-usage-percentage-metric"].value == 75 / 400  # blocks in use over blocks, all pools
         assert read["cache-info-metric"].labels == {"model": "*", "block_size": "16", "num_gpu_blocks": "400",
                                                    "enable_prefix_caching": "true"}
-        # The instance series comes first, so a flag without a label selector reads it as well.
-        for name, _ in PICKER_FLAGS.values():
-            assert families[name].samples[0].labels["model"] == "*"
+        assert families["llmserve_gateway_prefix_cache_queries"].type == "counter"
+        assert families["llmserve_gateway_prefix_cache_hits"].type == "counter"
         hits = [s for s in families["llmserve_gateway_prefix_cache_hits"].samples if s.name.endswith("_total")]
         assert hits[0].value == 32
 
