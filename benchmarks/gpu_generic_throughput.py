@@ -128,7 +128,7 @@ def main() -> int:
     config = WorkerConfig(model_path=str(model_dir), device=args.device, dtype=args.dtype, engine_path="generic",
                           max_num_seqs=max(args.concurrency), max_num_batched_tokens=8192)
     started = time.perf_counter()
-    engine = build_engine(config, 0)
+    engine: Any = build_engine(config, 0)
     build_s = time.perf_counter() - started
     engine_rate(engine, requests[:1], 4, 1, first_id=10**6)  # warm-up
     rows: list[dict[str, Any]] = [{"run": "model.generate, batch 1", "output_tokens_per_s": baseline,

@@ -18,7 +18,9 @@ with logprobs (prefix-cache hits).
   Yardstick: transformers' bf16 sdpa forward against its bf16 eager one on the same tokens, where
   sdpa is valid for the model (its float32 sdpa forward within SDPA_VALID of float32 eager).
 - float32: the engine's greedy tokens must equal `model.generate`'s (eager), in every pass; the
-  largest |logprob difference| against the model's own float32 forward is reported.
+  largest |logprob difference| against the model's own float32 forward is reported. Its CUDA graphs
+  capture the eager forward unless `--compile-float32` (halves the compiling; the bf16 engine, with
+  the worker defaults, checks the compiled forward).
 
 Each family runs in a child process of its own, `--jobs` at once (compiling is CPU-bound and the
 families are independent); its log goes to the log folder. JSON to --out, a table printed last.
@@ -100,12 +102,13 @@ def release() -> None:
 
 
 def serve(model_dir: Path, dtype: str, device: str, prompts: list[list[int]], max_tokens: int,
-          remote: bool) -> dict[str, Any]:
+          remote: bool, compile_model: bool = True) -> dict[str, Any]:
     """Both passes through the engine the worker's builder makes: tokens, logprobs, how it ran."""
     config = WorkerConfig(model_path=str(model_dir), device=device, dtype=dtype, max_num_seqs=16,
-                          max_num_batched_tokens=512, kv_cache_tokens=16384, trust_remote_code=remote)
+                          max_num_batched_tokens=512, kv_cache_tokens=16384, trust_remote_code=remote,
+                          compile=compile_model)
     started = time.perf_counter()
-    engine = build_engine(config, 0)
+    engine: Any = build_engine(config, 0)
     build_s = time.perf_counter() - started
     graphs = getattr(getattr(engine, "runner", None), "graphs", None)
     started = time.perf_counter()
@@ -125,8 +128,8 @@ def serve(model_dir: Path, dtype: str, device: str, prompts: list[list[int]], ma
 
 
 def load(model_dir: Path, dtype: torch.dtype, attention: str, device: str, remote: bool) -> Any:
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, attn_implementation=attention,
-                                                 trust_remote_code=remote)
+    model: Any = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype, attn_implementation=attention,
+                                                      trust_remote_code=remote)
     return model.to(device).eval()
 
 
@@ -199,7 +202,7 @@ def try_rows(model_dir: Path, dtype: torch.dtype, attention: str, device: str, r
 
 
 def check_family(family: str, tokenizer_dir: Path, work: Path, device: str, scale: int, num_prompts: int,
-                 max_tokens: int) -> dict[str, Any]:
+                 max_tokens: int, compile_float32: bool) -> dict[str, Any]:
     started = time.perf_counter()
     remote = family == REMOTE_CODE
     model_dir = build(family, tokenizer_dir, work / family, scale)
@@ -208,14 +211,18 @@ def check_family(family: str, tokenizer_dir: Path, work: Path, device: str, scal
     row: dict[str, Any] = {"family": family, "shape": gpu_shape(family, scale),
                            "class": "TinyGLM (remote code)" if remote else FAMILIES[family].model_cls.__name__}
     bf16 = serve(model_dir, "bfloat16", device, prompts, max_tokens, remote)
-    fp32 = serve(model_dir, "float32", device, prompts, max_tokens, remote)
+    fp32 = serve(model_dir, "float32", device, prompts, max_tokens, remote, compile_float32)
     eager = try_rows(model_dir, torch.bfloat16, "eager", device, remote, prompts, bf16["passes"])
     assert not isinstance(eager, str), eager
     sdpa = try_rows(model_dir, torch.bfloat16, "sdpa", device, remote, prompts, bf16["passes"][-1:])
     # Is sdpa the same attention as eager for this model? Measured in float32, where it should be.
-    eager32 = try_rows(model_dir, torch.float32, "eager", device, remote, prompts, bf16["passes"][-1:])
+    model = load(model_dir, torch.float32, "eager", device, remote)
+    expected = reference(model, prompts, max_tokens)
+    eager32 = rows_for(model, prompts, bf16["passes"][-1:])
+    fp32_rows = rows_for(model, prompts, fp32["passes"][-1:])
+    del model
+    release()
     sdpa32 = try_rows(model_dir, torch.float32, "sdpa", device, remote, prompts, bf16["passes"][-1:])
-    assert not isinstance(eager32, str), eager32
     yardstick: dict[str, Any] = {"sdpa_valid": False}
     if isinstance(sdpa32, str) or isinstance(sdpa, str):
         yardstick["reason"] = f"sdpa not loadable: {sdpa32 if isinstance(sdpa32, str) else sdpa}"
@@ -228,11 +235,6 @@ def check_family(family: str, tokenizer_dir: Path, work: Path, device: str, scal
         else:
             yardstick["reason"] = f"float32 sdpa differs from eager by {float32_gap:.2g} (a feature it drops)"
     bf16_agreement = agreement(eager, prompts, bf16["passes"], bf16["logprobs"])
-    model = load(model_dir, torch.float32, "eager", device, remote)
-    expected = reference(model, prompts, max_tokens)
-    fp32_rows = rows_for(model, prompts, fp32["passes"][-1:])
-    del model
-    release()
     exact = [matching_prefix(got, want["tokens"]) == max_tokens
              for run in fp32["passes"] for got, want in zip(run, expected, strict=True)]
     row.update({
@@ -258,7 +260,7 @@ def run_child(family: str, args: argparse.Namespace, work: Path, tokenizer_dir: 
     row_path, log_path = work / f"{family}.json", log_dir / f"{family}.log"
     command = [sys.executable, __file__, "--child", family, "--work", str(work), "--tokenizer-dir", str(tokenizer_dir),
                "--device", args.device, "--scale", str(args.scale), "--num-prompts", str(args.num_prompts),
-               "--max-tokens", str(args.max_tokens)]
+               "--max-tokens", str(args.max_tokens), *(["--compile-float32"] if args.compile_float32 else [])]
     started = time.perf_counter()
     with log_path.open("w") as log:
         try:
@@ -310,8 +312,10 @@ def main() -> int:
     parser.add_argument("--scale", type=int, default=4, help="widths times the tiny matrix's (1: its very shapes)")
     parser.add_argument("--num-prompts", type=int, default=8)
     parser.add_argument("--max-tokens", type=int, default=32)
-    parser.add_argument("--jobs", type=int, default=8, help="families checked at once, each in its own process")
-    parser.add_argument("--family-timeout", type=float, default=420.0, help="seconds one family may take")
+    parser.add_argument("--jobs", type=int, default=12, help="families checked at once, each in its own process")
+    parser.add_argument("--family-timeout", type=float, default=240.0, help="seconds one family may take")
+    parser.add_argument("--compile-float32", action="store_true",
+                        help="compile the float32 engine's forward too (its CUDA graphs capture the eager one otherwise)")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--log-dir", type=Path, default=None, help="per-family logs (default: beside --out)")
     parser.add_argument("--device", default="cuda", help="cpu only smoke-tests this script")
@@ -324,7 +328,7 @@ def main() -> int:
     if args.child:
         try:
             row = check_family(args.child, args.tokenizer_dir, args.work, args.device, args.scale, args.num_prompts,
-                               args.max_tokens)
+                               args.max_tokens, args.compile_float32)
         except Exception:
             row = {"family": args.child, "ok": False, "error": traceback.format_exc(limit=-4)}
         (args.work / f"{args.child}.json").write_text(json.dumps(row, indent=2))
@@ -344,6 +348,7 @@ def main() -> int:
     device = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else args.device
     results = {"device": device, "torch": torch.__version__, "scale": args.scale, "num_prompts": args.num_prompts,
                "max_tokens": args.max_tokens, "jobs": args.jobs, "bf16_tolerance": TOLERANCE,
+               "float32_compiled": args.compile_float32,
                "wall_s": round(time.perf_counter() - started, 1), "families": {r["family"]: r for r in rows}}
     if args.out:
         args.out.write_text(json.dumps(results, indent=2))
