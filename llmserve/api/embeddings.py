@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from llmserve.api.json_body import read_body
-from llmserve.api.schemas import INT64_MAX, Int64, StrictRequest
+from llmserve.api.schemas import INT64_MAX, PromptInput, StrictRequest
 from llmserve.api.state import server_state
 from llmserve.api.streaming import new_id, raise_if_error, until_disconnect
 from llmserve.embedding.embedder import truncate_ids
@@ -36,7 +36,7 @@ class EmbeddingRequest(StrictRequest):
     """The OpenAI embeddings request; unknown fields are ignored."""
 
     model: str | None = Field(default=None, min_length=1)
-    input: str | list[str] | list[Int64] | list[list[Int64]]
+    input: PromptInput
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = Field(default=None, ge=1, le=INT64_MAX)
     user: str | None = None

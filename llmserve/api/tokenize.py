@@ -23,7 +23,7 @@ from starlette.responses import Response
 
 from llmserve.api.chat import template_messages
 from llmserve.api.json_body import read_body
-from llmserve.api.schemas import ChatMessage, Int64, NonNegativeInt64, StrictRequest
+from llmserve.api.schemas import ChatMessage, NonNegativeInt64, StrictRequest, TokenIds
 from llmserve.api.state import server_state
 from llmserve.api.streaming import off_loop_if_large
 from llmserve.errors import InvalidRequestError
@@ -40,7 +40,7 @@ class TokenizeRequest(StrictRequest):
 
 class DetokenizeRequest(StrictRequest):
     model: str = Field(min_length=1)
-    tokens: list[Int64]
+    tokens: TokenIds
 
 
 class TokenCheckItem(StrictRequest):

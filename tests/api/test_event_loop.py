@@ -4,6 +4,7 @@ tokenized. The server runs as `llmserve run` in a process of its own, so the cli
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import socket
@@ -11,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -116,3 +117,43 @@ def test_streams_keep_flowing_while_a_4_mb_prompt_is_tokenized(server: tuple[str
     assert times["answered"] - times["sent"] > 0.5 and len(during) > 10, (times, len(during))
     gaps = sorted(b - a for a, b in zip(during, during[1:], strict=False))
     assert gaps[-1] < 0.1, f"longest inter-chunk gaps while tokenizing: {[round(g * 1000) for g in gaps[-5:]]} ms"
+
+
+def _longest_loop_stall_s(work: Callable[[], object]) -> float:
+    """Longest time the event loop waited for the GIL while `work` ran in a worker thread."""
+
+    async def measure() -> float:
+        stalls = [0.0]
+        finished = asyncio.Event()
+
+        async def tick() -> None:
+            last = time.perf_counter()
+            while not finished.is_set():
+                await asyncio.sleep(0.002)
+                now = time.perf_counter()
+                stalls.append(now - last - 0.002)
+                last = now
+
+        ticker = asyncio.create_task(tick())
+        await asyncio.to_thread(work)
+        finished.set()
+        await ticker
+        return max(stalls)
+
+    return asyncio.run(measure())
+
+
+def test_a_million_token_ids_are_parsed_without_stalling_the_loop() -> None:
+    """The C JSON parser and pydantic's Rust validators hold the GIL for 0.3-0.9 s over such a body
+    even in a worker thread; json_body and the schemas' Python checks let it go every few ms."""
+    from llmserve.api.json_body import parse_body
+    from llmserve.api.schemas import CompletionRequest
+
+    raw = json.dumps({"model": "tiny", "prompt": list(range(1000, 1_000_000))}).encode()  # 6.9 MB
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(0.0005)  # as `llmserve run` sets it
+    try:
+        stall_s = _longest_loop_stall_s(lambda: parse_body(raw, CompletionRequest, True))
+    finally:
+        sys.setswitchinterval(previous)
+    assert stall_s < 0.1, f"the loop waited {stall_s * 1000:.0f} ms"
