@@ -69,7 +69,7 @@ def parse_body(raw: bytes, model: type[_M], lets_go: bool = False) -> _M:
         raise validation_error(exc) from None
 
 
-def parse_json(raw: bytes, lets_go: bool = False) -> Any:
+def parse_json(raw: bytes, lets_go: bool = False, what: str = "the request body") -> Any:
     """JSON within the depth and number limits, free of lone surrogates.
 
     `lets_go`: integers are built by a Python function, so the interpreter can switch threads between
@@ -79,22 +79,22 @@ def parse_json(raw: bytes, lets_go: bool = False) -> Any:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
-        raise InvalidRequestError("the request body is not valid UTF-8") from None
-    _check_shape(raw)
+        raise InvalidRequestError(f"{what} is not valid UTF-8") from None
+    _check_shape(raw, what)
     try:
         data = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float,
                           parse_int=_int if lets_go else None)
     except json.JSONDecodeError as exc:
-        raise InvalidRequestError(f"the request body is not valid JSON: {exc.msg} at line {exc.lineno} "
+        raise InvalidRequestError(f"{what} is not valid JSON: {exc.msg} at line {exc.lineno} "
                                   f"column {exc.colno}") from None
     except RecursionError:  # unreachable after _check_shape; kept so no input can become a 500
-        raise InvalidRequestError(f"the request body nests deeper than {MAX_DEPTH} levels") from None
+        raise InvalidRequestError(f"{what} nests deeper than {MAX_DEPTH} levels") from None
     if _SURROGATE_ESCAPE.search(raw) is not None:
         _reject_lone_surrogates(data)
     return data
 
 
-def _check_shape(raw: bytes) -> None:
+def _check_shape(raw: bytes, what: str) -> None:
     """Depth and number length, measured on the body with its string literals removed."""
     may_be_deep = raw.count(b"[") + raw.count(b"{") > MAX_DEPTH
     may_have_long_number = longest_digit_run(raw) > MAX_NUMBER_DIGITS
@@ -102,9 +102,9 @@ def _check_shape(raw: bytes) -> None:
         return
     skeleton = _STRING.sub(b"", raw)
     if may_have_long_number and _LONG_NUMBER.search(skeleton) is not None:
-        raise InvalidRequestError(f"the request body has a number of more than {MAX_NUMBER_DIGITS} digits")
+        raise InvalidRequestError(f"{what} has a number of more than {MAX_NUMBER_DIGITS} digits")
     if may_be_deep and nesting_depth(skeleton) > MAX_DEPTH:
-        raise InvalidRequestError(f"the request body nests deeper than {MAX_DEPTH} levels")
+        raise InvalidRequestError(f"{what} nests deeper than {MAX_DEPTH} levels")
 
 
 def longest_digit_run(raw: bytes) -> int:
@@ -130,7 +130,7 @@ def _int(text: str) -> int:
 
 
 def _reject_constant(name: str) -> Any:
-    raise InvalidRequestError(f"the request body is not valid JSON: {name} is not a JSON number")
+    raise InvalidRequestError(f"{name} is not a JSON number")
 
 
 def _finite_float(text: str) -> float:

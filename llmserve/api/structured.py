@@ -134,12 +134,12 @@ def _from_structured_outputs(extra: StructuredOutputs) -> tuple[GrammarSpec, str
 
 
 def _parse_schema_text(text: str, param: str) -> Any:
-    import json
+    from llmserve.api.json_body import parse_json  # the request parser's limits: depth, number size
 
     try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        raise InvalidRequestError("the JSON schema string is not valid JSON", param=param) from None
+        return parse_json(text.encode(), what="the JSON schema string")
+    except InvalidRequestError as exc:
+        raise InvalidRequestError(exc.message, param=param) from None
 
 
 def _schema_spec(schema: object, param: str) -> GrammarSpec:

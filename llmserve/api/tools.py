@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from llmserve.api.json_body import parse_json
 from llmserve.errors import InvalidRequestError
 from llmserve.structured.spec import GrammarSpec
 from llmserve.tool_parsers import FunctionTool, ToolParser, tool_parser_class
@@ -168,8 +169,8 @@ def template_tool_calls(calls: list[ToolCallIn]) -> list[dict[str, Any]]:
     out = []
     for call in calls:
         try:
-            arguments: Any = json.loads(call.function.arguments)
-        except json.JSONDecodeError:
+            arguments: Any = parse_json(call.function.arguments.encode())
+        except InvalidRequestError:  # not JSON, or beyond json_body's limits: kept as the string
             arguments = call.function.arguments
         if not isinstance(arguments, dict):
             arguments = call.function.arguments

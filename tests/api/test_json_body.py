@@ -19,7 +19,8 @@ from llmserve.errors import InvalidRequestError
 
 M = "tiny-llama"
 USER = [{"role": "user", "content": "hi"}]
-POST_ROUTES = ["/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/tokenize", "/v1/detokenize",
+POST_ROUTES = ["/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/embeddings", "/v1/tokenize",
+               "/v1/detokenize",
                "/api/v1/token_check", "/ui/api/vote", "/ui/api/battle"]
 
 
@@ -117,7 +118,8 @@ _values = st.recursive(_scalars, lambda inner: st.lists(inner, max_size=4)
                        max_leaves=20)
 _bodies = st.dictionaries(st.sampled_from(["model", "messages", "prompt", "n", "stream", "max_tokens", "tokens",
                                            "prompts", "input", "winner", "battle_id", "logit_bias", "seed", "top_k",
-                                           "temperature", "stop", "echo", "logprobs", "messages"]),
+                                           "temperature", "stop", "echo", "logprobs", "input", "tools",
+                                           "tool_choice", "response_format", "instructions"]),
                           _values, max_size=6)
 
 
@@ -159,3 +161,19 @@ def test_a_client_leaving_mid_body_is_not_an_error(keyless_root: str, caplog: py
     metrics = httpx.get(keyless_root + "/metrics").text
     assert 'status="500"' not in metrics and 'status="499"' not in metrics
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+
+
+@pytest.mark.parametrize("text", ["[" * 100_000 + "]" * 100_000, "1" * 5000], ids=["deep", "long number"])
+def test_json_inside_strings_goes_through_the_same_parser(keyless_root: str, text: str) -> None:
+    """Tool-call arguments and JSON-schema strings are JSON too: no RecursionError or int-conversion 500."""
+    url = keyless_root + "/v1/chat/completions"
+    turns = [{"role": "user", "content": "hi"},
+             {"role": "assistant", "content": None, "tool_calls": [
+                 {"id": "c1", "type": "function", "function": {"name": "f", "arguments": text[:2000]}}]},
+             {"role": "tool", "tool_call_id": "c1", "content": "ok"}]
+    r = httpx.post(url, json={"model": M, "messages": turns, "max_tokens": 2}, timeout=60)
+    assert r.status_code == 200, r.text  # arguments that are not JSON within limits stay a string
+    r = httpx.post(url, json={"model": M, "messages": USER, "max_tokens": 2, "structured_outputs": {"json": text}},
+                   timeout=60)
+    assert r.status_code == 400 and r.json()["error"]["message"].startswith("the JSON schema string")
+    assert r.json()["error"]["param"].startswith("structured_outputs")
