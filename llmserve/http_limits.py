@@ -174,7 +174,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
                 cycle.disconnected = True  # the app's receive() ends; nothing it sends goes out
                 cycle.message_event.set()
             self.transport.write(error_response(status, message))
-        log.info("closed a connection from %s: %d %s", _peer(self.client), status, message)
+        log.debug("closed a connection from %s: %d %s", _peer(self.client), status, message)
         self.transport.close()
 
     async def _refuse(self, scope: Any, receive: Any, send: Any) -> None:

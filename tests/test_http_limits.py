@@ -250,3 +250,40 @@ def test_memory_returns_after_a_flood_of_oversized_headers() -> None:
     with httptools, `flood_rss_mb("stock")`, peaks at +150 MB.)"""
     before, peak, after = flood_rss_mb("limited")
     assert peak - before < 40 and after - before < 10, (before, peak, after)
+
+
+def test_the_limits_hold_over_tls(tmp_path) -> None:
+    """`llmserve run` passes the TLS and the limit arguments together: both apply."""
+    import ssl
+
+    import trustme
+
+    from llmserve.tls import uvicorn_tls_kwargs
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.cert_chain_pems[0].write_to_path(cert_file)
+    cert.private_key_pem.write_to_path(key_file)
+    server = dataclasses.replace(LIMITS, ssl_certfile=str(cert_file), ssl_keyfile=str(key_file))
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    app = Starlette(routes=[Route("/echo", _echo, methods=["GET", "POST"])])
+    port = free_port()
+    uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off",
+                                       **uvicorn_tls_kwargs(server), **uvicorn_options(server)))
+    thread = threading.Thread(target=uv.run, daemon=True)
+    thread.start()
+    try:
+        while not uv.started:
+            assert thread.is_alive()
+            time.sleep(0.01)
+        for head, status in ((b"GET /echo HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", 200),
+                             (b"GET /echo HTTP/1.1\r\nHost: x\r\nX-Big: " + b"b" * 5000 + b"\r\n\r\n", 431)):
+            with context.wrap_socket(connect(port), server_hostname="127.0.0.1") as sock:
+                sock.sendall(head)
+                response = read_until_closed(sock)
+            assert response.startswith(b"HTTP/1.1 %d" % status), response[:100]
+    finally:
+        uv.should_exit = True
+        thread.join(timeout=10)
