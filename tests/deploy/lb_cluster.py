@@ -220,11 +220,14 @@ def _wait_all_up(cluster: Cluster, timeout_s: float = 30) -> None:
         while seen != set(cluster.instances):
             assert time.monotonic() < deadline, f"only {sorted(seen)} up behind haproxy"
             # Concurrent ones: leastconn spreads them; one at a time would all go to one box.
-            threads, served = [], []
-            for _ in range(2 * len(cluster.instances)):
-                thread = threading.Thread(target=lambda: served.append(
-                    client.post(cluster.url + "/v1/completions", json=body).headers.get("x-served-by", "")))
-                threads.append(thread)
+            served: list[str] = []
+
+            def ask(served: list[str] = served) -> None:
+                response = client.post(cluster.url + "/v1/completions", json=body)
+                served.append(response.headers.get("x-served-by", ""))
+
+            threads = [threading.Thread(target=ask) for _ in range(2 * len(cluster.instances))]
+            for thread in threads:
                 thread.start()
             for thread in threads:
                 thread.join(30)
