@@ -27,11 +27,18 @@ from typing import Any
 import torch
 
 from llmserve.engine.outputs import SequenceOutput, TrackedSequence, check_stop, emit, token_logprob, track
-from llmserve.engine.request import SamplingParams, Sequence, SequenceStatus, TokenLogprob
-from llmserve.engine.sampler import SampleResult, build_sampling_batch, prompt_logprob_table, sample
+from llmserve.engine.request import SamplingParams, Sequence, SequenceStatus, TokenLogprob, check_prompt
+from llmserve.engine.sampler import (
+    SampleResult,
+    build_sampling_batch,
+    check_sampling_params,
+    prompt_logprob_table,
+    sample,
+)
 from llmserve.generic.batch import RowBatch
 from llmserve.generic.forward import ModelForward
 from llmserve.generic.rows import CacheLayout, CannotStack
+from llmserve.structured.decoding import StructuredDecoding
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +73,7 @@ class GenericEngine:
         self.max_num_batched_tokens = max_num_batched_tokens
         self.stream_interval = stream_interval
         self.serving_path: Any = None  # set by the builder that chose this path
+        self.structured = StructuredDecoding(tokenizer, vocab_size, stop_token_ids)  # grammar rows' masks
         self.last_scheduled: list[int] = []
         self._tracked: dict[int, TrackedSequence] = {}
         self._waiting: deque[int] = deque()
@@ -90,11 +98,13 @@ class GenericEngine:
     def add(self, seq_id: int, prompt_ids: list[int], params: SamplingParams) -> None:
         """Queue a sequence; it is prefilled and joins the running batch at the next step."""
         try:
+            check_prompt(prompt_ids, self.vocab_size, self.max_model_len)
+            check_sampling_params(params, self.vocab_size)
             tracked = track(Sequence(seq_id, list(prompt_ids), params), self.tokenizer, self.device)
         except Exception as exc:  # a bad request fails alone, at the next step
-            log.exception("sequence %d: could not be set up", seq_id)
+            log.info("sequence %d: refused: %s", seq_id, exc)
             self._rejected.append(SequenceOutput(seq_id, "", [], [], SequenceStatus.FINISHED_ERROR.finish_reason,
-                                                 len(prompt_ids), 0, error=_message("set-up", exc)))
+                                                 len(prompt_ids), 0, error=f"invalid request: {exc}"))
             return
         self._tracked[seq_id] = tracked
         self._waiting.append(seq_id)
@@ -266,7 +276,9 @@ class GenericEngine:
         seqs = [r.tracked.seq for r in rows]
         logits = torch.stack([r.logits for r in rows])  # [R, V]
         generators = [r.tracked.generator for r in rows]
-        return sample(logits, build_sampling_batch(seqs, generators, self._generator, self.vocab_size, logits.device))
+        batch = build_sampling_batch(seqs, generators, self._generator, self.vocab_size, logits.device)
+        batch.token_mask = self.structured.token_mask(seqs, logits.device)
+        return sample(logits, batch)
 
     def _sample_isolated(self, rows: list[_Row], outputs: list[SequenceOutput]) -> list[tuple[_Row, SampleResult, int]]:
         """Each row with its sampled result and its row in it; if sampling the batch fails, rows are

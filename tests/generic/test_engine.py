@@ -242,7 +242,23 @@ def test_a_model_that_ignores_padding_decodes_alone(tiny_model_dir: Path) -> Non
     assert plan.layout is None and not plan.batched_prefill and "differs from a lone one" in plan.reason
 
 
-def test_a_request_that_fails_sampling_fails_alone(hybrid_dir: Path) -> None:
+def test_a_request_with_values_no_batch_can_hold_is_refused_alone(hybrid_dir: Path) -> None:
+    engine = engine_for(hybrid_dir)
+    reference = load_reference(hybrid_dir)
+    prompts = [engine.tokenizer.encode(t) for t in TEXTS[:3]]
+    bad = SamplingParams(max_tokens=8, temperature=0, logit_bias=((10**9, 1.0),))  # past the HTTP edge's checks
+    requests = [(prompts[0], SamplingParams(max_tokens=8, temperature=0)), (prompts[1], bad),
+                (prompts[2], SamplingParams(max_tokens=8, temperature=0))]
+    events = run(engine, requests, burst=3)
+    assert events[1][-1].finish_reason == "error"
+    assert "invalid request: logit_bias token id" in (events[1][-1].error or "")
+    for i in (0, 2):
+        assert tokens(events[i]) == generate(reference, prompts[i], 8)
+    assert not engine.has_work and not engine._groups
+
+
+def test_a_request_that_fails_sampling_fails_alone(hybrid_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("llmserve.generic.engine.check_sampling_params", lambda params, vocab_size: None)
     engine = engine_for(hybrid_dir)
     reference = load_reference(hybrid_dir)
     prompts = [engine.tokenizer.encode(t) for t in TEXTS[:3]]

@@ -133,3 +133,18 @@ def test_allowed_tokens_unpacks_every_bit() -> None:
     assert mask[1].nonzero().flatten().tolist() == [0, 31, 35]
     allowed = torch.rand(70, generator=torch.Generator().manual_seed(0)) > 0.5
     assert torch.equal(allowed_tokens(pack_bits(allowed).unsqueeze(0), 70)[0], allowed)
+
+
+def test_json_schema_answers_validate_on_the_generic_path(tiny_model_dir) -> None:
+    """The generic path applies the same grammar masks: seeded samples beside a free row all validate."""
+    engine = build_engine(WorkerConfig(model_path=str(tiny_model_dir), dtype="float32", engine_path="generic"), 0)
+    assert engine.serving_path.name == "generic"
+    spec = GrammarSpec.json_schema(PERSON)
+    requests = {i: SamplingParams(max_tokens=200, temperature=1.0, seed=i, grammar=spec) for i in range(8)}
+    requests[100] = SamplingParams(max_tokens=20, temperature=1.0, seed=1)
+    results = _generate(engine, requests, [1, 2, 3])
+    for i in range(8):
+        text, reason = results[i]
+        assert reason == "stop", (i, text)
+        jsonschema.validate(json.loads(text), PERSON)
+    assert results[100][1] == "length"
