@@ -255,16 +255,21 @@ def check_family(family: str, tokenizer_dir: Path, work: Path, device: str, scal
 
 
 def run_child(family: str, args: argparse.Namespace, work: Path, tokenizer_dir: Path, log_dir: Path,
-              env: dict[str, str]) -> dict[str, Any]:
+              env: dict[str, str], deadline: float) -> dict[str, Any]:
     """`check_family` in a process of its own; a crash or a timeout is a row with its cause."""
     row_path, log_path = work / f"{family}.json", log_dir / f"{family}.log"
+    timeout = min(args.family_timeout, deadline - time.monotonic())
+    if timeout <= 0:
+        row = {"family": family, "ok": False, "error": f"not run: --time-limit {args.time_limit:.0f} s reached"}
+        print(summary_line(row), flush=True)
+        return row
     command = [sys.executable, __file__, "--child", family, "--work", str(work), "--tokenizer-dir", str(tokenizer_dir),
                "--device", args.device, "--scale", str(args.scale), "--num-prompts", str(args.num_prompts),
                "--max-tokens", str(args.max_tokens), *(["--compile-float32"] if args.compile_float32 else [])]
     started = time.perf_counter()
     with log_path.open("w") as log:
         try:
-            subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env, timeout=args.family_timeout)
+            subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env, timeout=timeout)
         except subprocess.TimeoutExpired:
             pass
     if row_path.exists():
@@ -292,7 +297,7 @@ def summary_line(row: dict[str, Any]) -> str:
 
 def print_table(rows: list[dict[str, Any]]) -> None:
     print(f"\nbf16: teacher-forced against transformers' bf16 eager forward, tolerance {TOLERANCE}; float32: against generate")
-    print("| family | path | compiled | bf16 argmax agreed | bf16 prompts all agreed | bf16 max dlogprob | "
+    print("| family | path (bf16) | compiled | bf16 argmax agreed | bf16 prompts all agreed | bf16 max dlogprob | "
           "HF bf16 eager vs sdpa | fp32 token-identical | fp32 max dlogprob | s |")
     print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
@@ -301,7 +306,8 @@ def print_table(rows: list[dict[str, Any]]) -> None:
             continue
         b, f, y = r["bfloat16"], r["float32"], r["hf_yardstick"]
         sdpa = f"{y['bfloat16_eager_vs_sdpa']['max_logprob_diff']:.3f}" if y["sdpa_valid"] else "n/a"
-        print(f"| {r['family']} | {r['path']} | {b['compiled']} | {b['argmax_agreed']}/{b['steps']} | "
+        path = r["path"] if r["float32_path"] == r["path"] else f"{r['path']} (float32: {r['float32_path']})"
+        print(f"| {r['family']} | {path} | {b['compiled']} | {b['argmax_agreed']}/{b['steps']} | "
               f"{b['prompts_all_agreed']}/{b['prompts']} | {b['max_logprob_diff']:.3f} | {sdpa} | "
               f"{f['token_identical']}/{f['runs']} | {f['max_logprob_diff']:.1e} | {r['seconds']} |")
 
@@ -314,6 +320,9 @@ def main() -> int:
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--jobs", type=int, default=12, help="families checked at once, each in its own process")
     parser.add_argument("--family-timeout", type=float, default=240.0, help="seconds one family may take")
+    parser.add_argument("--time-limit", type=float, default=float("inf"),
+                        help="seconds for the whole matrix: families still running then are stopped, "
+                             "those not started are rows saying so")
     parser.add_argument("--compile-float32", action="store_true",
                         help="compile the float32 engine's forward too (its CUDA graphs capture the eager one otherwise)")
     parser.add_argument("--out", type=Path, default=None)
@@ -342,8 +351,9 @@ def main() -> int:
     env = {"TORCHINDUCTOR_COMPILE_THREADS": share, "OMP_NUM_THREADS": share, **os.environ, "PYTHONUNBUFFERED": "1"}
     order = sorted(args.families, key=lambda f: (_FIRST.index(f) if f in _FIRST else len(_FIRST), f))
     started = time.perf_counter()
+    deadline = time.monotonic() + args.time_limit
     with ThreadPoolExecutor(args.jobs) as pool:
-        done = list(pool.map(lambda f: run_child(f, args, work, tokenizer_dir, log_dir, env), order))
+        done = list(pool.map(lambda f: run_child(f, args, work, tokenizer_dir, log_dir, env, deadline), order))
     rows = sorted(done, key=lambda r: MATRIX.index(r["family"]))
     device = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else args.device
     results = {"device": device, "torch": torch.__version__, "scale": args.scale, "num_prompts": args.num_prompts,
