@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 TINY := models/tiny-llama
 CONFIG ?= config.example.toml
 
-.PHONY: setup browser haproxy run test lint bench tiny clean
+.PHONY: setup browser lb run test lint bench tiny clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -23,10 +23,10 @@ browser:
 	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; fi
 
-# HAProxy for the load-balancer tests in tests/deploy/ (Debian's package; needs root).
-haproxy:
-	@if ! command -v haproxy >/dev/null; then \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy; fi
+# HAProxy and nginx for the load-balancer tests in tests/deploy/ (Debian's packages; needs root).
+lb:
+	@if ! command -v haproxy >/dev/null || ! command -v nginx >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy nginx-light; fi
 
 $(TINY)/config.json: | $(STAMP)
 	$(BIN)/llmserve tiny-model $(TINY) --seed 0
@@ -36,7 +36,7 @@ tiny: $(TINY)/config.json
 run: setup tiny
 	$(BIN)/llmserve run $(CONFIG)
 
-test: setup browser haproxy
+test: setup browser lb
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 lint: setup

@@ -3,7 +3,12 @@ load: requests served and failed, per `drain_grace` (issue 17; numbers in benchm
 
     .venv/bin/python -m benchmarks.haproxy_rolling_restart --clients 16 --rounds 2 --drain-grace 3 0
 
-Needs haproxy on PATH (`make haproxy`). Builds the tiny model in a temporary folder; every process
+The baseline, llmserve as it was before the drain (503 to new requests from SIGTERM on):
+
+    git archive ea81304 | tar -x -C /tmp/llmserve-before
+    .venv/bin/python -m benchmarks.haproxy_rolling_restart --clients 12 --llmserve-src /tmp/llmserve-before
+
+Needs haproxy on PATH (`make lb`). Builds the tiny model in a temporary folder; every process
 is started and stopped here (tests/deploy/lb_cluster.py)."""
 
 from __future__ import annotations
@@ -20,9 +25,12 @@ from tests.api.conftest import free_port
 from tests.deploy.lb_cluster import Load, start_cluster
 
 
-def run(model_dir: Path, workdir: Path, clients: int, rounds: int, drain_grace: float, max_tokens: int) -> dict:
+def run(model_dir: Path, workdir: Path, clients: int, rounds: int, drain_grace: float | None, max_tokens: int,
+        src: str) -> dict:
     ports = [free_port() for _ in range(3)]
-    with contextlib.contextmanager(start_cluster)(workdir, model_dir, ports, free_port(), drain_grace) as cluster:
+    env = {"PYTHONPATH": src} if src else None
+    with contextlib.contextmanager(start_cluster)(workdir, model_dir, ports, free_port(), drain_grace,
+                                                  env) as cluster:
         started = time.monotonic()
         with Load(cluster.url, clients=clients, max_tokens=max_tokens) as load:
             time.sleep(2.0)
@@ -38,7 +46,7 @@ def run(model_dir: Path, workdir: Path, clients: int, rounds: int, drain_grace: 
         for failure in failures:
             kind = failure.detail.split(":")[0][:60]
             kinds[kind] = kinds.get(kind, 0) + 1
-        return {"drain_grace_s": drain_grace, "clients": clients, "restarts": 3 * rounds,
+        return {"llmserve": src or "this checkout", "drain_grace_s": drain_grace, "clients": clients, "restarts": 3 * rounds,
                 "seconds": round(time.monotonic() - started, 1), "requests": len(load.results),
                 "failed": len(failures), "failure_kinds": kinds}
 
@@ -49,13 +57,17 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1, help="restarts of each of the 3 instances")
     parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--drain-grace", type=float, nargs="+", default=[3.0, 0.0])
+    parser.add_argument("--llmserve-src", default="", help="run the instances from this source tree "
+                        "(one from before drain_grace: the setting is left out)")
     args = parser.parse_args()
+    graces: list[float | None] = [None] if args.llmserve_src else list(args.drain_grace)
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = build_tiny_model(Path(tmp) / "tiny", seed=0)
-        for grace in args.drain_grace:
+        for grace in graces:
             workdir = Path(tmp) / f"grace-{grace}"
             workdir.mkdir()
-            print(json.dumps(run(model_dir, workdir, args.clients, args.rounds, grace, args.max_tokens)), flush=True)
+            print(json.dumps(run(model_dir, workdir, args.clients, args.rounds, grace, args.max_tokens,
+                                 args.llmserve_src)), flush=True)
 
 
 if __name__ == "__main__":

@@ -43,6 +43,7 @@ class Instance:
     port: int
     config: Path
     log: Path
+    env: dict[str, str] = field(default_factory=dict)  # extra environment (a baseline's PYTHONPATH)
     proc: subprocess.Popen | None = None
 
     @property
@@ -53,7 +54,8 @@ class Instance:
         with self.log.open("a") as out:
             self.proc = subprocess.Popen([sys.executable, "-m", "llmserve", "run", str(self.config)], cwd=ROOT,
                                          stdout=out, stderr=subprocess.STDOUT,
-                                         env={**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"})
+                                         env={**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1",
+                                              **self.env})
 
     def wait_ready(self, timeout_s: float = 120) -> None:
         deadline = time.monotonic() + timeout_s
@@ -86,8 +88,10 @@ class Instance:
         return float(match.group(1))
 
 
-def write_instance_config(path: Path, port: int, model_dir: Path, drain_grace: float) -> None:
-    path.write_text(f'[server]\nport = {port}\ndrain_grace = {drain_grace}\nshutdown_timeout = 30\n'
+def write_instance_config(path: Path, port: int, model_dir: Path, drain_grace: float | None) -> None:
+    """None leaves drain_grace out (an llmserve from before it, for a baseline)."""
+    grace = "" if drain_grace is None else f"drain_grace = {drain_grace}\n"
+    path.write_text(f'[server]\nport = {port}\n{grace}shutdown_timeout = 30\n'
                     f'[[workers]]\nmodel_path = "{model_dir}"\nmodel_names = ["tiny"]\ndtype = "float32"\n'
                     f'kv_cache_tokens = 8192\nmax_num_seqs = 32\n[ui]\nenabled = false\n')
 
@@ -181,17 +185,17 @@ class Cluster:
 
 
 def start_cluster(workdir: Path, model_dir: Path, ports: list[int], lb_port: int,
-                  drain_grace: float) -> Iterator[Cluster]:
+                  drain_grace: float | None, env: dict[str, str] | None = None) -> Iterator[Cluster]:
     """Instances box1..boxN and HAProxy in front; stops every process on exit (a generator for
     `contextlib.contextmanager` or a pytest fixture)."""
     haproxy = shutil.which("haproxy")
-    assert haproxy, "haproxy is not installed (`make haproxy` installs Debian's package)"
+    assert haproxy, "haproxy is not installed (`make lb` installs Debian's package)"
     instances = {}
     for i, port in enumerate(ports, start=1):
         name = f"box{i}"
         config = workdir / f"{name}.toml"
         write_instance_config(config, port, model_dir, drain_grace)
-        instances[name] = Instance(name, port, config, workdir / f"{name}.log")
+        instances[name] = Instance(name, port, config, workdir / f"{name}.log", env=env or {})
     cfg = workdir / "haproxy.cfg"
     cfg.write_text(haproxy_config(lb_port, {n: i.port for n, i in instances.items()}))
     with (workdir / "haproxy.log").open("a") as out:

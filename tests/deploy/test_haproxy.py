@@ -12,31 +12,14 @@ The counts are printed (pytest -s) and asserted."""
 from __future__ import annotations
 
 import contextlib
-import os
-import shutil
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
-import pytest
 
-from tests.api.conftest import free_port
-from tests.deploy.lb_cluster import Cluster, Load, haproxy_config, start_cluster, stream_once
+from tests.deploy.conftest import DRAIN_GRACE_S
+from tests.deploy.lb_cluster import Cluster, Load, haproxy_config, stream_once
 
-DRAIN_GRACE_S = 3.0  # > fall x inter = 2 s in haproxy.cfg
-HEALTH_WINDOW_S = 2.0
-
-
-@pytest.fixture(scope="module")
-def cluster(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    if shutil.which("haproxy") is None:
-        if os.environ.get("CI"):
-            pytest.fail("haproxy is not installed: `make haproxy` installs Debian's package")
-        pytest.skip("haproxy is not installed (`make haproxy`)")
-    workdir = tmp_path_factory.mktemp("lb")
-    ports = [free_port() for _ in range(3)]
-    yield from start_cluster(workdir, tiny_model_dir, ports, free_port(), DRAIN_GRACE_S)
+HEALTH_WINDOW_S = 2.0  # fall x inter in haproxy.cfg
 
 
 def test_the_documented_config_is_only_readdressed() -> None:
