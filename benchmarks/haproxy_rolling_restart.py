@@ -22,15 +22,15 @@ from pathlib import Path
 
 from llmserve.tiny import build_tiny_model
 from tests.api.conftest import free_port
-from tests.deploy.lb_cluster import Load, start_cluster
+from tests.deploy.lb_cluster import ROOT, Load, start_cluster
 
 
 def run(model_dir: Path, workdir: Path, clients: int, rounds: int, drain_grace: float | None, max_tokens: int,
         src: str) -> dict:
     ports = [free_port() for _ in range(3)]
-    env = {"PYTHONPATH": src} if src else None
+    tree = Path(src) if src else ROOT
     with contextlib.contextmanager(start_cluster)(workdir, model_dir, ports, free_port(), drain_grace,
-                                                  env) as cluster:
+                                                  tree) as cluster:
         started = time.monotonic()
         with Load(cluster.url, clients=clients, max_tokens=max_tokens) as load:
             time.sleep(2.0)
@@ -41,6 +41,8 @@ def run(model_dir: Path, workdir: Path, clients: int, rounds: int, drain_grace: 
                     instance.wait_ready()
                     cluster.wait_in_rotation(load, name, time.monotonic())
             time.sleep(2.0)
+        drains = [line for i in cluster.instances.values() for line in i.log.read_text().splitlines()
+                  if "received SIGTERM" in line]
         failures = load.failures()
         kinds: dict[str, int] = {}
         for failure in failures:
@@ -48,7 +50,7 @@ def run(model_dir: Path, workdir: Path, clients: int, rounds: int, drain_grace: 
             kinds[kind] = kinds.get(kind, 0) + 1
         return {"llmserve": src or "this checkout", "drain_grace_s": drain_grace, "clients": clients, "restarts": 3 * rounds,
                 "seconds": round(time.monotonic() - started, 1), "requests": len(load.results),
-                "failed": len(failures), "failure_kinds": kinds}
+                "failed": len(failures), "failure_kinds": kinds, "drain_log": drains[0].split(": ", 1)[-1]}
 
 
 def main() -> None:

@@ -43,7 +43,7 @@ class Instance:
     port: int
     config: Path
     log: Path
-    env: dict[str, str] = field(default_factory=dict)  # extra environment (a baseline's PYTHONPATH)
+    src: Path = ROOT  # the llmserve source tree it runs from (another one for a baseline)
     proc: subprocess.Popen | None = None
 
     @property
@@ -52,10 +52,10 @@ class Instance:
 
     def start(self) -> None:
         with self.log.open("a") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "llmserve", "run", str(self.config)], cwd=ROOT,
+            # `-m` puts the working directory first on sys.path: the tree in `src` is the one imported.
+            self.proc = subprocess.Popen([sys.executable, "-m", "llmserve", "run", str(self.config)], cwd=self.src,
                                          stdout=out, stderr=subprocess.STDOUT,
-                                         env={**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1",
-                                              **self.env})
+                                         env={**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"})
 
     def wait_ready(self, timeout_s: float = 120) -> None:
         deadline = time.monotonic() + timeout_s
@@ -185,7 +185,7 @@ class Cluster:
 
 
 def start_cluster(workdir: Path, model_dir: Path, ports: list[int], lb_port: int,
-                  drain_grace: float | None, env: dict[str, str] | None = None) -> Iterator[Cluster]:
+                  drain_grace: float | None, src: Path = ROOT) -> Iterator[Cluster]:
     """Instances box1..boxN and HAProxy in front; stops every process on exit (a generator for
     `contextlib.contextmanager` or a pytest fixture)."""
     haproxy = shutil.which("haproxy")
@@ -195,7 +195,7 @@ def start_cluster(workdir: Path, model_dir: Path, ports: list[int], lb_port: int
         name = f"box{i}"
         config = workdir / f"{name}.toml"
         write_instance_config(config, port, model_dir, drain_grace)
-        instances[name] = Instance(name, port, config, workdir / f"{name}.log", env=env or {})
+        instances[name] = Instance(name, port, config, workdir / f"{name}.log", src=src)
     cfg = workdir / "haproxy.cfg"
     cfg.write_text(haproxy_config(lb_port, {n: i.port for n, i in instances.items()}))
     with (workdir / "haproxy.log").open("a") as out:
