@@ -37,6 +37,7 @@ from llmserve.engine.sampler import (
     DeviceSample,
     SampleResult,
     SamplingBatch,
+    argmax_ids,
     build_sampling_batch,
     check_sampling_params,
     is_plain_greedy,
@@ -251,7 +252,7 @@ class LLMEngine:
         if not seqs:
             return None
         if is_plain_greedy([s.params for s in seqs]):
-            ids = step.greedy_ids if step.greedy_ids is not None else step.logits[: len(seqs)].argmax(dim=-1)
+            ids = step.greedy_ids if step.greedy_ids is not None else argmax_ids(step.logits[: len(seqs)])
             return DeviceSample(ids, ids, [], 0)
         if not self.async_scheduling:
             return None

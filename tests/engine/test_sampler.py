@@ -9,6 +9,7 @@ import torch
 from llmserve.engine.request import SamplingParams, Sequence
 from llmserve.engine.sampler import (
     apply_penalties,
+    argmax_ids,
     build_sampling_batch,
     filter_logits,
     make_generator,
@@ -130,3 +131,11 @@ def test_logprobs_are_computed_for_the_rows_that_ask_only() -> None:
     assert sample_on_device(logits, batch, greedy_ids=given).token_ids is given
     biased = _batch([SamplingParams(temperature=0.0, logprobs=1, logit_bias=((0, 100.0),))] * 5)
     assert sample_on_device(logits, biased, greedy_ids=given).token_ids.tolist() == [0] * 5
+
+
+def test_argmax_ids_is_argmax_with_ties_and_nans() -> None:
+    logits = torch.randint(0, 3, (64, 4096)).float()  # many tied maxima per row: the first one wins
+    logits[5, 7] = float("nan")  # a NaN row's index is its NaN's, as argmax gives
+    logits[9] = float("-inf")
+    assert torch.equal(argmax_ids(logits), logits.argmax(dim=-1))
+    assert torch.equal(argmax_ids(logits[:1]), logits[:1].argmax(dim=-1))
