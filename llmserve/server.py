@@ -108,7 +108,9 @@ class DrainingServer(uvicorn.Server):
     async def _drain(self, grace_s: float) -> None:
         self.state.is_leaving = True
         await asyncio.sleep(grace_s)
-        for listener in self.servers:  # connections already open stay open; new ones are refused
+        # Connections already open stay open; new ones are refused. (No listeners yet when the signal
+        # came during uvicorn's start-up: the main loop then exits as soon as it starts.)
+        for listener in getattr(self, "servers", []):
             listener.close()
         log.info("listener closed: finishing %d in-flight sequences",
                  sum(w.num_unfinished for w in self.state.workers))
