@@ -21,6 +21,14 @@ transformers against itself (eager attention vs SDPA, a disagreement nobody call
   transformers' own divergences were near-ties up to 0.125 (RESULTS.md, runs 10-15): two steps.
 - float16 0.03: 3 more mantissa bits than bfloat16, 8 times finer (eager vs SDPA 1.5e-3 on the tiny
   models, CPU).
+
+In half precision these are floors: a model's own rounding can be larger (on the H200, random
+Gemma 3 disagreed with itself by 0.52 between eager and SDPA in bfloat16, an MoE's router flips an
+expert on a near-tie). So the reference also measures how far the model's own forward moves when it
+runs the way serving runs it, with its own cache (the prompt's first chunk prefilled, the rest one
+token at a time: `own_cache_disagreement`), and the tolerance is twice that, between the floor and
+`MAX_TOLERANCES` (four floors). A feature left out (a soft-cap, a window, sinks) is still held to
+the float32 probe and to the float32 model matrix, which leave no such room.
 """
 
 from __future__ import annotations
@@ -42,7 +50,10 @@ from llmserve.engine.scheduler import SchedulerConfig
 TOLERANCES: Mapping[torch.dtype, float] = MappingProxyType(
     {torch.float32: 5e-3, torch.bfloat16: 0.25, torch.float16: 0.03}
 )
-"""Largest absolute log-probability difference accepted, by the dtype the model computes in."""
+"""Largest absolute log-probability difference accepted, by the dtype the model computes in (floors in
+half precision, see the module docstring)."""
+MAX_TOLERANCES: Mapping[torch.dtype, float] = MappingProxyType({torch.bfloat16: 1.0, torch.float16: 0.12})
+"""The most a half-precision tolerance grows to with the model's own disagreement."""
 NUM_TOP_LOGPROBS = 20
 """Alternatives compared per position, besides the chosen token."""
 NUM_DECODE_STEPS = 4
@@ -101,10 +112,14 @@ class Reference:
     """Per prompt, [NUM_DECODE_STEPS + 1, V]: row i is the distribution tokens[i] was taken from."""
     seconds: float = 0.0
     """What computing it took."""
+    own_disagreement: float = 0.0
+    """Half precision: how far the model's own cached forward is from these rows (0 in float32)."""
 
     @property
     def tolerance(self) -> float:
-        return TOLERANCES.get(self.dtype, TOLERANCES[torch.bfloat16])
+        floor = TOLERANCES.get(self.dtype, TOLERANCES[torch.bfloat16])
+        cap = MAX_TOLERANCES.get(self.dtype)
+        return floor if cap is None else min(cap, max(floor, 2 * self.own_disagreement))
 
 
 @dataclass(frozen=True)
@@ -193,8 +208,41 @@ def compute_reference(model: torch.nn.Module, plan: ProbePlan, device: torch.dev
         prompt_rows.append(rows[:-1])
         tokens.append(tuple(ids[len(prompt):]))
         output_rows.append(torch.stack(outputs))
-    return Reference(plan, dtype, tuple(positions), tuple(prompt_rows), tuple(tokens), tuple(output_rows),
-                     time.perf_counter() - started)
+    reference = Reference(plan, dtype, tuple(positions), tuple(prompt_rows), tuple(tokens), tuple(output_rows))
+    own = own_cache_disagreement(model, reference, device) if dtype in MAX_TOLERANCES else 0.0
+    return dataclasses.replace(reference, seconds=time.perf_counter() - started, own_disagreement=own)
+
+
+@torch.inference_mode()
+def own_cache_disagreement(model: torch.nn.Module, reference: Reference, device: torch.device) -> float:
+    """The largest difference, over the reference's top log-probabilities at the compared positions
+    past the first chunk, between the model's own cached forward (first chunk prefilled, then one
+    token at a time, as `generate` runs) and the reference's full forwards. 0 when the model cannot
+    run with its own cache here (the floor tolerance then stands)."""
+    from llmserve.generic.forward import ModelForward
+
+    try:
+        forward = ModelForward(model, device)
+        worst = 0.0
+        for prompt, kept, rows in zip(reference.plan.prompts, reference.prompt_positions, reference.prompt_logprobs,
+                                      strict=True):
+            chunk = reference.plan.chunk_tokens
+            wanted = {p: row for p, row in zip(kept, rows, strict=True) if p >= chunk}
+            if not wanted:
+                continue
+            prefilled = forward.prefill(list(prompt[:chunk]), all_logits=False)
+            cache = prefilled.cache
+            for p in range(chunk, max(wanted) + 1):
+                mask = torch.ones(1, p + 1, dtype=torch.long, device=device)
+                logits, cache = forward.decode(cache, [prompt[p]], mask, [p])
+                if p in wanted:
+                    ref = wanted[p]
+                    top = ref.topk(NUM_TOP_LOGPROBS).indices
+                    own = torch.log_softmax(logits[0].float(), dim=-1).cpu()
+                    worst = max(worst, float((own[top] - ref[top]).abs().max()))
+        return worst if worst == worst else 0.0  # NaN: no yardstick
+    except Exception:  # a model whose own cache cannot run this way: no yardstick
+        return 0.0
 
 
 def compared_positions(num_tokens: int, chunk_tokens: int) -> list[int]:

@@ -179,3 +179,19 @@ def test_a_greedy_token_beyond_the_tolerance_fails() -> None:
     result = probe_engine(_ReplayEngine(reference, {(0, 1): 9}), reference)
     assert not result.passed
     assert result.cause.startswith("greedy token 9 instead of 7 at output token 1 of probe prompt 0")
+
+
+def test_half_precision_tolerance_follows_the_models_own_cached_disagreement(tiny_model_dir: Path) -> None:
+    """In bfloat16 the reference measures its own cached forward against its full forwards; the
+    tolerance is twice that, kept between the floor and the cap. In float32 nothing is measured."""
+    from llmserve.probe import MAX_TOLERANCES, TOLERANCES, own_cache_disagreement
+
+    loaded = load_model(WorkerConfig(model_path=str(tiny_model_dir), dtype="bfloat16", kv_cache_tokens=4096))
+    plan = plan_probe(loaded.tokenizer, None, loaded.max_model_len, loaded.device)
+    reference = compute_reference(loaded.model, plan, loaded.device, loaded.dtype)
+    assert 0.0 < reference.own_disagreement < 1.0  # bfloat16 rounding differs between the two orders
+    assert reference.own_disagreement == own_cache_disagreement(loaded.model, reference, loaded.device)
+    expected = min(MAX_TOLERANCES[torch.bfloat16], max(TOLERANCES[torch.bfloat16], 2 * reference.own_disagreement))
+    assert reference.tolerance == expected
+    _, float_reference = _loaded_and_reference(tiny_model_dir)
+    assert float_reference.own_disagreement == 0.0 and float_reference.tolerance == TOLERANCES[torch.float32]

@@ -8,6 +8,8 @@ with Triton the step replays a captured graph when one fits (see `cuda_graphs.py
 
 from __future__ import annotations
 
+import logging
+
 import torch
 
 from llmserve.engine.attention import is_triton_usable
@@ -17,6 +19,8 @@ from llmserve.engine.hf_attention import META_KWARG, AttentionMetadata
 from llmserve.engine.kv_cache import KVCache
 from llmserve.engine.scheduler import ScheduledSeq
 from llmserve.engine.transfer import to_device
+
+log = logging.getLogger(__name__)
 
 
 class Readback:
@@ -56,10 +60,19 @@ class ModelRunner:
         if use_cuda_graphs and self.use_triton:
             max_blocks = -(-max_model_len // self.block_size)
             forward = CompiledForward(model) if compile_model else None
-            self.graphs = StepGraphs(model, kv_cache, max_num_seqs, max_num_batched_tokens, max_blocks, device,
-                                     forward=forward)
-            with torch.cuda.device(device):  # capture on this worker's card, whichever is current
-                self.graphs.capture()
+            graphs = StepGraphs(model, kv_cache, max_num_seqs, max_num_batched_tokens, max_blocks, device,
+                                forward=forward)
+            try:
+                with torch.cuda.device(device):  # capture on this worker's card, whichever is current
+                    graphs.capture()
+            except RuntimeError as exc:
+                # A model whose forward syncs with the host or copies from pageable memory (an MoE's
+                # data-dependent expert loop, say) cannot be captured; its steps run eagerly, the
+                # same kernels without the replay.
+                log.warning("CUDA graphs cannot capture this model's step (%s); steps run eagerly",
+                            str(exc).split("\n")[0][:200])
+            else:
+                self.graphs = graphs
 
     def execute(self, scheduled: list[ScheduledSeq], prev_ids: torch.Tensor | None = None,
                 source_rows: dict[int, int] | None = None) -> StepLogits:
