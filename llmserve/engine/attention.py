@@ -202,10 +202,16 @@ def _attend_decodes(
     """One batched attention call for all single-token sequences, keys padded to the longest (with a
     window: each sequence's keys from the block holding its window's first position)."""
     device = query.device
-    seq_index = torch.tensor(seqs, device=block_tables.device, dtype=torch.long)
-    row_index = torch.tensor(rows, device=device, dtype=torch.long)
-    tables = block_tables.index_select(0, seq_index)  # [N, max_blocks]
-    q = query.index_select(0, row_index).unsqueeze(2)  # [N, H, 1, Dk]
+    # A step of decodes only (the common one) takes every row and table in order: no index tensors
+    # to build and select with, per layer. (Rows and sequences come in increasing order, so as many
+    # as there are means all of them.)
+    every_row = len(rows) == query.shape[0]
+    if len(seqs) == block_tables.shape[0]:
+        tables = block_tables  # [N, max_blocks]
+    else:
+        tables = block_tables.index_select(0, torch.tensor(seqs, device=block_tables.device, dtype=torch.long))
+    row_index = None if every_row else torch.tensor(rows, device=device, dtype=torch.long)
+    q = (query if row_index is None else query.index_select(0, row_index)).unsqueeze(2)  # [N, H, 1, Dk]
     if features.sliding_window > 0:  # skip the blocks below every window; positions count from there
         block_size = k_cache.shape[1]
         first_blocks = [max(0, length - features.sliding_window) // block_size for length in lens]
@@ -225,7 +231,10 @@ def _attend_decodes(
     else:  # each query sits at the last of its sequence's (gathered) positions
         q_pos = torch.tensor(lens, device=device)[:, None] - 1  # [N, 1]
         result = _attend(q, key, value, q_pos, scale, features)
-    out.index_copy_(0, row_index, result.squeeze(2).to(out.dtype))
+    if row_index is None:
+        out.copy_(result.squeeze(2))
+    else:
+        out.index_copy_(0, row_index, result.squeeze(2).to(out.dtype))
 
 
 def _attend_prefill(
