@@ -10,7 +10,8 @@ arena can battle (the UI on, two or more names served, `ui.per_model_metrics` of
 series is summed over all models under `model="*"`, and the load gauges over all workers under
 `worker="*"`: one battle's traffic is then indistinguishable from any other model's (`/ready` leaves
 per-worker load out likewise). Readiness stays per worker: it moves with loading and failures, never
-with a request.
+with a request. The inference gateway's gauges (gateway_metrics.py) keep their whole-instance series,
+`model="*"`, in both modes: that is the one the endpoint picker reads.
 """
 
 from __future__ import annotations

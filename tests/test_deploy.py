@@ -37,3 +37,14 @@ def test_systemd_accepts_the_unit(tmp_path: Path) -> None:
     unit.write_text(UNIT.read_text().replace("/opt/llmserve/bin/llmserve", str(exe)))
     result = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
+
+
+def test_systemd_waits_longer_than_the_example_configs_drain() -> None:
+    """SIGKILL never cuts a drain: TimeoutStopSec > drain_grace + shutdown_timeout."""
+    import tomllib
+
+    from llmserve.config import parse_config
+
+    server = parse_config(tomllib.loads((ROOT / "config.example.toml").read_text())).server
+    timeout = int(_unit()["Service"]["TimeoutStopSec"])
+    assert timeout > server.drain_grace + server.shutdown_timeout
