@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def _write_config(tmp_path: Path, model_dir: Path, port: int, **worker: object) -> Path:
     extra = "".join(f"{k} = {v!r}\n".replace("'", '"') for k, v in worker.items())
     path = tmp_path / "config.toml"
-    path.write_text(f'[server]\nport = {port}\n[[workers]]\nmodel_path = "{model_dir}"\n'
+    path.write_text(f'[server]\nport = {port}\ndrain_grace = 0\n[[workers]]\nmodel_path = "{model_dir}"\n'
                     f'model_names = ["tiny"]\nkv_cache_tokens = 8192\n{extra}')
     return path
 

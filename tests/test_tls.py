@@ -166,7 +166,7 @@ def https_url(pki: Pki, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathF
     config = folder / "server.toml"
     config.write_text(
         f'[server]\nssl_certfile = "{pki.cert}"\nssl_keyfile = "{pki.encrypted_key}"\n'
-        f'ssl_keyfile_password = "s3cret-pass"\n[ui]\nenabled = false\n'
+        f'ssl_keyfile_password = "s3cret-pass"\ndrain_grace = 0\n[ui]\nenabled = false\n'
         f'[[workers]]\nmodel_path = "{tiny_model_dir}"\nmodel_names = ["{MODEL}"]\ndtype = "float32"\n'
         "kv_cache_tokens = 8192\nmax_num_seqs = 4\n", encoding="utf-8")
     port = _free_port()

@@ -28,7 +28,7 @@ TEXT = "The quick brown fox jumps over the lazy dog. " * 90_000  # 4.05 MB, 1.8M
 def server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]]:
     port = free_port()
     config = tmp_path_factory.mktemp("loop") / "config.toml"
-    config.write_text(f'[server]\nport = {port}\nmax_request_bytes = 8000000\n[[workers]]\n'
+    config.write_text(f'[server]\nport = {port}\nmax_request_bytes = 8000000\ndrain_grace = 0\n[[workers]]\n'
                       f'model_path = "{tiny_model_dir}"\nmodel_names = ["tiny"]\nkv_cache_tokens = 16384\n'
                       "[ui]\nenabled = false\n")
     proc = subprocess.Popen([sys.executable, "-m", "llmserve", "run", str(config), "--log-level", "warning"],

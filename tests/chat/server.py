@@ -25,7 +25,7 @@ def free_port() -> int:
 def write_config(path: Path, model_dir: Path) -> Path:
     """A one-worker config serving the tiny model as MODEL_NAME, without the browser UI."""
     path.write_text(
-        f'[[workers]]\nmodel_path = "{model_dir}"\nmodel_names = ["{MODEL_NAME}"]\n'
+        f'[server]\ndrain_grace = 0\n[[workers]]\nmodel_path = "{model_dir}"\nmodel_names = ["{MODEL_NAME}"]\n'
         'dtype = "float32"\nkv_cache_tokens = 8192\nmax_num_seqs = 4\n',
         encoding="utf-8",
     )
