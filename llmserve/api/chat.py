@@ -64,6 +64,8 @@ async def create_chat_completion(request: Request) -> Response:
     params = [sampling_params(body, max_tokens, stop, seed, logprobs, bias) for seed in choice_seeds(body.seed, body.n)]
     if features.grammar is not None:
         params = [replace(p, grammar=features.grammar) for p in params]
+    if kept := features.special_text_ids(worker.tokenizer):
+        params = [replace(p, special_text_ids=kept) for p in params]
     prompts = [(prompt_ids, p) for p in params]
     stream = submit(worker, prompts, "chatcmpl", limits.log_requests)
     include_usage = bool(body.stream_options and body.stream_options.include_usage)

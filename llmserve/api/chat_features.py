@@ -44,6 +44,15 @@ class ChatFeatures:
         self.prompt_tail = str(tokenizer.decode(ids[-8:], skip_special_tokens=False))
         return ids
 
+    def special_text_ids(self, tokenizer: Any) -> tuple[int, ...]:
+        """Ids of the special tokens the tool parser reads, which decoding would otherwise drop."""
+        parser = self.tools.parser
+        if parser is None or not parser.special_tokens:
+            return ()
+        added = getattr(tokenizer, "added_tokens_decoder", None) or {}
+        special = {str(token): i for i, token in added.items() if getattr(token, "special", False)}
+        return tuple(special[token] for token in parser.special_tokens if token in special)
+
     def splitter(self) -> AnswerSplitter:
         return AnswerSplitter(self.reasoning, self.tools.parser, self.prompt_tail, self.tools.parallel)
 

@@ -207,6 +207,8 @@ async def create_response(request: Request) -> Response:
     params = sampling_params(chat, max_tokens, stop, choice_seeds(chat.seed, 1)[0], None)
     if features.grammar is not None:
         params = replace(params, grammar=features.grammar)
+    if kept := features.special_text_ids(worker.tokenizer):
+        params = replace(params, special_text_ids=kept)
     stream = submit(worker, [(prompt_ids, params)], "resp", limits.log_requests)
     echo = _echo(body, chat)
     created = int(time.time())

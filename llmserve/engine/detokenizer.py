@@ -56,9 +56,13 @@ class IncrementalDetokenizer:
     (Llama 2, Mistral) a window starting at one would cost the next word its leading space.
     """
 
-    def __init__(self, tokenizer: Any, prompt_ids: list[int], stop: tuple[str, ...]) -> None:
+    def __init__(self, tokenizer: Any, prompt_ids: list[int], stop: tuple[str, ...],
+                 special_text_ids: tuple[int, ...] = ()) -> None:
         self._decode = _decoder(tokenizer)
         self._skipped = _skipped_ids(tokenizer)
+        # Special tokens a parser reads (Mistral's [TOOL_CALLS]): their text is appended as it is,
+        # outside the decode window, like every special token kept out of it.
+        self._special_text = {i: str(tokenizer.convert_ids_to_tokens(i)) for i in special_text_ids}
         self._ids = [i for i in prompt_ids[-4 * _CONTEXT_TOKENS:] if i not in self._skipped][-_CONTEXT_TOKENS:]
         self._prefix_offset = 0
         self._read_offset = len(self._ids)
@@ -70,6 +74,9 @@ class IncrementalDetokenizer:
 
     def push(self, token_id: int) -> None:
         """Add one generated token; sets `stopped` when a stop string appears."""
+        if token_id in self._special_text:
+            self._append(self._special_text[token_id])
+            return
         if token_id in self._skipped:
             return  # no text of its own
         self._ids.append(token_id)

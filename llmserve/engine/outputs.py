@@ -49,7 +49,8 @@ class TrackedSequence:
 
 def track(seq: Sequence, tokenizer: Any, device: torch.device) -> TrackedSequence:
     """The bookkeeping of a new sequence: its detokenizer, seeded generator, prompt-logprob slots."""
-    tracked = TrackedSequence(seq, IncrementalDetokenizer(tokenizer, seq.prompt_ids, seq.params.stop),
+    tracked = TrackedSequence(seq, IncrementalDetokenizer(tokenizer, seq.prompt_ids, seq.params.stop,
+                                                                 seq.params.special_text_ids),
                               make_generator(seq.params, device))
     if seq.params.prompt_logprobs is not None:
         tracked.prompt_logprobs = [None] * len(seq.prompt_ids)

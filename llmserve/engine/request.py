@@ -48,6 +48,7 @@ class SamplingParams:
     logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias added to its logit)
     prompt_logprobs: int | None = None  # logprobs (and top k) of every prompt token after the first
     grammar: GrammarSpec | None = None  # the output's constraint (structured output), None = free text
+    special_text_ids: tuple[int, ...] = ()  # special tokens written into the text (a tool parser's markers)
 
     @property
     def is_greedy(self) -> bool:

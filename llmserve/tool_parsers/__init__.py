@@ -6,9 +6,11 @@ from __future__ import annotations
 from llmserve.tool_parsers.base import FunctionTool, ParseDelta, ToolCallDelta, ToolParser, collect
 from llmserve.tool_parsers.hermes import HermesToolParser
 from llmserve.tool_parsers.llama3_json import Llama3JsonToolParser
+from llmserve.tool_parsers.mistral import MistralToolParser
 
 TOOL_PARSERS: dict[str, type[ToolParser]] = {
     HermesToolParser.name: HermesToolParser,
+    MistralToolParser.name: MistralToolParser,  # before llama3_json: its marker is the surer sign
     Llama3JsonToolParser.name: Llama3JsonToolParser,
 }
 

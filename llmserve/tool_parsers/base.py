@@ -58,6 +58,9 @@ class ToolParser(abc.ABC):
     """Splits one answer into content and tool calls, incrementally. One instance per choice."""
 
     name: ClassVar[str]
+    # Special tokens the format is written with: the detokenizer writes these into the text
+    # (it drops every other special token).
+    special_tokens: ClassVar[tuple[str, ...]] = ()
 
     @abc.abstractmethod
     def feed(self, text: str) -> ParseDelta:

@@ -30,6 +30,21 @@ CASES = [
      [("a", {"n": 1}), ("b", {})]),
     ("llama3_json", "The capital of France is Paris {not a call}.", "The capital of France is Paris {not a call}.",
      []),
+    # Mistral v3 (Mistral-7B-Instruct-v0.3, Mixtral): a JSON array after the marker
+    ("mistral", f'[TOOL_CALLS] [{{"name": "get_weather", "arguments": {WEATHER}}}]', "",
+     [("get_weather", json.loads(WEATHER))]),
+    ("mistral", 'Checking both.[TOOL_CALLS][{"name": "a", "arguments": {}}, {"name": "b", "arguments": {"x": [1]}}]',
+     "Checking both.", [("a", {}), ("b", {"x": [1]})]),
+    ("mistral", '[TOOL_CALLS] {"name": "solo", "arguments": {"k": "v"}}', "", [("solo", {"k": "v"})]),
+    # Mistral v11+ (Mistral Small 3.2, Magistral, Devstral): name[ARGS]arguments per marker
+    ("mistral", f"[TOOL_CALLS]get_weather[ARGS]{WEATHER}", "", [("get_weather", json.loads(WEATHER))]),
+    ("mistral", 'Sure.\n\n[TOOL_CALLS]a[ARGS]{}[TOOL_CALLS]b.c-d[ARGS]{"n": {"m": [1, 2]}}', "Sure.",
+     [("a", {}), ("b.c-d", {"n": {"m": [1, 2]}})]),
+    ("mistral", '[TOOL_CALLS]f[CALL_ID]abc123XYZ[ARGS]{"q": 1}', "", [("f", {"q": 1})]),
+    ("mistral", "Arrays [1, 2] and [TOOL_ are text.", "Arrays [1, 2] and [TOOL_ are text.", []),
+    ("mistral", "[TOOL_CALLS] not a name here", "[TOOL_CALLS] not a name here", []),
+    ("mistral", "[TOOL_CALLS] [1, 2]", "[TOOL_CALLS] [1, 2]", []),
+    ("mistral", '[TOOL_CALLS][{"no": "name"}] tail', '[TOOL_CALLS][{"no": "name"}] tail', []),
 ]
 
 
@@ -85,7 +100,16 @@ def test_collect_gives_openai_objects() -> None:
     assert calls[0]["function"] == {"name": "f", "arguments": '{"a": 1}'}
 
 
+def test_mistral_arguments_stream_and_call_id_kept() -> None:
+    parser = TOOL_PARSERS["mistral"]()
+    first = parser.feed('[TOOL_CALLS]f[CALL_ID]abc123XYZ[ARGS]{"q": [1, ')
+    assert (first.tool_calls[0].id, first.tool_calls[0].name) == ("abc123XYZ", "f")
+    assert "".join(d.arguments for d in first.tool_calls) == '{"q": [1, '
+    assert "".join(d.arguments for d in parser.feed('2]}').tool_calls) == "2]}"
+
+
 def test_choice_by_name_or_template() -> None:
     assert tool_parser_class("llama3_json", "") is Llama3JsonToolParser
     assert tool_parser_class("", "... <tool_call> ...") is HermesToolParser
     assert tool_parser_class("", "{{ messages }}") is None
+    assert tool_parser_class("", "{{- '[TOOL_CALLS]' + calls }}") is TOOL_PARSERS["mistral"]
