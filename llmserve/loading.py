@@ -39,6 +39,7 @@ from llmserve.placement import (
     weight_bytes_by_device,
 )
 from llmserve.quantization import check_quantized_checkpoint, describe_quantized
+from llmserve.tool_parsers.harmony_messages import check_harmony
 
 log = logging.getLogger(__name__)
 
@@ -234,6 +235,8 @@ def load_model(config: WorkerConfig, path: str = "workers[0]", resolved: Resolve
     prequantized = worker.prequantized
     common: dict[str, Any] = {"trust_remote_code": config.trust_remote_code}
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir(config, model_dir, path), **common)
+    template = getattr(tokenizer, "chat_template", None)
+    check_harmony(config.tool_parser, config.reasoning_parser, template if isinstance(template, str) else "", path)
     placement = plan_placement(config, device, dtype, hf_config, path)
     model: Any = AutoModelForCausalLM.from_pretrained(
         model_dir, dtype=dtype, use_safetensors=None if config.allow_pickle else True,

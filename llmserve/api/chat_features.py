@@ -45,13 +45,14 @@ class ChatFeatures:
         return ids
 
     def special_text_ids(self, tokenizer: Any) -> tuple[int, ...]:
-        """Ids of the special tokens the tool parser reads, which decoding would otherwise drop."""
-        parser = self.tools.parser
-        if parser is None or not parser.special_tokens:
+        """Ids of the special tokens the tool and reasoning parsers read, which decoding would otherwise drop."""
+        wanted = {*(self.tools.parser.special_tokens if self.tools.parser is not None else ()),
+                  *(self.reasoning.special_tokens if self.reasoning is not None else ())}
+        if not wanted:
             return ()
         added = getattr(tokenizer, "added_tokens_decoder", None) or {}
         special = {str(token): i for i, token in added.items() if getattr(token, "special", False)}
-        return tuple(special[token] for token in parser.special_tokens if token in special)
+        return tuple(sorted(special[token] for token in wanted if token in special))
 
     def splitter(self) -> AnswerSplitter:
         return AnswerSplitter(self.reasoning, self.tools.parser, self.prompt_tail, self.tools.parallel)

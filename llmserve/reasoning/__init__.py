@@ -4,10 +4,12 @@
 from __future__ import annotations
 
 from llmserve.reasoning.base import ReasoningDelta, ReasoningParser
+from llmserve.reasoning.harmony import HarmonyReasoningParser
 from llmserve.reasoning.think import ThinkReasoningParser
 
 REASONING_PARSERS: dict[str, type[ReasoningParser]] = {
     ThinkReasoningParser.name: ThinkReasoningParser,
+    HarmonyReasoningParser.name: HarmonyReasoningParser,
 }
 
 

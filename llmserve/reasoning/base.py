@@ -23,6 +23,8 @@ class ReasoningParser(abc.ABC):
     """
 
     name: ClassVar[str]
+    # Special tokens the format is written with, written into the text for it (see ToolParser).
+    special_tokens: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, prompt: str) -> None:
         self.prompt = prompt

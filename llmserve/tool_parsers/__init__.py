@@ -4,6 +4,7 @@ or from the chat template. Adding a format is one module and one line here."""
 from __future__ import annotations
 
 from llmserve.tool_parsers.base import FunctionTool, ParseDelta, ToolCallDelta, ToolParser, collect
+from llmserve.tool_parsers.harmony import HarmonyToolParser
 from llmserve.tool_parsers.hermes import HermesToolParser
 from llmserve.tool_parsers.llama3_json import Llama3JsonToolParser
 from llmserve.tool_parsers.mistral import MistralToolParser
@@ -11,6 +12,7 @@ from llmserve.tool_parsers.mistral import MistralToolParser
 TOOL_PARSERS: dict[str, type[ToolParser]] = {
     HermesToolParser.name: HermesToolParser,
     MistralToolParser.name: MistralToolParser,  # before llama3_json: its marker is the surer sign
+    HarmonyToolParser.name: HarmonyToolParser,
     Llama3JsonToolParser.name: Llama3JsonToolParser,
 }
 
