@@ -34,7 +34,8 @@ class RequestResult:
 
 
 def build_payload(endpoint: str, model: str, prompt: BenchPrompt, temperature: float,
-                  logprobs: int | None = None, ignore_eos: bool = True) -> dict[str, Any]:
+                  logprobs: int | None = None, ignore_eos: bool = True,
+                  json_schema: dict[str, Any] | None = None) -> dict[str, Any]:
     """The JSON body of a streaming request for `prompt`, asking for `logprobs` top alternatives per
     token when set (chat: `logprobs` + `top_logprobs`). With `ignore_eos` (a vLLM extension) every
     answer has exactly the asked length; without it the body holds only OpenAI's own fields, which
@@ -53,6 +54,9 @@ def build_payload(endpoint: str, model: str, prompt: BenchPrompt, temperature: f
         if logprobs is not None:
             body["logprobs"] = True
             body["top_logprobs"] = logprobs
+        if json_schema is not None:
+            body["response_format"] = {"type": "json_schema",
+                                       "json_schema": {"name": "bench", "schema": json_schema, "strict": True}}
     else:
         body["prompt"] = prompt.text
         if logprobs is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 Endpoint = Literal["chat", "completions"]
 
@@ -59,6 +59,9 @@ class BenchOptions:
     """Per-request timeout (connect, read, write, pool) in seconds (> 0)."""
     show_progress: bool = True
     """Draw a progress bar on stderr (only when stderr is a terminal)."""
+    json_schema: dict[str, Any] | None = None
+    """A JSON schema every answer must follow (chat `response_format` json_schema, strict); None asks
+    free text. Needs `ignore_eos` off: the schema's end is the answer's end."""
 
     def __post_init__(self) -> None:
         for name in ("num_prompts", "input_len", "output_len"):
@@ -70,6 +73,10 @@ class BenchOptions:
         _require(self.temperature >= 0, "temperature", "must be >= 0")
         _require(self.logprobs is None or self.logprobs >= 0, "logprobs", "must be >= 0")
         _require(self.request_timeout_s > 0, "request_timeout_s", "must be > 0")
+        _require(self.json_schema is None or isinstance(self.json_schema, dict), "json_schema", "must be an object")
+        _require(self.json_schema is None or self.endpoint == "chat", "json_schema", "needs the chat endpoint")
+        _require(self.json_schema is None or not self.ignore_eos, "json_schema",
+                 "needs ignore_eos off (--no-ignore-eos): the schema's end is the answer's end")
         _require(self.base_url.startswith(("http://", "https://")), "base_url", "must start with http(s)://")
         _require(self.ca_cert is None or Path(self.ca_cert).expanduser().is_file(), "ca_cert",
                  f"no such file: {self.ca_cert}")

@@ -72,7 +72,7 @@ async def _send_one(
 ) -> RequestResult:
     """Send one prompt, waiting for a concurrency slot first when there is a limit."""
     payload = build_payload(options.endpoint, model, prompt, options.temperature, options.logprobs,
-                            options.ignore_eos)
+                            options.ignore_eos, options.json_schema)
     if semaphore is None:
         return await send_request(client, options.url, payload, prompt.num_prompt_tokens)
     async with semaphore:

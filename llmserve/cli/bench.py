@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
+from pathlib import Path
 from typing import Any
 
 from llmserve.bench import BenchError, BenchOptions, format_table, run_bench, write_json
@@ -23,6 +25,17 @@ def _rate(text: str) -> float:
     value = float(text)
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be > 0 or inf, got {text}")
+    return value
+
+
+def _json_object(path: str) -> dict[str, Any]:
+    """argparse type: a file holding one JSON object."""
+    try:
+        value = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise argparse.ArgumentTypeError(f"cannot read a JSON schema from {path}: {exc}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"{path}: a JSON schema is an object")
     return value
 
 
@@ -53,6 +66,9 @@ def register(subparsers: Any) -> None:
     data.add_argument("--temperature", type=float, default=0.0)
     data.add_argument("--logprobs", type=int, default=None, metavar="K",
                       help="ask for each token's logprob and K top alternatives")
+    data.add_argument("--json-schema", type=_json_object, default=None, metavar="FILE",
+                      help="JSON schema file: every chat answer must follow it (response_format json_schema, "
+                           "strict; needs --no-ignore-eos)")
     load = parser.add_argument_group("load")
     load.add_argument(
         "--max-concurrency", type=_positive_int, default=None, help="requests in flight at most"
@@ -88,6 +104,7 @@ def options_from_args(args: argparse.Namespace) -> BenchOptions:
         ca_cert=args.ca_cert,
         request_timeout_s=args.timeout,
         show_progress=not args.no_progress,
+        json_schema=args.json_schema,
     )
 
 

@@ -103,3 +103,27 @@ def test_ab_rows_run_on_the_cpu(tiny_model_dir, tmp_path: Path) -> None:
         assert all(r["metrics"]["num_failed"] == 0 and r["metrics"]["output_tokens_per_s"] > 0 for r in reports)
     table = (out / "ab.md").read_text().splitlines()
     assert [line.split(" | ")[0] for line in table[2:]] == ["| base-1", "| head-1"]
+
+
+def test_structured_throughput_runs_on_the_cpu(tiny_model_dir, tmp_path: Path) -> None:
+    """benchmarks/structured_throughput.py: both rows over HTTP (llmserve bench --json-schema against
+    llmserve run), a schema answer that validates, the mask's host time."""
+    with socket.socket() as sock:  # a free port: other test runs may be serving on the default one
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "structured_throughput.py"), "--device", "cpu", "--model-path",
+         str(tiny_model_dir), "--concurrency", "4", "--num-prompts", "4", "--output-len", "8", "--input-len", "16",
+         "--mask-steps", "4", "--rounds", "1", "--port", str(port), "--out-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads((tmp_path / "results.json").read_text())
+    assert [r["row"] for r in result["rows"]] == ["no schema", "JSON schema"]
+    assert all(r["completed"] == 4 and r["failed"] == 0 and r["output_tok_s"] > 0 and r["mean_output_tokens"] == 8
+               for r in result["rows"])
+    assert result["schema_answer_valid"]
+    schema = json.loads((tmp_path / "bench_schema.json").read_text())
+    sent = {name: json.loads((tmp_path / f"report-{name}-1.json").read_text())["options"]["json_schema"]
+            for name in ("plain", "schema")}
+    assert sent == {"plain": None, "schema": schema} and schema["required"] == ["id", "kind", "tags", "lines"]
+    assert result["mask"]["mask_ms_mean_schema"] > result["mask"]["mask_ms_mean_none"]

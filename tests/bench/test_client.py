@@ -5,6 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
+from llmserve.bench import BenchError, BenchOptions
 from llmserve.bench.client import build_payload, chunk_text, error_message, send_request
 from llmserve.bench.dataset import BenchPrompt
 
@@ -37,6 +38,17 @@ def test_logprobs_are_asked_the_way_each_endpoint_takes_them() -> None:
     assert (chat["logprobs"], chat["top_logprobs"]) == (True, 2)
     assert build_payload("completions", "m", PROMPT, 0.0, logprobs=0)["logprobs"] == 0
     assert "logprobs" not in build_payload("completions", "m", PROMPT, 0.0)
+
+
+def test_payload_with_json_schema_and_its_option_checks() -> None:
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
+    body = build_payload("chat", "m", PROMPT, 0.0, ignore_eos=False, json_schema=schema)
+    assert body["response_format"] == {"type": "json_schema",
+                                       "json_schema": {"name": "bench", "schema": schema, "strict": True}}
+    assert "ignore_eos" not in body and "response_format" not in build_payload("chat", "m", PROMPT, 0.0)
+    for bad in ({"ignore_eos": True}, {"ignore_eos": False, "endpoint": "completions"}):
+        with pytest.raises(BenchError, match="json_schema"):
+            BenchOptions(json_schema=schema, **bad)
 
 
 def test_chunk_text_reads_chat_and_completion_chunks() -> None:
