@@ -197,6 +197,46 @@ def test_a_failed_batched_decode_is_retried_one_by_one(hybrid_dir: Path, monkeyp
         assert tokens(events[i]) == generate(reference, prompt, 10), f"request {i}"
 
 
+def test_a_poisoned_request_joining_eight_streams_fails_alone(hybrid_dir: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 16: a request whose every decode raises joins 7 running streams; it alone fails, the
+    7 innocent streams are token-exact and the batch's cache holds no rows afterwards."""
+    engine = engine_for(hybrid_dir)
+    reference = load_reference(hybrid_dir)
+    texts = TEXTS + ["lambda y: y + 1", "for i in range(3):"]
+    prompts = [engine.tokenizer.encode(t) for t in texts[:8]]
+    poisoned = 5
+    prompts[poisoned] = engine.tokenizer.encode("import os\n" * 40)  # no other row ever reaches its positions
+    decode = engine.forward.decode
+    failures = {"n": 0}
+
+    def poisoned_decode(cache: Any, token_ids: list[int], mask: torch.Tensor, positions: list[int]) -> Any:
+        if max(positions) >= len(prompts[poisoned]):  # a batch holding the poisoned row (none other gets there)
+            failures["n"] += 1
+            raise RuntimeError("poisoned input")
+        return decode(cache, token_ids, mask, positions)
+
+    assert all(len(p) + 12 < len(prompts[poisoned]) for i, p in enumerate(prompts) if i != poisoned)
+    prefill = engine.forward.prefill
+
+    def poisoned_prefill(ids: list[int], all_logits: bool) -> Any:
+        if len(ids) > len(prompts[poisoned]):  # the poisoned row rerun alone from its tokens so far
+            failures["n"] += 1
+            raise RuntimeError("poisoned input")
+        return prefill(ids, all_logits)
+
+    monkeypatch.setattr(engine.forward, "decode", poisoned_decode)
+    monkeypatch.setattr(engine.forward, "prefill", poisoned_prefill)
+    events = run(engine, [(p, SamplingParams(max_tokens=12, temperature=0)) for p in prompts], burst=1)
+    assert failures["n"] >= 2  # the stacked step, then its rerun alone
+    assert events[poisoned][-1].finish_reason == "error"
+    for i, prompt in enumerate(prompts):
+        if i != poisoned:
+            assert events[i][-1].error is None, (i, events[i][-1].error)
+            assert tokens(events[i]) == generate(reference, prompt, 12), f"request {i}"
+    assert not engine.has_work and not engine._groups
+
+
 def _in_memory_engine(model: Any, tokenizer: Any) -> GenericEngine:
     from llmserve.generic.batching import plan_batching
     from llmserve.generic.forward import ModelForward
