@@ -3,6 +3,7 @@ over HTTP: `llmserve bench` against `llmserve run`, plus the mask's host time pe
 
     python benchmarks/structured_throughput.py --device cpu  --out-dir /tmp/st        # tiny model
     python benchmarks/structured_throughput.py --device cuda --out-dir $OUT           # 1B shape, bf16
+    python benchmarks/structured_throughput.py --device cuda --model-path /tmp/llama-3.2-1b-random --out-dir $OUT
 
 Without `--model-path` the model is built first with `llmserve tiny-model` (preset `tiny` on the
 CPU, `llama-3.2-1b` on a GPU: random weights, so answers are whatever the mask allows). Both rows
@@ -195,7 +196,9 @@ def main(argv: list[str] | None = None) -> int:
     args.output_len = args.output_len or (256 if gpu else 64)
     out = Path(args.out_dir or tempfile.mkdtemp(prefix="structured-throughput-"))
     out.mkdir(parents=True, exist_ok=True)
-    model = Path(args.model_path) if args.model_path else build_model(args.device, out / "model")
+    # A built model goes to a temporary folder, not OUT: OUT is what comes back from a lent machine.
+    model = Path(args.model_path) if args.model_path else build_model(
+        args.device, Path(tempfile.mkdtemp(prefix="structured-throughput-model-")))
     schema = out / "bench_schema.json"
     schema.write_text(json.dumps(SCHEMA))
     server = start_server(args, model, out)
