@@ -215,8 +215,8 @@ def compute_reference(model: torch.nn.Module, plan: ProbePlan, device: torch.dev
 
 @torch.inference_mode()
 def own_cache_disagreement(model: torch.nn.Module, reference: Reference, device: torch.device) -> float:
-    """The largest difference, over the reference's top log-probabilities at the compared positions
-    past the first chunk, between the model's own cached forward (first chunk prefilled, then one
+    """The largest difference, over the reference's top log-probabilities at the compared positions,
+    between the model's own cached forward (the first chunk prefilled as a shorter forward, then one
     token at a time, as `generate` runs) and the reference's full forwards. 0 when the model cannot
     run with its own cache here (the floor tolerance then stands)."""
     from llmserve.generic.forward import ModelForward
@@ -226,11 +226,14 @@ def own_cache_disagreement(model: torch.nn.Module, reference: Reference, device:
         worst = 0.0
         for prompt, kept, rows in zip(reference.plan.prompts, reference.prompt_positions, reference.prompt_logprobs,
                                       strict=True):
-            chunk = reference.plan.chunk_tokens
-            wanted = {p: row for p, row in zip(kept, rows, strict=True) if p >= chunk}
-            if not wanted:
-                continue
-            prefilled = forward.prefill(list(prompt[:chunk]), all_logits=False)
+            chunk = min(reference.plan.chunk_tokens, len(prompt) - 1)
+            wanted = {p: row for p, row in zip(kept, rows, strict=True)}
+            prefilled = forward.prefill(list(prompt[:chunk]), all_logits=True)  # a shorter forward than the reference's
+            for p, ref in wanted.items():
+                if p < chunk:
+                    top = ref.topk(NUM_TOP_LOGPROBS).indices
+                    own = torch.log_softmax(prefilled.logits[p].float(), dim=-1).cpu()
+                    worst = max(worst, float((own[top] - ref[top]).abs().max()))
             cache = prefilled.cache
             for p in range(chunk, max(wanted) + 1):
                 mask = torch.ones(1, p + 1, dtype=torch.long, device=device)
