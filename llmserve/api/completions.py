@@ -21,7 +21,6 @@ from llmserve.api.params import (
 )
 from llmserve.api.schemas import CompletionRequest
 from llmserve.api.state import server_state
-from llmserve.api.structured import compile_spec, output_constraint
 from llmserve.api.streaming import (
     ChunkFormat,
     collect,
@@ -31,6 +30,7 @@ from llmserve.api.streaming import (
     respond,
     submit,
 )
+from llmserve.api.structured import compile_spec, output_constraint
 from llmserve.engine.request import SamplingParams
 from llmserve.errors import InvalidRequestError
 from llmserve.templates import decode_ids, encode_texts
