@@ -104,7 +104,10 @@ def encode_texts(tokenizer: Any, texts: list[str], add_special_tokens: bool = Tr
         return []
     backend = _plain_backend(tokenizer)
     if backend is not None:  # transformers' own call adds ~10x the GIL-held list building on top
-        return [encoding.ids for encoding in backend.encode_batch(texts, add_special_tokens=add_special_tokens)]
+        # `encode_batch_fast` skips the offsets: the same ids, and freeing a 4 MB prompt's encoding
+        # (under the GIL) stalled the event loop ~40 ms instead of ~100.
+        encode = getattr(backend, "encode_batch_fast", backend.encode_batch)
+        return [encoding.ids for encoding in encode(texts, add_special_tokens=add_special_tokens)]
     encoded = tokenizer(texts, add_special_tokens=add_special_tokens, return_attention_mask=False,
                         return_token_type_ids=False, verbose=False)
     return list(encoded["input_ids"])  # lists of ints already: not copied again
