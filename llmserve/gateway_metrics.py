@@ -22,10 +22,13 @@ The prefix-cache counters (prompt tokens looked up, tokens found) are what vLLM 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:  # metrics.py imports this module
+    from llmserve.metrics import WorkerGauges
 
 PREFIX = "llmserve_gateway_"
 # The endpoint picker's flags and their values (deploy/kubernetes/base/epp.yaml passes exactly these).
@@ -51,18 +54,7 @@ class KVPool(Protocol):
     def num_free_blocks(self) -> int: ...
 
 
-class GatewayWorker(Protocol):
-    name: str
-
-    @property
-    def model_names(self) -> tuple[str, ...]: ...
-    @property
-    def num_running(self) -> int: ...
-    @property
-    def num_waiting(self) -> int: ...
-
-
-def _pool(worker: GatewayWorker) -> KVPool | None:
+def _pool(worker: WorkerGauges) -> KVPool | None:
     # Embedding engines keep no KV cache, nor does a worker still loading; neither has a pool.
     return getattr(worker, "kv_pool", None)
 
@@ -70,16 +62,16 @@ def _pool(worker: GatewayWorker) -> KVPool | None:
 class GatewayCollector(Collector):
     """Read at scrape time from the workers; `per_model=False` leaves only the instance series."""
 
-    def __init__(self, workers: Iterable[GatewayWorker], per_model: bool, instance_label: str) -> None:
+    def __init__(self, workers: Iterable[WorkerGauges], per_model: bool, instance_label: str) -> None:
         self.workers = list(workers)
         self.per_model = per_model
         self.instance_label = instance_label
 
-    def groups(self) -> list[tuple[str, list[GatewayWorker]]]:
+    def groups(self) -> list[tuple[str, list[WorkerGauges]]]:
         """(model label, its workers): the whole instance first, then each model when shown."""
         out = [(self.instance_label, self.workers)]
         if self.per_model:
-            by_model: dict[str, list[GatewayWorker]] = {}
+            by_model: dict[str, list[WorkerGauges]] = {}
             for worker in self.workers:
                 by_model.setdefault(worker.model_names[0], []).append(worker)
             out.extend(by_model.items())
