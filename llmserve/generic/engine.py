@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import logging
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -43,6 +44,8 @@ from llmserve.structured.decoding import StructuredDecoding
 log = logging.getLogger(__name__)
 
 _NO_LAYOUT = CacheLayout({}, frozenset())  # groups of one row: nothing to trim
+_Item = TypeVar("_Item")
+_Result = TypeVar("_Result")
 
 
 @dataclass
@@ -161,15 +164,8 @@ class GenericEngine:
             except Exception:
                 log.exception("prefill of %d prompts together failed; prefilling them alone", len(together))
                 together = []
-        for tracked in admitted:
-            if len(together) > 1 and tracked in together:
-                continue
-            try:
-                row, group = self._prefill(tracked)
-            except Exception as exc:
-                log.exception("sequence %d: prefill failed", tracked.seq.seq_id)
-                outputs.append(self._finish(tracked, SequenceStatus.FINISHED_ERROR, _message("prefill", exc)))
-                continue
+        alone = [t for t in admitted if t not in together] if len(together) > 1 else admitted
+        for _, (row, group) in self._each_alone("prefill", alone, _same, self._prefill, outputs):
             rows.append(row)
             groups.append(group)
         return rows, groups
@@ -215,13 +211,7 @@ class GenericEngine:
             except Exception:
                 log.exception("decode of %d sequences failed; retrying them one by one", group.num_rows)
                 self._drop_group(group)
-                for one in tracked:
-                    try:
-                        row, alone = self._prefill(one)
-                    except Exception as exc:
-                        log.exception("sequence %d: decode failed alone", one.seq.seq_id)
-                        outputs.append(self._finish(one, SequenceStatus.FINISHED_ERROR, _message("decode", exc)))
-                        continue
+                for _, (row, alone) in self._each_alone("decode", tracked, _same, self._prefill, outputs):
                     rows.append(row)
                     retried.append(alone)
                 continue
@@ -288,14 +278,23 @@ class GenericEngine:
             return [(r, result, i) for i, r in enumerate(rows)]
         except Exception:
             log.exception("sampling %d rows failed; sampling them one by one", len(rows))
-        sampled = []
-        for r in rows:
+        sampled = self._each_alone("sampling", rows, _tracked_of, lambda r: self._sample([r]), outputs)
+        return [(r, result, 0) for r, result in sampled]
+
+    def _each_alone(self, stage: str, items: list[_Item], tracked_of: Callable[[_Item], TrackedSequence],
+                    attempt: Callable[[_Item], _Result],
+                    outputs: list[SequenceOutput]) -> list[tuple[_Item, _Result]]:
+        """``attempt`` on each item by itself (the fallback once a batched ``stage`` failed): the items
+        it served with their results; an item it fails on ends its sequence with an error, alone."""
+        done: list[tuple[_Item, _Result]] = []
+        for item in items:
             try:
-                sampled.append((r, self._sample([r]), 0))
+                done.append((item, attempt(item)))
             except Exception as exc:
-                log.exception("sequence %d: sampling failed", r.tracked.seq.seq_id)
-                outputs.append(self._finish(r.tracked, SequenceStatus.FINISHED_ERROR, _message("sampling", exc)))
-        return sampled
+                tracked = tracked_of(item)
+                log.exception("sequence %d: %s failed", tracked.seq.seq_id, stage)
+                outputs.append(self._finish(tracked, SequenceStatus.FINISHED_ERROR, _message(stage, exc)))
+        return done
 
     def _postprocess(self, rows: list[_Row]) -> list[SequenceOutput]:
         outputs: list[SequenceOutput] = []
@@ -332,6 +331,14 @@ class GenericEngine:
         output = emit(tracked, status.finish_reason)
         output.error = error
         return output
+
+
+def _same(tracked: TrackedSequence) -> TrackedSequence:
+    return tracked
+
+
+def _tracked_of(row: _Row) -> TrackedSequence:
+    return row.tracked
 
 
 def _message(stage: str, exc: BaseException) -> str:
