@@ -105,11 +105,12 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=48)
     parser.add_argument("--repeat", type=int, default=1, help="each batch this many times (medians reported each)")
     parser.add_argument("--clock", choices=sorted(_CLOCKS), default="cpu", help="thread CPU time or wall clock")
+    parser.add_argument("--cpu-compile", action="store_true", help="the worker's `cpu_compile` (compiles at start-up)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     clock = _CLOCKS[args.clock]
     engine = build_engine(WorkerConfig(model_path=args.model_path, device="cpu", dtype="float32",
-                                       max_num_seqs=max(args.batches)), 0)
+                                       max_num_seqs=max(args.batches), cpu_compile=args.cpu_compile), 0)
     engine.async_scheduling = False
     rows = []
     with torch.inference_mode():
@@ -123,7 +124,8 @@ def main() -> int:
         cells = " | ".join(f"{row[f'{p}_us']:.0f}" for p in PHASES)
         print(f"| {row['batch']} | {cells} | {row['total_us']:.0f} | {row['per_token_us']:.0f} |")
     if args.out:
-        args.out.write_text(json.dumps({"torch_threads": torch.get_num_threads(), "clock": args.clock, "rows": rows}, indent=2))
+        args.out.write_text(json.dumps({"torch_threads": torch.get_num_threads(), "clock": args.clock,
+                                             "cpu_compile": args.cpu_compile, "rows": rows}, indent=2))
     return 0
 
 

@@ -195,6 +195,8 @@ class WorkerConfig:
     """Replay decode steps from captured CUDA graphs (CUDA with Triton only); false runs every step eagerly."""
     compile: bool = True
     """torch.compile the model for the CUDA-graph path (fuses norms, RoPE and activations); longer start-up; only used when cuda_graphs is on."""
+    cpu_compile: bool = False
+    """On the CPU, torch.compile the model's forward (inductor's C++ kernels: fused norms, RoPE and activations, less Python per step); compiles while the worker starts (seconds to minutes)."""
     fuse_projections: bool = True
     """Run each layer's q/k/v projections as one GEMM, and gate/up as one (weights concatenated at load; plain Linears on one device)."""
     async_scheduling: bool = True

@@ -11,10 +11,33 @@ from typing import Any
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM, PreTrainedTokenizerBase
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LlamaForCausalLM,
+    PreTrainedTokenizerBase,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
 
-from llmserve.tiny import PRESETS, build_tiny_model, count_parameters, get_preset, preset_config
+from llmserve.tiny import (
+    PRESETS,
+    build_tiny_model,
+    count_parameters,
+    get_preset,
+    preset_config,
+    preset_tokenizer,
+)
 from llmserve.tiny.corpus import read_corpus
+from llmserve.tiny.model import save_model
+from llmserve.tiny.qwen2 import (
+    CHATML_SPECIAL_TOKENS,
+    build_chatml_tokenizer,
+    build_qwen2_config,
+    chatml_generation_config,
+    chatml_token_ids,
+    create_qwen2_model,
+)
 from llmserve.tiny.tokenizer import SPECIAL_TOKENS, build_tokenizer
 
 MESSAGES = [
@@ -214,3 +237,86 @@ def test_cli_preset_names_match_the_builder() -> None:
     from llmserve.tiny import PRESETS
 
     assert sorted(PRESET_NAMES) == sorted(PRESETS)
+
+
+def test_qwen2_0_5b_config_matches_the_real_shape() -> None:
+    preset = get_preset("qwen2-0.5b")
+    config = preset_config(preset, bos_token_id=151933, eos_token_id=151935, pad_token_id=151933)
+    assert isinstance(config, Qwen2Config)
+    with torch.device("meta"):
+        model = Qwen2ForCausalLM(config)
+    assert sum(p.numel() for p in model.parameters()) == 494_032_768  # as Qwen/Qwen2-0.5B
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    attention = model.model.layers[0].self_attn
+    assert [proj.bias is not None for proj in (attention.q_proj, attention.k_proj, attention.v_proj)] == [
+        True,
+        True,
+        True,
+    ]
+    assert attention.o_proj.bias is None
+    assert (config.hidden_size, config.num_hidden_layers, config.intermediate_size) == (896, 24, 4864)
+    assert (config.num_attention_heads, config.num_key_value_heads, attention.head_dim) == (14, 2, 64)
+    assert (config.vocab_size, config.max_position_embeddings, config.rms_norm_eps) == (151_936, 32_768, 1e-6)
+    assert config.rope_parameters == {"rope_type": "default", "rope_theta": 1_000_000.0}
+    assert config.sliding_window is None
+    assert config.dtype == torch.bfloat16
+
+
+def test_chatml_tokenizer_layout_and_template() -> None:
+    tokenizer: Any = build_chatml_tokenizer(vocab_size=6000, corpus_bytes=100_000, model_max_length=1024)
+    assert len(tokenizer) == 6000
+    assert tokenizer.convert_tokens_to_ids(list(CHATML_SPECIAL_TOKENS)) == [5997, 5998, 5999]
+    assert (tokenizer.bos_token, tokenizer.eos_token, tokenizer.pad_token) == (
+        None,
+        "<|im_end|>",
+        "<|endoftext|>",
+    )
+    assert all(tokenizer.decode([token_id]) for token_id in range(len(tokenizer)))
+    text = "def f(x):\n    return 'ünï' * x\n"
+    assert tokenizer.decode(tokenizer(text)["input_ids"]) == text  # no BOS: Qwen2 has none
+    rendered = tokenizer.apply_chat_template(MESSAGES, tokenize=False, add_generation_prompt=True)
+    assert rendered == (
+        "<|im_start|>system\nYou are terse.<|im_end|>\n"
+        "<|im_start|>user\nHi there<|im_end|>\n"
+        "<|im_start|>assistant\n"
+    )
+    ids = tokenizer.apply_chat_template(MESSAGES, add_generation_prompt=True)["input_ids"]
+    assert ids.count(5998) == 3 and ids.count(5999) == 2  # each marker is one token
+
+
+def test_qwen2_model_is_seeded_biased_and_loads(tmp_path: Path) -> None:
+    tokenizer: Any = build_chatml_tokenizer(vocab_size=1024, corpus_bytes=50_000, model_max_length=512)
+    bos_id, eos_id, pad_id = chatml_token_ids(tokenizer)
+    config = build_qwen2_config(
+        vocab_size=1024, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=128,
+        max_position_embeddings=512, rope_theta=1e6, tie_word_embeddings=True, dtype=torch.float32,
+        bos_token_id=bos_id, eos_token_id=eos_id, pad_token_id=pad_id,
+    )  # fmt: skip
+    model = create_qwen2_model(config, seed=0, embedding_std=0.02)
+    again = create_qwen2_model(config, seed=0, embedding_std=0.02)
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(model.state_dict().values(), again.state_dict().values(), strict=True)
+    )
+    q_bias = model.model.layers[0].self_attn.q_proj.bias.detach()
+    assert 0.01 < float(q_bias.std()) < 0.03  # drawn like the weights, not a norm's 1.0
+    assert torch.equal(model.model.norm.weight, torch.ones(64))
+    save_model(model, chatml_generation_config(tokenizer), tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path)
+    assert isinstance(loaded, Qwen2ForCausalLM)
+    assert torch.equal(loaded.model.layers[0].self_attn.q_proj.bias, q_bias)
+    generation = json.loads((tmp_path / "generation_config.json").read_text())
+    assert generation["eos_token_id"] == [eos_id, bos_id] == [1023, 1021]
+    inputs = _tokenizer(tmp_path).apply_chat_template(
+        MESSAGES, add_generation_prompt=True, return_tensors="pt"
+    )
+    output = loaded.generate(**inputs, max_new_tokens=8, do_sample=False)
+    assert output.shape[1] == inputs["input_ids"].shape[1] + 8
+
+
+def test_qwen2_0_5b_tokenizer_fills_the_whole_vocabulary() -> None:
+    tokenizer = preset_tokenizer(get_preset("qwen2-0.5b"))
+    assert len(tokenizer) == 151_936  # every embedding row is a token: any generated id decodes
+    assert tokenizer.convert_tokens_to_ids(list(CHATML_SPECIAL_TOKENS)) == [151_933, 151_934, 151_935]
+    assert all(tokenizer.decode([token_id]) for token_id in range(len(tokenizer)))

@@ -7,14 +7,14 @@ from pathlib import Path
 from typing import Any
 
 # Preset names only; the builder (torch, transformers) is imported when the command runs.
-PRESET_NAMES = ("llama-3.2-1b", "tiny")
+PRESET_NAMES = ("llama-3.2-1b", "qwen2-0.5b", "tiny")
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     """Add the `tiny-model` subcommand."""
     parser = subparsers.add_parser(
         "tiny-model",
-        help="build a random-weight Llama model with a real BPE tokenizer (offline, deterministic)",
+        help="build a random-weight Llama or Qwen2 model with a real BPE tokenizer (offline, deterministic)",
         description=__doc__,
     )
     parser.add_argument(

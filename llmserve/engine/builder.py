@@ -226,7 +226,8 @@ def build_fast_engine(loaded: LoadedModel, config: WorkerConfig, path: str) -> L
     runner = ModelRunner(loaded.model, kv_cache, loaded.device, max_num_seqs=config.max_num_seqs,
                          max_num_batched_tokens=config.max_num_batched_tokens,
                          max_model_len=loaded.max_model_len, use_triton=fast_kernels,
-                         use_cuda_graphs=config.cuda_graphs and fast_kernels, compile_model=config.compile)
+                         use_cuda_graphs=config.cuda_graphs and fast_kernels, compile_model=config.compile,
+                         compile_eager=config.cpu_compile and loaded.device.type == "cpu")
     log.info(
         "%s: %s on %s, %s, %.1fM parameters, %.2f GiB weights, KV cache %d tokens (%d blocks of %d), "
         "context %d",

@@ -9,6 +9,8 @@ with Triton the step replays a captured graph when one fits (see `cuda_graphs.py
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -42,8 +44,13 @@ class ModelRunner:
 
     def __init__(self, model: torch.nn.Module, kv_cache: KVCache, device: torch.device,
                  max_num_seqs: int = 1, max_num_batched_tokens: int = 2048, max_model_len: int = 0,
-                 use_triton: bool = True, use_cuda_graphs: bool = False, compile_model: bool = False) -> None:
+                 use_triton: bool = True, use_cuda_graphs: bool = False, compile_model: bool = False,
+                 compile_eager: bool = False) -> None:
         self.model = model
+        # The forward of steps that no graph replays: compiled on request (`cpu_compile`), else the model.
+        self._eager_forward: Callable[..., Any] = model
+        if compile_eager:
+            self._eager_forward = CompiledForward(model, skip_module_guards=True).run
         self.kv_cache = kv_cache
         self.device = device
         self.block_size = kv_cache.spec.block_size
@@ -170,7 +177,7 @@ class ModelRunner:
             max_seqlen_q=batch.max_seqlen_q,
             use_triton=self.use_triton,
         )
-        out = self.model(
+        out = self._eager_forward(
             input_ids=input_ids.unsqueeze(0),
             position_ids=self._tensor(batch.positions, torch.int64).unsqueeze(0),
             use_cache=False,

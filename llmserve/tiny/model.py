@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedModel
 from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 from transformers.utils import logging as hf_logging
 
@@ -97,7 +97,7 @@ def generation_config(bos_token_id: int, eos_token_ids: list[int], pad_token_id:
     return GenerationConfig(bos_token_id=bos_token_id, eos_token_id=eos_token_ids, pad_token_id=pad_token_id)
 
 
-def save_model(model: LlamaForCausalLM, gen_config: GenerationConfig, out_dir: Path) -> None:
+def save_model(model: PreTrainedModel, gen_config: GenerationConfig, out_dir: Path) -> None:
     """Write config.json, generation_config.json and model.safetensors (one shard) to `out_dir`."""
     model.generation_config = gen_config
     with _progress_bars_disabled():

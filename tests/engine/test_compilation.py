@@ -154,3 +154,62 @@ def test_failed_compile_falls_back_to_eager(tiny_model_dir, caplog: pytest.LogCa
     assert not forward.is_compiled
     assert "torch.compile of LlamaForCausalLM failed; running it eagerly" in caplog.text
     _assert_steps_match_eager(engine, graphs, STEPS[:2])
+
+
+# The CPU's compiled eager step (`cpu_compile`): every step goes through the compiled forward.
+
+def _cpu_engine(model_dir: object, cpu_compile: bool) -> LLMEngine:
+    return build_engine(WorkerConfig(model_path=str(model_dir), dtype="float32", kv_cache_tokens=4096,
+                                     max_num_batched_tokens=64, max_num_seqs=8, block_size=BLOCK_SIZE,
+                                     cpu_compile=cpu_compile), 0)
+
+
+def _greedy(engine: LLMEngine, prompts: list[list[int]]) -> dict[int, list[tuple[int, float]]]:
+    """Each prompt's greedy tokens with their logprobs, all requests served together to the end."""
+    for i, ids in enumerate(prompts):
+        engine.add(i, ids, SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True, logprobs=0))
+    got: dict[int, list[tuple[int, float]]] = {i: [] for i in range(len(prompts))}
+    while engine.has_work:
+        for out in engine.step():
+            got[out.seq_id].extend((entry.token_id, entry.logprob) for entry in out.logprobs or [])
+    return got
+
+
+def test_cpu_compile_serves_every_shape_from_the_graphs_compiled_at_start_up(tiny_model_dir) -> None:
+    """Inductor on the CPU eager path: the start-up probe compiles every graph the steps need (sizes of
+    1 are not specialised), then prefills of one or several prompts, mixed steps and decodes of 1 to 5
+    sequences compile nothing more, with the eager engine's tokens and logprobs (float32, 1e-4)."""
+    stats = torch._dynamo.utils.counters["stats"]
+    graphs_before = stats["unique_graphs"]
+    engine = _cpu_engine(tiny_model_dir, cpu_compile=True)
+    assert engine.runner._eager_forward.__self__.is_compiled  # type: ignore[attr-defined]
+    graphs_at_start = stats["unique_graphs"]
+    assert 1 <= graphs_at_start - graphs_before <= 2
+    prompts = [list(range(5, 5 + n)) for n in (1, 3, 17, 40, 9)]
+    _greedy(engine, [prompts[0]])  # a lone one-token prompt decoding alone, then the batch
+    compiled = _greedy(engine, prompts)
+    assert stats["unique_graphs"] == graphs_at_start
+    expected = _greedy(_cpu_engine(tiny_model_dir, cpu_compile=False), prompts)
+    for i in expected:
+        assert [t for t, _ in compiled[i]] == [t for t, _ in expected[i]]
+        torch.testing.assert_close([lp for _, lp in compiled[i]], [lp for _, lp in expected[i]], rtol=0, atol=1e-4)
+
+
+def test_cpu_compile_falls_back_to_eager_when_compiling_fails(tiny_model_dir, caplog: pytest.LogCaptureFixture,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    import llmserve.engine.compilation as compilation
+
+    real_compile = torch.compile
+
+    def failing_compile(model: Any, **kwargs: Any) -> Any:
+        def broken_backend(gm: torch.fx.GraphModule, example_inputs: list[torch.Tensor]) -> Callable[..., Any]:
+            raise RuntimeError("no compiler here")
+        return real_compile(model, **{**kwargs, "backend": broken_backend, "options": None})
+
+    monkeypatch.setattr(compilation.torch, "compile", failing_compile)
+    with caplog.at_level(logging.WARNING, logger="llmserve.engine.compilation"):
+        engine = _cpu_engine(tiny_model_dir, cpu_compile=True)
+    assert not engine.runner._eager_forward.__self__.is_compiled  # type: ignore[attr-defined]
+    assert "torch.compile of LlamaForCausalLM failed; running it eagerly" in caplog.text
+    prompts = [list(range(5, 5 + n)) for n in (3, 17)]
+    assert _greedy(engine, prompts) == _greedy(_cpu_engine(tiny_model_dir, cpu_compile=False), prompts)
