@@ -14,6 +14,7 @@ import torch
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
+    LlamaConfig,
     LlamaForCausalLM,
     PreTrainedTokenizerBase,
     Qwen2Config,
@@ -191,6 +192,7 @@ def test_unknown_preset_is_rejected(tmp_path: Path) -> None:
 def test_llama_3_2_1b_config_matches_the_real_shape() -> None:
     preset = get_preset("llama-3.2-1b")
     config = preset_config(preset, bos_token_id=128250, eos_token_id=128251, pad_token_id=128255)
+    assert isinstance(config, LlamaConfig)
     with torch.device("meta"):
         model = LlamaForCausalLM(config)
     assert sum(p.numel() for p in model.parameters()) == 1_235_814_400  # as meta-llama/Llama-3.2-1B
