@@ -24,9 +24,11 @@ transformers against itself (eager attention vs SDPA, a disagreement nobody call
 
 In half precision these are floors: a model's own rounding can be larger (on the H200, random
 Gemma 3 disagreed with itself by 0.52 between eager and SDPA in bfloat16, an MoE's router flips an
-expert on a near-tie). So the reference also measures how far the model's own forward moves when it
-runs the way serving runs it, with its own cache (the prompt's first chunk prefilled, the rest one
-token at a time: `own_cache_disagreement`), and the tolerance is twice that, between the floor and
+expert on a near-tie). So the reference also measures the model's own noise at its dtype
+(`llmserve/probe_noise.py`): how far its own forward moves when it runs the way serving runs it,
+with its own cache (cached vs full), and how far transformers' two attention implementations of it
+are apart on the same prompts (eager vs SDPA, where SDPA computes the same attention: not with a
+soft-cap, sinks or ALiBi). The tolerance is twice the larger, between the floor and
 `MAX_TOLERANCES` (four floors). A feature left out (a soft-cap, a window, sinks) is still held to
 the float32 probe and to the float32 model matrix, which leave no such room.
 """
@@ -46,6 +48,13 @@ import torch
 
 from llmserve.engine.request import SamplingParams, TokenLogprob
 from llmserve.engine.scheduler import SchedulerConfig
+from llmserve.probe_noise import (
+    NUM_TOP_LOGPROBS,
+    OwnNoise,
+    log_softmax_rows,
+    own_cache_disagreement,
+    own_implementations_disagreement,
+)
 
 TOLERANCES: Mapping[torch.dtype, float] = MappingProxyType(
     {torch.float32: 5e-3, torch.bfloat16: 0.25, torch.float16: 0.03}
@@ -54,8 +63,6 @@ TOLERANCES: Mapping[torch.dtype, float] = MappingProxyType(
 half precision, see the module docstring)."""
 MAX_TOLERANCES: Mapping[torch.dtype, float] = MappingProxyType({torch.bfloat16: 1.0, torch.float16: 0.12})
 """The most a half-precision tolerance grows to with the model's own disagreement."""
-NUM_TOP_LOGPROBS = 20
-"""Alternatives compared per position, besides the chosen token."""
 NUM_DECODE_STEPS = 4
 """Decode steps after each prompt's prefill (which samples the first output token)."""
 MIN_PROMPT_TOKENS = 40
@@ -112,14 +119,14 @@ class Reference:
     """Per prompt, [NUM_DECODE_STEPS + 1, V]: row i is the distribution tokens[i] was taken from."""
     seconds: float = 0.0
     """What computing it took."""
-    own_disagreement: float = 0.0
-    """Half precision: how far the model's own cached forward is from these rows (0 in float32)."""
+    noise: OwnNoise = OwnNoise()
+    """Half precision: how far the model's own forward moves from these rows (nothing measured in float32)."""
 
     @property
     def tolerance(self) -> float:
         floor = TOLERANCES.get(self.dtype, TOLERANCES[torch.bfloat16])
         cap = MAX_TOLERANCES.get(self.dtype)
-        return floor if cap is None else min(cap, max(floor, 2 * self.own_disagreement))
+        return floor if cap is None else min(cap, max(floor, 2 * self.noise.largest))
 
 
 @dataclass(frozen=True)
@@ -136,6 +143,7 @@ class ProbeResult:
     plan: ProbePlan
     seconds: float
     reference_seconds: float
+    noise: OwnNoise = OwnNoise()
 
     @property
     def passed(self) -> bool:
@@ -156,10 +164,11 @@ class ProbeResult:
             f", window {plan.window} exercised" if plan.covers_window
             else f", window {plan.window} longer than the probe: not exercised")
         ties = f", {self.num_near_ties} near-tie(s)" if self.num_near_ties else ""
+        noise = f" ({self.noise.describe()})" if self.dtype in MAX_TOLERANCES else ""
         verdict = "passed" if self.passed else f"FAILED: {self.cause}"
         return (f"probe {verdict} ({len(plan.prompts)} prompts of {plan.num_prompt_tokens} tokens, {prefill}, "
                 f"{NUM_DECODE_STEPS} decode steps, {self.num_positions} positions, max |logprob difference| "
-                f"{self.max_difference:.1e} vs {self.tolerance:.2g} for {dtype}{ties}{window}, "
+                f"{self.max_difference:.1e} vs {self.tolerance:.2g} for {dtype}{noise}{ties}{window}, "
                 f"{self.seconds:.2f} s, reference {self.reference_seconds:.2f} s)")
 
 
@@ -197,11 +206,11 @@ def compute_reference(model: torch.nn.Module, plan: ProbePlan, device: torch.dev
     positions, prompt_rows, tokens, output_rows = [], [], [], []
     for prompt in plan.prompts:
         kept = compared_positions(len(prompt), plan.chunk_tokens)
-        rows = _log_softmax_rows(model, list(prompt), kept + [len(prompt) - 1], device, takes_keep)  # [P + 1, V]
+        rows = log_softmax_rows(model, list(prompt), kept + [len(prompt) - 1], device, takes_keep)  # [P + 1, V]
         outputs = [rows[-1]]
         ids = list(prompt) + [int(rows[-1].argmax())]
         for _ in range(NUM_DECODE_STEPS):
-            row = _log_softmax_rows(model, ids, [len(ids) - 1], device, takes_keep)[0]  # [V]
+            row = log_softmax_rows(model, ids, [len(ids) - 1], device, takes_keep)[0]  # [V]
             outputs.append(row)
             ids.append(int(row.argmax()))
         positions.append(tuple(kept))
@@ -209,43 +218,11 @@ def compute_reference(model: torch.nn.Module, plan: ProbePlan, device: torch.dev
         tokens.append(tuple(ids[len(prompt):]))
         output_rows.append(torch.stack(outputs))
     reference = Reference(plan, dtype, tuple(positions), tuple(prompt_rows), tuple(tokens), tuple(output_rows))
-    own = own_cache_disagreement(model, reference, device) if dtype in MAX_TOLERANCES else 0.0
-    return dataclasses.replace(reference, seconds=time.perf_counter() - started, own_disagreement=own)
-
-
-@torch.inference_mode()
-def own_cache_disagreement(model: torch.nn.Module, reference: Reference, device: torch.device) -> float:
-    """The largest difference, over the reference's top log-probabilities at the compared positions,
-    between the model's own cached forward (the first chunk prefilled as a shorter forward, then one
-    token at a time, as `generate` runs) and the reference's full forwards. 0 when the model cannot
-    run with its own cache here (the floor tolerance then stands)."""
-    from llmserve.generic.forward import ModelForward
-
-    try:
-        forward = ModelForward(model, device)
-        worst = 0.0
-        for prompt, kept, rows in zip(reference.plan.prompts, reference.prompt_positions, reference.prompt_logprobs,
-                                      strict=True):
-            chunk = min(reference.plan.chunk_tokens, len(prompt) - 1)
-            wanted = {p: row for p, row in zip(kept, rows, strict=True)}
-            prefilled = forward.prefill(list(prompt[:chunk]), all_logits=True)  # a shorter forward than the reference's
-            for p, ref in wanted.items():
-                if p < chunk:
-                    top = ref.topk(NUM_TOP_LOGPROBS).indices
-                    own = torch.log_softmax(prefilled.logits[p].float(), dim=-1).cpu()
-                    worst = max(worst, float((own[top] - ref[top]).abs().max()))
-            cache = prefilled.cache
-            for p in range(chunk, max(wanted) + 1):
-                mask = torch.ones(1, p + 1, dtype=torch.long, device=device)
-                logits, cache = forward.decode(cache, [prompt[p]], mask, [p])
-                if p in wanted:
-                    ref = wanted[p]
-                    top = ref.topk(NUM_TOP_LOGPROBS).indices
-                    own = torch.log_softmax(logits[0].float(), dim=-1).cpu()
-                    worst = max(worst, float((own[top] - ref[top]).abs().max()))
-        return worst if worst == worst else 0.0  # NaN: no yardstick
-    except Exception:  # a model whose own cache cannot run this way: no yardstick
-        return 0.0
+    noise = OwnNoise()
+    if dtype in MAX_TOLERANCES:  # float32 has no room to widen: nothing measured
+        implementations, note = own_implementations_disagreement(model, reference, device)
+        noise = OwnNoise(own_cache_disagreement(model, reference, device), implementations, note)
+    return dataclasses.replace(reference, seconds=time.perf_counter() - started, noise=noise)
 
 
 def compared_positions(num_tokens: int, chunk_tokens: int) -> list[int]:
@@ -257,19 +234,6 @@ def compared_positions(num_tokens: int, chunk_tokens: int) -> list[int]:
     edge = _NUM_EDGE_POSITIONS
     kept = set(range(edge)) | set(range(chunk_tokens - edge, chunk_tokens + edge)) | set(range(last - 3 * edge, last))
     return sorted(p for p in kept if 0 <= p < last)
-
-
-def _log_softmax_rows(model: torch.nn.Module, ids: list[int], rows: list[int], device: torch.device,
-                      takes_keep: bool) -> torch.Tensor:  # [len(rows), V] float32, CPU
-    """One plain forward over `ids` (no cache); the log-softmax of the logits at `rows`."""
-    input_ids = torch.tensor([ids], dtype=torch.int64, device=device)
-    keep = torch.tensor(rows, dtype=torch.int64, device=device)
-    if takes_keep:  # only the kept rows go through the LM head (a long prompt's logits are big)
-        logits = model(input_ids=input_ids, use_cache=False, logits_to_keep=keep).logits[0]
-    else:  # e.g. remote code: all logits, then the rows
-        logits = model(input_ids=input_ids, use_cache=False).logits[0]
-        logits = logits[keep.to(logits.device)]
-    return torch.log_softmax(logits.float(), dim=-1).cpu()
 
 
 @dataclass
@@ -300,7 +264,7 @@ def probe_engine(engine: Any, reference: Reference) -> ProbeResult:
         cause = comparison.check(reference, index, collected[seq_id])
     return ProbeResult(cause, comparison.max_difference, reference.tolerance, reference.dtype,
                        comparison.num_positions, comparison.num_near_ties, is_chunked, plan,
-                       time.perf_counter() - started, reference.seconds)
+                       time.perf_counter() - started, reference.seconds, reference.noise)
 
 
 @contextlib.contextmanager

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +10,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, MistralConfig, Qwen2Config
 
+from llmserve import probe, probe_noise
 from llmserve.config import WorkerConfig
 from llmserve.engine import attention
 from llmserve.engine.builder import build_fast_engine
@@ -18,7 +20,9 @@ from llmserve.loading import LoadedModel, load_model
 from llmserve.probe import (
     MAX_PROMPT_TOKENS,
     MAX_PROMPT_TOKENS_CPU,
+    MAX_TOLERANCES,
     NUM_DECODE_STEPS,
+    TOLERANCES,
     ProbePlan,
     Reference,
     compared_positions,
@@ -27,6 +31,8 @@ from llmserve.probe import (
     probe_engine,
     smallest_window,
 )
+from llmserve.probe_noise import NUM_TOP_LOGPROBS, OwnNoise, own_cache_disagreement
+from llmserve.tiny.families import build_family_model
 
 
 def _config(model_dir: Path) -> WorkerConfig:
@@ -181,17 +187,127 @@ def test_a_greedy_token_beyond_the_tolerance_fails() -> None:
     assert result.cause.startswith("greedy token 9 instead of 7 at output token 1 of probe prompt 0")
 
 
+def _bf16_reference(model_dir: Path, attention: str = "eager") -> tuple[LoadedModel, Reference]:
+    """The bfloat16 reference as the builder computes it, with `attention` set first."""
+    loaded = load_model(WorkerConfig(model_path=str(model_dir), dtype="bfloat16", kv_cache_tokens=4096))
+    _set_attention(loaded, attention)
+    plan = plan_probe(loaded.tokenizer, smallest_window(loaded.model.config), loaded.max_model_len, loaded.device)
+    return loaded, compute_reference(loaded.model, plan, loaded.device, loaded.dtype)
+
+
+def _attention(loaded: LoadedModel) -> str:
+    model: Any = loaded.model
+    return str(model.config._attn_implementation)
+
+
+def _set_attention(loaded: LoadedModel, name: str) -> None:
+    model: Any = loaded.model
+    model.set_attn_implementation(name)
+
+
+def _clamped(noise: float) -> float:
+    return min(MAX_TOLERANCES[torch.bfloat16], max(TOLERANCES[torch.bfloat16], 2 * noise))
+
+
 def test_half_precision_tolerance_follows_the_models_own_cached_disagreement(tiny_model_dir: Path) -> None:
     """In bfloat16 the reference measures its own cached forward against its full forwards; the
-    tolerance is twice that, kept between the floor and the cap. In float32 nothing is measured."""
-    from llmserve.probe import MAX_TOLERANCES, TOLERANCES, own_cache_disagreement
+    tolerance is twice the larger yardstick, kept between the floor and the cap."""
+    loaded, reference = _bf16_reference(tiny_model_dir, attention="sdpa")
+    noise = reference.noise
+    assert 0.0 < noise.cached_vs_full < 1.0  # bfloat16 rounding differs between the two orders
+    assert noise.cached_vs_full == own_cache_disagreement(loaded.model, reference, loaded.device)
+    assert reference.tolerance == _clamped(max(noise.cached_vs_full, noise.implementations))
 
-    loaded = load_model(WorkerConfig(model_path=str(tiny_model_dir), dtype="bfloat16", kv_cache_tokens=4096))
-    plan = plan_probe(loaded.tokenizer, None, loaded.max_model_len, loaded.device)
-    reference = compute_reference(loaded.model, plan, loaded.device, loaded.dtype)
-    assert 0.0 < reference.own_disagreement < 1.0  # bfloat16 rounding differs between the two orders
-    assert reference.own_disagreement == own_cache_disagreement(loaded.model, reference, loaded.device)
-    expected = min(MAX_TOLERANCES[torch.bfloat16], max(TOLERANCES[torch.bfloat16], 2 * reference.own_disagreement))
-    assert reference.tolerance == expected
-    _, float_reference = _loaded_and_reference(tiny_model_dir)
-    assert float_reference.own_disagreement == 0.0 and float_reference.tolerance == TOLERANCES[torch.float32]
+
+def _sdpa_vs_eager(references: tuple[Reference, Reference]) -> float:
+    """The largest difference over the first reference's top log-probabilities between two references'
+    rows at the compared prompt positions and the first output token."""
+    first, second = references
+    worst = 0.0
+    for index in range(len(first.plan.prompts)):
+        rows = zip([*first.prompt_logprobs[index], first.output_logprobs[index][0]],
+                   [*second.prompt_logprobs[index], second.output_logprobs[index][0]], strict=True)
+        for a, b in rows:
+            top = a.topk(NUM_TOP_LOGPROBS).indices
+            worst = max(worst, float((b[top] - a[top]).abs().max()))
+    return worst
+
+
+@pytest.mark.parametrize("attention", ["eager", "sdpa"])
+def test_half_precision_measures_eager_against_sdpa_and_restores_the_attention(
+        tiny_model_dir: Path, attention: str) -> None:
+    """The second yardstick: the reference's attention implementation against transformers' other one
+    on the same prompts, equal to the two references' own rows compared; the model keeps its attention."""
+    loaded, reference = _bf16_reference(tiny_model_dir, attention)
+    other = "sdpa" if attention == "eager" else "eager"
+    assert _attention(loaded) == attention
+    noise = reference.noise
+    assert noise.implementations_note == f"{attention} vs {other}"
+    assert 0.0 < noise.implementations < 0.25  # bfloat16 rounding of two kernels, on the tiny Llama
+    _set_attention(loaded, other)
+    plan = reference.plan
+    other_reference = compute_reference(loaded.model, plan, loaded.device, torch.float32)  # no yardsticks
+    assert noise.implementations == _sdpa_vs_eager((reference, other_reference))
+    assert reference.tolerance == _clamped(noise.largest)
+
+
+def test_eager_vs_sdpa_widens_the_tolerance_of_gemma3(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """Random Gemma 3 in bfloat16: its own eager forward agrees with its cached forward exactly on the
+    CPU, its SDPA forward is ~0.5 away (0.52 on the H200): the tolerance grows to twice that."""
+    model_dir = build_family_model("gemma3", tiny_model_dir, tmp_path / "gemma3", seed=0)
+    _, reference = _bf16_reference(model_dir)
+    noise = reference.noise
+    assert noise.implementations_note == "eager vs sdpa" and 0.25 < noise.implementations < 1.0
+    assert reference.tolerance == _clamped(noise.implementations) > 2 * TOLERANCES[torch.bfloat16]
+
+
+@pytest.mark.parametrize(("family", "why"), [
+    ("gemma2", "its attention has a soft-cap, which transformers' sdpa does not take"),
+    ("gpt_oss", "its attention has attention sinks, which transformers' sdpa does not take"),
+    ("bloom", "no layer calls transformers' attention interface"),
+])
+def test_eager_vs_sdpa_is_not_measured_where_sdpa_is_not_the_same_attention(
+        tiny_model_dir: Path, tmp_path: Path, family: str, why: str) -> None:
+    """A soft-cap or sinks that SDPA drops would measure the missing feature, not rounding (and let a fast
+    path that drops it too pass); a model with its own attention code would compare itself with itself."""
+    model_dir = build_family_model(family, tiny_model_dir, tmp_path / family, seed=0)
+    loaded, reference = _bf16_reference(model_dir)
+    assert reference.noise.implementations == 0.0
+    assert reference.noise.implementations_note == f"not measured ({why})"
+    assert _attention(loaded) == "eager"
+
+
+def test_the_attention_is_restored_when_the_other_implementation_fails(
+        tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def fail(model: Any, *args: Any) -> float:
+        assert model.config._attn_implementation == "sdpa"
+        raise RuntimeError("no kernel\nfor this")
+
+    monkeypatch.setattr(probe_noise, "_worst_difference", fail)
+    loaded, reference = _bf16_reference(tiny_model_dir)
+    assert reference.noise.implementations_note == "not measured (sdpa forward raised RuntimeError: no kernel)"
+    assert reference.noise.implementations == 0.0 and _attention(loaded) == "eager"
+
+
+def test_float32_measures_no_yardstick(tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """float32 is unchanged: neither yardstick runs, the tolerance is the fixed 5e-3, the log line names none."""
+    def never(*args: Any) -> Any:
+        raise AssertionError("a yardstick ran in float32")
+
+    monkeypatch.setattr(probe, "own_implementations_disagreement", never)
+    monkeypatch.setattr(probe, "own_cache_disagreement", never)
+    loaded, reference = _loaded_and_reference(tiny_model_dir)
+    assert reference.noise == OwnNoise() and reference.tolerance == TOLERANCES[torch.float32]
+    result = probe_engine(build_fast_engine(loaded, _config(tiny_model_dir), "workers[0]"), reference)
+    assert result.passed and "own " not in result.describe() and "sdpa" not in result.describe()
+
+
+def test_the_log_line_reports_both_yardsticks(tiny_model_dir: Path) -> None:
+    reference = dataclasses.replace(_synthetic_reference(), dtype=torch.bfloat16,
+                                    noise=OwnNoise(0.0625, 0.5, "eager vs sdpa"))
+    result = probe_engine(_ReplayEngine(reference, {}), reference)
+    assert result.passed and result.tolerance == 1.0
+    assert "vs 1 for bfloat16 (own cached vs full 6.2e-02, own eager vs sdpa 5.0e-01), " in result.describe()
+    unmeasured = OwnNoise(0.0625, 0.0, "not measured (no layer calls transformers' attention interface)")
+    assert unmeasured.describe() == ("own cached vs full 6.2e-02, eager vs sdpa not measured (no layer calls "
+                                     "transformers' attention interface)")

@@ -5,9 +5,17 @@ sees `battle-<id>-left` and `battle-<id>-right`; `/v1/chat/completions` resolves
 `BattleStore.resolve_alias` (hooked into `ServerState.resolve_alias`) and echoes the alias back, so
 the real names stay on the server until the single vote on the battle reveals them.
 
+Aliases resolve only inside a chat completion that `ui/delivery.py` watches (`answering` is set):
+other routes (completions, tokenize, responses, ...) do not know them, as their answers would show
+the model's tokenizer. Each side answers one request, checked first by
+`anonymity.check_battle_request`: a second request to a side is refused, so a client cannot probe a
+side with one prompt and then have it answer another.
+
 A battle takes one vote, and only once both of its answers were generated and delivered: the
 server, not the page, says so (`ui/delivery.py` marks a side when a chat completion for its alias
-has been answered in full), so a vote cannot be cast, or scripted, for answers nobody saw.
+has been answered in full), so a vote cannot be cast, or scripted, for answers nobody saw. An
+answer that failed voids its battle: which side failed (one model's context is shorter, say) tells
+the models apart, so that battle can never be voted on.
 
 The store is bounded: battles expire after `ttl_s`, and past `max_battles` the oldest go first.
 It is touched only from the event loop, so it needs no lock.
@@ -25,6 +33,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 
 from llmserve.errors import InvalidRequestError
+from llmserve.ui.anonymity import check_battle_request
 
 MAX_BATTLES = 10_000
 BATTLE_TTL_S = 3600.0
@@ -34,8 +43,9 @@ _ALIAS = re.compile(r"battle-([0-9a-f]{24})-(left|right)")
 
 @dataclass
 class Answer:
-    """One chat request being answered: the battle alias it resolved, if any."""
+    """One chat request being answered: its body as read so far, and the battle alias it resolved, if any."""
 
+    body: bytearray = field(default_factory=bytearray)
     alias: str | None = None
 
 
@@ -48,6 +58,8 @@ class Battle:
     right: str
     created_s: float
     is_voted: bool = False
+    is_failed: bool = False  # an answer failed: the battle takes no vote
+    requested: set[str] = field(default_factory=set)  # the sides that have been asked their one question
     delivered: set[str] = field(default_factory=set)  # the sides whose answer reached the client
 
     @property
@@ -101,34 +113,55 @@ class BattleStore:
             return None
         return battle
 
-    def resolve_alias(self, alias: str) -> str | None:
+    def model_behind(self, alias: str) -> str | None:
         """The real model behind `battle-<id>-<side>`; None for any other name or a gone battle."""
-        match = _ALIAS.fullmatch(alias)
-        if match is None:
-            return None
-        battle = self.get(match[1])
-        if battle is None:
-            return None
+        found = self._side(alias)
+        return found[0].model(found[1]) if found is not None else None
+
+    def resolve_alias(self, alias: str) -> str | None:
+        """The model a watched chat request for `alias` is answered by (the API's hook); None outside one.
+
+        The request is checked against what a battle allows, and the side is used up: a 400 for a
+        refused field or a side that has answered already, before any model sees the request.
+        """
         answer = self.answering.get()
-        if answer is not None:
+        found = self._side(alias)
+        if answer is None or found is None:
+            return None
+        battle, side = found
+        if answer.alias != alias:
+            check_battle_request(bytes(answer.body))
+            if side in battle.requested:
+                raise InvalidRequestError("each side of a battle answers one request; start a new battle",
+                                          param="model", code="battle_side_used")
+            battle.requested.add(side)
             answer.alias = alias
-        return battle.model(match[2])
+        return battle.model(side)
 
     def mark_delivered(self, alias: str) -> None:
         """Record that the answer of one battle side reached its client (a no-op for other names)."""
+        found = self._side(alias)
+        if found is not None:
+            found[0].delivered.add(found[1])
+
+    def mark_failed(self, alias: str) -> None:
+        """Record that the answer of one battle side failed: its battle takes no vote."""
+        found = self._side(alias)
+        if found is not None:
+            found[0].is_failed = True
+
+    def _side(self, alias: str) -> tuple[Battle, str] | None:
         match = _ALIAS.fullmatch(alias)
-        if match is None:
-            return
-        battle = self.get(match[1])
-        if battle is not None:
-            battle.delivered.add(match[2])
+        battle = self.get(match[1]) if match is not None else None
+        return (battle, match[2]) if battle is not None and match is not None else None
 
     def claim_vote(self, battle_id: str) -> Battle:
         """Mark a battle as voted on and return it; each battle takes exactly one vote.
 
         Unknown or expired battles are a 400 with code `battle_not_found`; a second vote is a 400
         with code `battle_already_voted` (the vote is rejected, the first one stands); a vote before
-        both answers were delivered is a 400 with code `battle_not_answered`.
+        both answers were delivered, or on a battle with a failed answer, is a 400 with code
+        `battle_not_answered`.
         """
         battle = self.get(battle_id)
         if battle is None:
@@ -137,6 +170,9 @@ class BattleStore:
         if battle.is_voted:
             raise InvalidRequestError("this battle has already been voted on; start a new one",
                                       param="battle_id", code="battle_already_voted")
+        if battle.is_failed:
+            raise InvalidRequestError("an answer of this battle failed, so it takes no vote; start a new one",
+                                      param="battle_id", code="battle_not_answered")
         if not battle.is_answered:
             raise InvalidRequestError("vote once both answers of the battle have arrived",
                                       param="battle_id", code="battle_not_answered")

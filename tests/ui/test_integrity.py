@@ -53,7 +53,7 @@ def _probe_left(server: LiveServer) -> tuple[str, set[str], dict, dict]:
     """Start a battle, send one message to its left alias only; (left's real model, the /metrics
     series that moved, /ready before, /ready after)."""
     battle = httpx.post(server.url + "/ui/api/battle", headers=KEY, timeout=30).json()
-    real_left = server.app.state.server.resolve_alias(battle["left"])
+    real_left = server.app.state.server.resolve_alias.__self__.model_behind(battle["left"])
     metrics_before = _series(httpx.get(server.url + "/metrics", headers=KEY).text)
     ready_before = httpx.get(server.url + "/ready", headers=KEY).json()
     answer = httpx.post(server.url + "/v1/chat/completions", headers=KEY, timeout=60, json={

@@ -95,13 +95,15 @@ export async function listModels() {
 }
 
 /**
- * Stream one chat completion. `onText(result)` gets the result so far (`result.text`) after every piece.
+ * Stream one chat completion. `onText(result)` gets the result so far (`result.text`) after every piece;
+ * `usage` asks for the token counts (refused in a battle).
  * Resolves to {text, finishReason, usage, startedAt, firstAt, lastAt, numPieces}; rejects with
  * ApiError, or with the AbortError of `signal` (the server then aborts the request).
  */
-export async function streamChat(request, { signal, onText = () => {} } = {}) {
+export async function streamChat(request, { signal, onText = () => {}, usage = true } = {}) {
   const result = { text: "", finishReason: null, usage: null, startedAt: performance.now(), firstAt: null, lastAt: null, numPieces: 0 };
-  const body = { ...request, stream: true, stream_options: { include_usage: true } };
+  // A battle answer carries no token counts (they would tell its model): `usage` false asks for none.
+  const body = { ...request, stream: true, ...(usage ? { stream_options: { include_usage: true } } : {}) };
   const response = await apiFetch("v1/chat/completions", { method: "POST", body, signal });
   for await (const data of sseData(response.body, signal)) {
     if (data === "[DONE]") return result;

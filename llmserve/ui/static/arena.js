@@ -82,17 +82,25 @@ function resetPane(side) {
   view.name.textContent = round.anonymous ? "" : round.models[side];
 }
 
+/** Token counts and speed, shown only for named models: in a battle they would help tell the models apart. */
+function stats(result) {
+  return round.anonymous ? "" : formatStats(result);
+}
+
 async function answer(side) {
   const view = paneView(side);
   const request = {
     model: round.models[side], messages: [{ role: "user", content: round.prompt }],
-    temperature: numberValue(ui.temperature), max_tokens: numberValue(ui.maxTokens),
+    temperature: numberValue(ui.temperature),
+    // A battle needs a bound (an answer run to the model's context would show its length): the field's default.
+    max_tokens: numberValue(ui.maxTokens) ?? (round.anonymous ? Number(ui.maxTokens.defaultValue) : undefined),
   };
   let progress = null;
   let frame = 0;
   try {
     const result = await streamChat(request, {
       signal: round.controller.signal,
+      usage: !round.anonymous,
       onText: (partial) => {
         progress = partial;
         frame = frame || requestAnimationFrame(() => {
@@ -103,13 +111,13 @@ async function answer(side) {
     });
     round.states[side] = "done";
     view.body.innerHTML = renderMarkdown(result.text);
-    view.meta.textContent = formatStats(result);
+    view.meta.textContent = stats(result) || "done";
   } catch (err) {
     cancelAnimationFrame(frame);
     round.states[side] = err.name === "AbortError" ? "stopped" : "error";
     if (progress) view.body.innerHTML = renderMarkdown(progress.text);
-    const stats = progress ? formatStats(progress) : "";
-    view.meta.textContent = round.states[side] === "stopped" ? ["stopped", stats].filter(Boolean).join(" · ") : "";
+    const shown = progress ? stats(progress) : "";
+    view.meta.textContent = round.states[side] === "stopped" ? ["stopped", shown].filter(Boolean).join(" · ") : "";
     if (round.states[side] === "error") {
       view.body.append(el("p", "msg-error", err.message || String(err)));
       if (err instanceof ApiError && err.needsKey) showKeyPanel(err.message);
