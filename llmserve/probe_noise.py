@@ -94,6 +94,7 @@ def own_cache_disagreement(model: torch.nn.Module, reference: Reference, device:
             chunk = min(reference.plan.chunk_tokens, len(prompt) - 1)
             wanted = {p: row for p, row in zip(kept, rows, strict=True)}
             prefilled = forward.prefill(list(prompt[:chunk]), all_logits=True)  # a shorter forward than the reference's
+            forward.decode_with_mask = _decodes_with_mask(forward, prompt, prefilled.cache, chunk)
             for p, ref in wanted.items():
                 if p < chunk:
                     own = torch.log_softmax(prefilled.logits[p].float(), dim=-1).cpu()
@@ -108,6 +109,20 @@ def own_cache_disagreement(model: torch.nn.Module, reference: Reference, device:
         return worst if worst == worst else 0.0  # NaN: no yardstick
     except Exception:  # a model whose own cache cannot run this way: no yardstick
         return 0.0
+
+
+def _decodes_with_mask(forward: Any, prompt: tuple[int, ...], cache: Any, length: int) -> bool:
+    """Whether to decode with an attention mask, as the generic path learns it: only where the cache
+    grows with the sequence (a state-space model's does not, and some such models apply a decode
+    mask to their inputs: Mamba's cached forward is then 9.5 off its full one, even in float32)."""
+    from llmserve.generic.rows import CannotStack, learn_layout
+
+    if length < 3:
+        return True
+    try:
+        return bool(learn_layout(forward.prefill(list(prompt[:2]), all_logits=False).cache, cache, 2, length).seq_dims)
+    except CannotStack:
+        return True
 
 
 @torch.inference_mode()
