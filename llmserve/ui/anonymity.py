@@ -29,16 +29,19 @@ field carries).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import time
 import uuid
 from typing import Any
 
-from llmserve.api.json_body import parse_json
+from llmserve.api.json_body import OFF_LOOP_BYTES, parse_json
 from llmserve.api.schemas import ChatCompletionRequest
 from llmserve.errors import InvalidRequestError, error_body
 
+ALIAS_MARK = b"battle-"
+"""In the raw body of every request that names a battle alias without escapes."""
 GENERIC_STATUS = 400
 GENERIC_ERROR = error_body("the answer could not be generated for this prompt; start a new battle",
                            "invalid_request_error", None, "battle_answer_failed")
@@ -56,12 +59,23 @@ FINISH_REASONS = ("stop", "length")
 _NEXT_WORD = re.compile(r"\s(?=\S)")  # whitespace followed by a word: a piece ends after it
 
 
-def check_battle_request(raw: bytes) -> None:
+async def read_battle_request(raw: bytes) -> dict[str, Any] | None:
+    """The JSON object of a chat request body that may name a battle alias, for `check_battle_request`;
+    None for any other body (or one the chat route will refuse itself). Large bodies parse in a thread."""
+    if ALIAS_MARK not in raw:
+        return None
+    try:
+        data = await asyncio.to_thread(parse_json, raw) if len(raw) > OFF_LOOP_BYTES else parse_json(raw)
+    except InvalidRequestError:
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def check_battle_request(data: dict[str, Any] | None) -> None:
     """Refuse (400 naming the field) a chat request for a battle side whose answer would depend on the
-    model beyond its text. `raw` already passed the chat route's own parsing and validation."""
-    data = parse_json(raw)
-    if not isinstance(data, dict):
-        raise InvalidRequestError("the request body must be a JSON object")
+    model beyond its text. `data` is `read_battle_request`'s object of a body the chat route accepted."""
+    if data is None:  # it names the alias only through JSON escapes: not worth a second parse
+        raise InvalidRequestError("write the battle's model name without JSON escapes", param="model")
     for name, spec in ChatCompletionRequest.model_fields.items():
         value = data.get(name)
         if name not in BATTLE_FIELDS and value is not None and value != spec.default:

@@ -31,6 +31,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from typing import Any
 
 from llmserve.errors import InvalidRequestError
 from llmserve.ui.anonymity import check_battle_request
@@ -43,9 +44,11 @@ _ALIAS = re.compile(r"battle-([0-9a-f]{24})-(left|right)")
 
 @dataclass
 class Answer:
-    """One chat request being answered: its body as read so far, and the battle alias it resolved, if any."""
+    """One chat request being answered: its body while it is read, then its JSON object if it may name a
+    battle (`anonymity.read_battle_request`), and the battle alias it resolved, if any."""
 
     body: bytearray = field(default_factory=bytearray)
+    request: dict[str, Any] | None = None
     alias: str | None = None
 
 
@@ -130,7 +133,7 @@ class BattleStore:
             return None
         battle, side = found
         if answer.alias != alias:
-            check_battle_request(bytes(answer.body))
+            check_battle_request(answer.request)
             if side in battle.requested:
                 raise InvalidRequestError("each side of a battle answers one request; start a new battle",
                                           param="model", code="battle_side_used")

@@ -2,7 +2,7 @@
 
 The API resolves a battle alias deep inside the chat handler, through `BattleStore.resolve_alias`;
 this middleware gives each chat request an `Answer` record in the store's context variable (with
-the request body as it is read, for the battle's request check), so resolving the alias tells it
+the request's JSON object when its body may name a battle, for the battle's request check), so resolving the alias tells it
 which battle side the request answers without the API knowing about battles. Then, for a battle
 side only:
 
@@ -24,7 +24,13 @@ import logging
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from llmserve.ui.anonymity import GENERIC_BODY, GENERIC_STATUS, BattleAnswer, battle_headers
+from llmserve.ui.anonymity import (
+    GENERIC_BODY,
+    GENERIC_STATUS,
+    BattleAnswer,
+    battle_headers,
+    read_battle_request,
+)
 from llmserve.ui.battles import Answer, BattleStore
 
 CHAT_PATH = "/v1/chat/completions"
@@ -50,6 +56,9 @@ class BattleDeliveryMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 answer.body += message.get("body", b"")
+                if not message.get("more_body", False):  # whole: parsed now if it may name a battle
+                    answer.request = await read_battle_request(bytes(answer.body))
+                    answer.body = bytearray()
             return message
 
         watch = _BattleWatch(self.battles, answer, send)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 import re
@@ -9,6 +10,7 @@ import re
 import pytest
 
 from llmserve.errors import InvalidRequestError
+from llmserve.ui.anonymity import read_battle_request
 from llmserve.ui.battles import Answer, Battle, BattleStore
 
 
@@ -58,7 +60,7 @@ def answering(store: BattleStore, alias: str, body: dict | None = None) -> str |
     """`resolve_alias` as the chat route calls it: inside a watched request with this body."""
     request = body if body is not None else {"model": alias, "messages": [{"role": "user", "content": "Hi"}],
                                              "max_tokens": 4}
-    token = store.answering.set(Answer(bytearray(json.dumps(request).encode())))
+    token = store.answering.set(Answer(request=asyncio.run(read_battle_request(json.dumps(request).encode()))))
     try:
         return store.resolve_alias(alias)
     finally:
@@ -77,7 +79,7 @@ def test_aliases_resolve_only_in_a_watched_chat_request_once_per_side() -> None:
         answering(store, left)  # a second question to a side: it could probe, then answer another
     assert (info.value.message, info.value.param, info.value.code) == (
         "each side of a battle answers one request; start a new battle", "model", "battle_side_used")
-    answer = Answer(bytearray(json.dumps({"model": right, "max_tokens": 1}).encode()), alias=right)
+    answer = Answer(request={"model": right, "max_tokens": 1}, alias=right)
     token = store.answering.set(answer)
     try:  # the same request resolving its alias again is not a second question
         assert store.resolve_alias(right) == battle.right
@@ -108,6 +110,23 @@ def test_requests_whose_answer_would_depend_on_the_model_are_refused_before_it(e
     fine = {"logprobs": False, "n": 1, "ignore_eos": False, "tools": None, "stream_options": {"include_usage": False},
             "max_tokens": None, "max_completion_tokens": 8, "temperature": 0.5, "seed": 3, "stop": ["x"], "store": True}
     assert answering(store, alias, {**request, **fine}) == battle.left
+
+
+def test_a_battle_request_is_read_only_when_it_may_name_a_battle() -> None:
+    assert asyncio.run(read_battle_request(b'{"model": "tiny-a", "logprobs": true}')) is None  # no second parse
+    assert asyncio.run(read_battle_request(b'{"model": "battle-x", "n": 2}')) == {"model": "battle-x", "n": 2}
+    assert asyncio.run(read_battle_request(b'{"model": "battle-x", ')) is None  # the chat route refuses it
+    big = {"model": "battle-x", "messages": [{"role": "user", "content": "y" * 100_000}]}
+    assert asyncio.run(read_battle_request(json.dumps(big).encode())) == big  # parsed in a thread
+    store = BattleStore()
+    alias = store.create(["tiny-a", "tiny-b"]).alias("left")
+    escaped = json.dumps({"model": alias, "max_tokens": 4}).replace("battle-", "battle\\u002d")
+    token = store.answering.set(Answer(request=asyncio.run(read_battle_request(escaped.encode()))))
+    try:  # a name spelled with escapes would skip the check: refused instead
+        with pytest.raises(InvalidRequestError, match="without JSON escapes"):
+            store.resolve_alias(alias)
+    finally:
+        store.answering.reset(token)
 
 
 def test_the_oldest_battles_are_evicted_past_the_cap() -> None:
