@@ -6,12 +6,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 
-from tests.api.conftest import free_port
+from tests.live_server import free_port, is_running, wait_ready
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -31,15 +30,7 @@ def test_run_serves_then_exits_zero_on_sigterm(tmp_path: Path, tiny_model_dir: P
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, "server did not start"
-            time.sleep(0.1)
+        wait_ready(f"http://127.0.0.1:{port}/ready", is_running(proc), 90)
         models = httpx.get(f"http://127.0.0.1:{port}/v1/models").json()
         assert [m["id"] for m in models["data"]] == ["tiny"]
         proc.send_signal(signal.SIGTERM)

@@ -14,7 +14,6 @@ from collections.abc import Iterator
 
 import psutil
 import pytest
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -22,7 +21,7 @@ from starlette.routing import Route
 
 from llmserve.config import ServerConfig
 from llmserve.http_limits import uvicorn_options
-from tests.api.conftest import free_port
+from tests.live_server import free_port, uvicorn_thread
 
 LIMITS = ServerConfig(max_request_line_bytes=1024, max_header_bytes=4096, max_headers=20, header_timeout_s=0.5,
                       body_timeout_s=0.5, keep_alive_timeout_s=0.5, max_connections=8)
@@ -36,20 +35,8 @@ async def _echo(request: Request) -> JSONResponse:
 def serve(server: ServerConfig = LIMITS, app: Starlette | None = None) -> Iterator[int]:
     """A uvicorn server with `server`'s limits on a free loopback port; yields the port."""
     app = app or Starlette(routes=[Route("/echo", _echo, methods=["GET", "POST"])])
-    port = free_port()
-    uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off",
-                                       **uvicorn_options(server)))
-    thread = threading.Thread(target=uv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not uv.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "server did not start"
-        time.sleep(0.01)
-    try:
+    with uvicorn_thread(app, lifespan="off", **uvicorn_options(server)) as port:
         yield port
-    finally:
-        uv.should_exit = True
-        thread.join(timeout=10)
 
 
 def connect(port: int) -> socket.socket:
@@ -269,21 +256,10 @@ def test_the_limits_hold_over_tls(tmp_path) -> None:
     context = ssl.create_default_context()
     ca.configure_trust(context)
     app = Starlette(routes=[Route("/echo", _echo, methods=["GET", "POST"])])
-    port = free_port()
-    uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off",
-                                       **uvicorn_tls_kwargs(server), **uvicorn_options(server)))
-    thread = threading.Thread(target=uv.run, daemon=True)
-    thread.start()
-    try:
-        while not uv.started:
-            assert thread.is_alive()
-            time.sleep(0.01)
+    with uvicorn_thread(app, lifespan="off", **uvicorn_tls_kwargs(server), **uvicorn_options(server)) as port:
         for head, status in ((b"GET /echo HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", 200),
                              (b"GET /echo HTTP/1.1\r\nHost: x\r\nX-Big: " + b"b" * 5000 + b"\r\n\r\n", 431)):
             with context.wrap_socket(connect(port), server_hostname="127.0.0.1") as sock:
                 sock.sendall(head)
                 response = read_until_closed(sock)
             assert response.startswith(b"HTTP/1.1 %d" % status), response[:100]
-    finally:
-        uv.should_exit = True
-        thread.join(timeout=10)

@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.api.conftest import free_port
+from tests.live_server import free_port, is_running, wait_ready
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -32,15 +32,8 @@ def _start(tmp_path: Path, model_dir: Path, shutdown_timeout: float,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            if httpx.get(f"{base}/ready", timeout=1).status_code == 200:
-                return proc, base
-        except httpx.HTTPError:
-            pass
-        assert proc.poll() is None and time.monotonic() < deadline, "server did not start"
-        time.sleep(0.1)
+    wait_ready(f"{base}/ready", is_running(proc), 90)
+    return proc, base
 
 
 def _stream(base: str, max_tokens: int, results: list, started: threading.Event) -> None:

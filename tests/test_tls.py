@@ -5,12 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import ssl
 import subprocess
 import sys
-import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +16,6 @@ import httpx
 import openai
 import pytest
 import trustme
-import uvicorn
 from cryptography.hazmat.primitives import serialization
 from starlette.applications import Starlette
 from starlette.responses import PlainTextResponse
@@ -34,6 +30,7 @@ from llmserve.config import ServerConfig, parse_config
 from llmserve.errors import ConfigError
 from llmserve.test_message import MessageCheckError, check_message
 from llmserve.tls import check_tls, client_verify, uvicorn_tls_kwargs
+from tests.live_server import free_port, llmserve_run, uvicorn_thread
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -153,12 +150,6 @@ def test_llmserve_run_exits_2_with_one_line(pki: Pki, tiny_model_dir: Path, tmp_
 # --- a real server over HTTPS -----------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def https_url(pki: Pki, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """`llmserve run` with TLS on (encrypted key and its password), serving the tiny model."""
@@ -169,32 +160,13 @@ def https_url(pki: Pki, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathF
         f'ssl_keyfile_password = "s3cret-pass"\ndrain_grace = 0\n[ui]\nenabled = false\n'
         f'[[workers]]\nmodel_path = "{tiny_model_dir}"\nmodel_names = ["{MODEL}"]\ndtype = "float32"\n'
         "kv_cache_tokens = 8192\nmax_num_seqs = 4\n", encoding="utf-8")
-    port = _free_port()
+    port = free_port()
     log_path = folder / "server.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen([sys.executable, "-m", "llmserve", "run", str(config), "--port", str(port)],
-                                   stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     base = f"https://127.0.0.1:{port}"
     verify = ssl.create_default_context(cafile=str(pki.ca))
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert process.poll() is None, log_path.read_text()[-2000:]
-            try:
-                if httpx.get(f"{base}/ready", verify=verify, timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, log_path.read_text()[-2000:]
-            time.sleep(0.1)
+    with llmserve_run([str(config), "--port", str(port)], log_path, f"{base}/ready", ready_timeout_s=120,
+                      stop_timeout_s=20, verify=verify):
         yield f"{base}/v1"
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=20)
     assert "listening on https://" in log_path.read_text()
 
 
@@ -263,20 +235,8 @@ def test_bench_with_ca_cert(https_url: str, pki: Pki) -> None:
 def _tls_app_server(server: ServerConfig) -> Iterator[str]:
     """A one-route app under uvicorn with `server`'s TLS arguments, as `llmserve run` passes them."""
     app = Starlette(routes=[Route("/ping", lambda request: PlainTextResponse("pong"))])
-    port = _free_port()
-    uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="critical",
-                                       **uvicorn_tls_kwargs(server)))
-    thread = threading.Thread(target=uv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not uv.started:
-        assert time.monotonic() < deadline and thread.is_alive()
-        time.sleep(0.02)
-    try:
+    with uvicorn_thread(app, log_level="critical", **uvicorn_tls_kwargs(server)) as port:
         yield f"https://127.0.0.1:{port}/ping"
-    finally:
-        uv.should_exit = True
-        thread.join(timeout=10)
 
 
 def test_required_client_certificates(pki: Pki) -> None:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
+
+from tests.live_server import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -87,9 +88,7 @@ def test_ab_rows_run_on_the_cpu(tiny_model_dir, tmp_path: Path) -> None:
     base = tmp_path / "base"
     base.mkdir()
     (base / "llmserve").symlink_to(ROOT / "llmserve")
-    with socket.socket() as sock:  # a free port: other test runs may be serving on the default one
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()  # other test runs may be serving on the default one
     env = {**os.environ, "MODEL": str(tiny_model_dir), "BASE": str(base), "ROUNDS": "1", "PORT": str(port),
            "PYTHON": sys.executable, "BENCH_ARGS": "--device cpu"}
     out = tmp_path / "ab"
@@ -108,9 +107,7 @@ def test_ab_rows_run_on_the_cpu(tiny_model_dir, tmp_path: Path) -> None:
 def test_structured_throughput_runs_on_the_cpu(tiny_model_dir, tmp_path: Path) -> None:
     """benchmarks/structured_throughput.py: both rows over HTTP (llmserve bench --json-schema against
     llmserve run), a schema answer that validates, the mask's host time."""
-    with socket.socket() as sock:  # a free port: other test runs may be serving on the default one
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()  # other test runs may be serving on the default one
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "structured_throughput.py"), "--device", "cpu", "--model-path",
          str(tiny_model_dir), "--concurrency", "4", "--num-prompts", "4", "--output-len", "8", "--input-len", "16",

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.api.conftest import free_port
 from tests.deploy.lb_cluster import Cluster, start_cluster
+from tests.live_server import free_port
 
 DRAIN_GRACE_S = 3.0  # > fall x inter = 2 s in haproxy.cfg
 

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import httpx
 
+from tests.live_server import is_running, wait_ready
+
 ROOT = Path(__file__).resolve().parents[2]
 HAPROXY_CFG = ROOT / "deploy" / "haproxy" / "haproxy.cfg"
 
@@ -58,16 +60,9 @@ class Instance:
                                          env={**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"})
 
     def wait_ready(self, timeout_s: float = 120) -> None:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                if httpx.get(self.url + "/ready", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            assert self.proc is not None and self.proc.poll() is None, f"{self.name} exited: {self.log.read_text()}"
-            assert time.monotonic() < deadline, f"{self.name} not ready: {self.log.read_text()[-2000:]}"
-            time.sleep(0.1)
+        assert self.proc is not None, f"{self.name} was not started"
+        wait_ready(self.url + "/ready", is_running(self.proc), timeout_s,
+                   describe=lambda: f"{self.name}: {self.log.read_text()[-2000:]}")
 
     def terminate(self, timeout_s: float = 60) -> int:
         """SIGTERM and wait for the drain to end; the exit code."""

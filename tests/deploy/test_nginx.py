@@ -14,9 +14,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.api.conftest import free_port
 from tests.deploy.conftest import require
 from tests.deploy.lb_cluster import ROOT, Cluster, Load, stream_once
+from tests.live_server import free_port
 
 NGINX_CONF = ROOT / "deploy" / "nginx" / "nginx.conf"
 
