@@ -11,7 +11,12 @@ The baseline is the same model's `generate` (transformers' default attention), b
 request after another. Output tokens per second of each; whether the c=1 engine's first request
 repeats generate's tokens is reported alongside. JSON to --out, a table printed last.
 
+`--device cpu` measures the same on the CPU (float32 unless `--dtype` says otherwise; pick a small
+shape), as the CPU table in RESULTS.md does:
+
     python benchmarks/gpu_generic_throughput.py --out generic.json
+    python benchmarks/gpu_generic_throughput.py --device cpu --hidden-size 256 --layers 8 --prompt-len 32 \
+        --max-tokens 64 --generate-requests 4 --concurrency 1 16 32
 """
 
 from __future__ import annotations
@@ -108,10 +113,12 @@ def main() -> int:
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--generate-requests", type=int, default=3)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 32])
-    parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--dtype", default=None, help="default: bfloat16 on CUDA, float32 elsewhere")
     parser.add_argument("--out", type=Path, default=None)
-    parser.add_argument("--device", default="cuda", help="cpu only smoke-tests this script (use a small shape)")
+    parser.add_argument("--device", default="cuda", help="cuda, or cpu (with a small shape)")
     args = parser.parse_args()
+    if args.dtype is None:
+        args.dtype = "bfloat16" if args.device.startswith("cuda") else "float32"
     work = Path(tempfile.mkdtemp(prefix="llmserve-generic-"))
     model_shape = shape(args.hidden_size, args.layers)
     model_dir = build_family_model(FAMILY, build_tiny_model(work / "tokenizer"), work / FAMILY, **model_shape)
@@ -146,12 +153,14 @@ def main() -> int:
     results = {"device": device, "torch": torch.__version__, "family": FAMILY, "shape": model_shape,
                "num_parameters": num_parameters, "vocab_size": vocab, "dtype": args.dtype,
                "prompt_len": args.prompt_len, "max_tokens": args.max_tokens, "measured": "direct engine stepping, no HTTP",
+               "torch_threads": torch.get_num_threads(),
                "path": engine.serving_path.name, "path_reason": engine.serving_path.reason,
                "batched_decoding": engine.layout is not None, "engine_build_s": round(build_s, 1), "rows": rows}
     if args.out:
         args.out.write_text(json.dumps(results, indent=2))
     print(f"GraniteMoeHybrid {num_parameters / 1e6:.0f}M parameters ({model_shape['hidden_size']} wide, "
-          f"{model_shape['num_hidden_layers']} layers), {args.dtype} on {device}; {results['path']} path "
+          f"{model_shape['num_hidden_layers']} layers), {args.dtype} on {device} ({results['torch_threads']} torch "
+          f"threads); {results['path']} path "
           f"({results['path_reason']}); batched decoding: {results['batched_decoding']}")
     print("| run | output tok/s | vs generate | requests |\n| --- | ---: | ---: | ---: |")
     for row in rows:
