@@ -115,7 +115,8 @@ class _BattleWatch:
                 self.battles.mark_failed(alias)
             elif is_last:
                 self.battles.mark_delivered(alias)  # before the last write: the client votes after reading it
-            await self._send({"type": "http.response.body", "body": out, "more_body": not is_last})
+            if out or is_last:  # nothing written while a word is held: writes follow words, not tokens
+                await self._send({"type": "http.response.body", "body": out, "more_body": not is_last})
         else:
             self._whole += body
             if is_last:
