@@ -23,8 +23,9 @@ model is involved (`check_battle_request`): token-level fields (`logprobs`, `log
 `stream_options.include_usage`. `max_tokens` is required: an answer without it runs until the
 model's context is full, and its length would give the context away.
 
-What is left is what the voter judges: the text of the answers (and their timing, which no body
-field carries).
+What is left is what the voter judges: the text of the answers, and their timing, which no body
+field carries. The text still says something about the tokenizer: an answer cut by `max_tokens`
+(finish reason "length") is as long as that many of the model's tokens make.
 """
 
 from __future__ import annotations
