@@ -310,9 +310,11 @@ def test_qwen2_model_is_seeded_biased_and_loads(tmp_path: Path) -> None:
     assert torch.equal(loaded.model.layers[0].self_attn.q_proj.bias, q_bias)
     generation = json.loads((tmp_path / "generation_config.json").read_text())
     assert generation["eos_token_id"] == [eos_id, bos_id] == [1023, 1021]
-    inputs = _tokenizer(tmp_path).apply_chat_template(
-        MESSAGES, add_generation_prompt=True, return_tensors="pt"
-    )
+    reloaded = _tokenizer(tmp_path)  # transformers picks its Qwen2 tokenizer class from config.json
+    assert all(reloaded.decode([token_id]) for token_id in range(1024))
+    text = "def f(x):\n    return 'ünï' * x\n"
+    assert reloaded.decode(reloaded(text)["input_ids"]) == text
+    inputs = reloaded.apply_chat_template(MESSAGES, add_generation_prompt=True, return_tensors="pt")
     output = loaded.generate(**inputs, max_new_tokens=8, do_sample=False)
     assert output.shape[1] == inputs["input_ids"].shape[1] + 8
 
