@@ -266,6 +266,42 @@ def _attend_prefill(
     return result.squeeze(0).transpose(0, 1)
 
 
+def decode_gather(
+    context_lens: list[int],  # [B], each sequence's positions including its new token
+    block_tables: torch.Tensor,  # [B, max_blocks] int
+    block_size: int,
+) -> tuple[torch.Tensor, torch.Tensor]:  # slots [B, L] int64, mask [B, 1, 1, L] bool
+    """For a step where every sequence decodes one token: the cache slot of each sequence's positions
+    0 .. L - 1 (L the longest; past a sequence's end, whatever its table's padding points at) and
+    which of them it sees. Made once per step and shared by every plain layer; the mask is kept even
+    when all lengths are equal, so a compiled forward sees one input signature."""
+    longest = max(context_lens)
+    device = block_tables.device
+    positions = torch.arange(longest, device=device)
+    blocks = block_tables[:, : -(-longest // block_size)].to(torch.long)  # [B, blocks of the longest]
+    slots = blocks.repeat_interleave(block_size, dim=1)[:, :longest] * block_size + positions % block_size
+    lens = torch.tensor(context_lens, device=device)
+    mask = (positions < lens[:, None])[:, None, None, :]
+    return slots, mask
+
+
+def _attend_gathered(
+    query: torch.Tensor,  # [B, H, Dk], one row per sequence
+    k_cache: torch.Tensor,  # [num_blocks, block_size, Hkv, Dk]
+    v_cache: torch.Tensor,  # [num_blocks, block_size, Hkv, Dv]
+    slots: torch.Tensor,  # [B, L] int64
+    mask: torch.Tensor,  # [B, 1, 1, L] bool
+    scale: float,
+) -> torch.Tensor:  # [B, H, Dv]
+    """Plain attention of one query row per sequence over the keys at ``slots``."""
+    num_seqs, longest = slots.shape
+    flat = slots.reshape(-1)
+    key = k_cache.view(-1, *k_cache.shape[2:]).index_select(0, flat).view(num_seqs, longest, *k_cache.shape[2:])
+    value = v_cache.view(-1, *v_cache.shape[2:]).index_select(0, flat).view(num_seqs, longest, *v_cache.shape[2:])
+    key, value = key.transpose(1, 2).to(query.dtype), value.transpose(1, 2).to(query.dtype)  # [B, Hkv, L, D*]
+    return _sdpa(query.unsqueeze(2), key, value, mask, scale).squeeze(2)
+
+
 def paged_attention(
     query: torch.Tensor,  # [T, H, Dk]
     k_cache: torch.Tensor,  # [num_blocks, block_size, Hkv, Dk]
@@ -279,15 +315,21 @@ def paged_attention(
     softcap: float = 0.0,
     sinks: torch.Tensor | None = None,  # [H]
     alibi_slopes: torch.Tensor | None = None,  # [H]
+    decode_slots: torch.Tensor | None = None,  # [B, L] int64, see decode_gather
+    decode_mask: torch.Tensor | None = None,  # [B, 1, 1, L] bool
 ) -> torch.Tensor:  # [T, H, Dv], query dtype
     """Causal attention of each sequence's new tokens over its cached positions (torch path).
 
     Single-token (decode) sequences go through one batched call; longer chunks through one
     call each. ``max_seqlen_q`` is accepted for parity with the Triton path and not needed here.
     The feature arguments are described in the module docstring; their defaults switch them off.
+    A step of decodes only may bring its `decode_gather` (made once for all layers), which plain
+    layers use instead of working out the same addresses each.
     """
     del max_seqlen_q
     features = Features(sliding_window, softcap, sinks, alibi_slopes)
+    if decode_slots is not None and decode_mask is not None and features.is_plain:
+        return _attend_gathered(query, k_cache, v_cache, decode_slots, decode_mask, scale)
     cu = cu_seqlens_q.tolist()
     lens = context_lens.tolist()
     out = output_like(query, v_cache.shape[3]).zero_()

@@ -65,7 +65,9 @@ def compile_model_forward(model: torch.nn.Module, backend: str | Callable[..., A
     (~80 us of a ~1.3 ms CPU step on a 4-layer model): for a forward called at every step, not only
     under a CUDA graph capture. The served model's modules never change after load, so the checks
     can only ever pass."""
-    options = {"guard_filter_fn": torch.compiler.skip_guard_on_all_nn_modules_unsafe} if skip_module_guards else None
+    options: dict[str, str | int | bool | Callable[..., Any]] | None = None
+    if skip_module_guards:
+        options = {"guard_filter_fn": torch.compiler.skip_guard_on_all_nn_modules_unsafe}
     compiled = torch.compile(model, backend=backend, dynamic=True, fullgraph=fullgraph, options=options)
 
     def forward(**inputs: Any) -> Any:

@@ -40,6 +40,10 @@ class AttentionMetadata:
     block_tables: torch.Tensor  # [B, max_blocks] int32
     max_seqlen_q: int
     use_triton: bool = False
+    # The torch path's decode-only steps: every sequence's cache slots and key mask, built once per
+    # step instead of in every layer (see attention.decode_gather); None otherwise.
+    decode_slots: torch.Tensor | None = None  # [B, L] int64
+    decode_mask: torch.Tensor | None = None  # [B, 1, 1, L] bool
     _copies: dict[torch.device, AttentionMetadata] = field(default_factory=dict, repr=False, compare=False)
 
     def on(self, device: torch.device) -> AttentionMetadata:
@@ -51,9 +55,14 @@ class AttentionMetadata:
             copy = AttentionMetadata(
                 self.kv_cache, self.slot_mapping.to(device), self.cu_seqlens_q.to(device),
                 self.context_lens.to(device), self.block_tables.to(device), self.max_seqlen_q, self.use_triton,
+                _to(self.decode_slots, device), _to(self.decode_mask, device),
             )
             self._copies[device] = copy
         return copy
+
+
+def _to(tensor: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
+    return None if tensor is None else tensor.to(device)
 
 
 def _write_kv(
@@ -86,13 +95,22 @@ def _paged_attention(
     softcap: float = 0.0,
     sinks: torch.Tensor | None = None,  # [H]
     alibi_slopes: torch.Tensor | None = None,  # [H]
+    decode_slots: torch.Tensor | None = None,  # [B, L] int64, the torch path's decode-only steps
+    decode_mask: torch.Tensor | None = None,  # [B, 1, 1, L] bool
 ) -> torch.Tensor:  # [T, H, Dv], a new tensor (see attention.output_like)
     """Causal attention over the paged cache, with the Triton or the torch kernel, and the layer's
     own window, soft-cap, sinks and ALiBi slopes (defaults: off)."""
     k_cache, v_cache = split_kv(kv_cache, query.shape[-1])
-    return _backend(use_triton).paged_attention(  # type: ignore[no-any-return]
+    if use_triton:
+        from llmserve.engine import triton_attention
+
+        return triton_attention.paged_attention(  # type: ignore[no-any-return]
+            query, k_cache, v_cache, cu_seqlens_q, context_lens, block_tables, scale, max_seqlen_q,
+            sliding_window, softcap, sinks, alibi_slopes,
+        )  # fmt: skip
+    return torch_attention.paged_attention(
         query, k_cache, v_cache, cu_seqlens_q, context_lens, block_tables, scale, max_seqlen_q,
-        sliding_window, softcap, sinks, alibi_slopes,
+        sliding_window, softcap, sinks, alibi_slopes, decode_slots, decode_mask,
     )  # fmt: skip
 
 
@@ -111,7 +129,8 @@ def _paged_attention_fake(query: torch.Tensor, kv_cache: torch.Tensor, cu_seqlen
                           context_lens: torch.Tensor, block_tables: torch.Tensor, scale: float,
                           max_seqlen_q: int, use_triton: bool, sliding_window: int = 0, softcap: float = 0.0,
                           sinks: torch.Tensor | None = None,
-                          alibi_slopes: torch.Tensor | None = None) -> torch.Tensor:
+                          alibi_slopes: torch.Tensor | None = None, decode_slots: torch.Tensor | None = None,
+                          decode_mask: torch.Tensor | None = None) -> torch.Tensor:
     # Both kernels allocate their output with output_like: query's strides when Dv == Dk.
     return torch_attention.output_like(query, split_kv(kv_cache, query.shape[-1])[1].shape[-1])
 
@@ -155,6 +174,7 @@ def paged_attention_forward(
     out = attend(
         q, kv_cache, meta.cu_seqlens_q, meta.context_lens, meta.block_tables, scale, meta.max_seqlen_q,
         meta.use_triton, sliding_window or 0, float(softcap or 0.0), s_aux, alibi_slopes,
+        meta.decode_slots, meta.decode_mask,
     )
     return out.unsqueeze(0), None
 

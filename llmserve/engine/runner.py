@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from llmserve.engine.attention import is_triton_usable
+from llmserve.engine.attention import decode_gather, is_triton_usable
 from llmserve.engine.compilation import CompiledForward
 from llmserve.engine.cuda_graphs import StepBatch, StepGraphs, StepLogits
 from llmserve.engine.hf_attention import META_KWARG, AttentionMetadata
@@ -168,14 +168,20 @@ class ModelRunner:
             input_ids[self._tensor(batch.pending_indices, torch.int64)] = prev_ids.to(input_ids.device)[rows]
         width = max(len(t) for t in batch.block_tables)
         tables = [t + [0] * (width - len(t)) for t in batch.block_tables]
+        block_tables = self._tensor(tables, torch.int32)
+        decode_slots = decode_mask = None
+        if not self.use_triton and batch.max_seqlen_q == 1:  # decodes only: addresses once, not per layer
+            decode_slots, decode_mask = decode_gather(batch.context_lens, block_tables, self.block_size)
         meta = AttentionMetadata(
             kv_cache=self.kv_cache,
             slot_mapping=self._tensor(batch.slots, torch.int64),
             cu_seqlens_q=self._tensor(batch.cu_seqlens, torch.int32),
             context_lens=self._tensor(batch.context_lens, torch.int32),
-            block_tables=self._tensor(tables, torch.int32),
+            block_tables=block_tables,
             max_seqlen_q=batch.max_seqlen_q,
             use_triton=self.use_triton,
+            decode_slots=decode_slots,
+            decode_mask=decode_mask,
         )
         out = self._eager_forward(
             input_ids=input_ids.unsqueeze(0),
