@@ -300,3 +300,22 @@ def test_grouped_heads_use_their_own_kv_head() -> None:
     )
     assert torch.equal(out[:, 2:4], torch.zeros_like(out[:, 2:4]))
     assert out[:, :2].abs().gt(0).all() and out[:, 4:].abs().gt(0).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("specs", [[(9, 1)], [(5, 1), (17, 1), (0, 1), (12, 1)], [(7, 1), (7, 1)]],
+                         ids=["one", "ragged", "equal"])
+def test_decode_gather_matches_reference(specs: list[tuple[int, int]], dtype: torch.dtype) -> None:
+    """A decode-only step's gather, made once for the step, gives the reference's answer for plain layers
+    (lengths ragged or equal: the mask is always there); a windowed layer ignores it and still windows."""
+    batch = make_batch(specs, 8, 2, 32, 4, dtype, seed=len(specs))
+    k_cache, v_cache = written_cache(batch, attention.write_kv)
+    slots, mask = attention.decode_gather(batch.context_lens.tolist(), batch.block_tables, 4)
+    assert slots.shape == mask.shape[::3] == (len(specs), max(batch.context_lens.tolist()))
+    args = (batch.query, k_cache, v_cache, batch.cu_seqlens_q, batch.context_lens, batch.block_tables,
+            batch.scale, batch.max_seqlen_q)
+    out = attention.paged_attention(*args, decode_slots=slots, decode_mask=mask)
+    torch.testing.assert_close(out.double(), reference_attention(batch), atol=tolerance(dtype), rtol=0)
+    windowed = attention.paged_attention(*args, sliding_window=4, decode_slots=slots, decode_mask=mask)
+    torch.testing.assert_close(windowed.double(), reference_attention(batch, sliding_window=4),
+                               atol=tolerance(dtype), rtol=0)
