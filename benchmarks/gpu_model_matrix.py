@@ -17,16 +17,25 @@ with logprobs (prefix-cache hits).
   magnitude 16-32), every disagreement a near-tie of the reference (its top-2 gap <= TOLERANCE).
   Yardstick: transformers' bf16 sdpa forward against its bf16 eager one on the same tokens, where
   sdpa is valid for the model (its float32 sdpa forward within SDPA_VALID of float32 eager).
+- bfloat16 yardsticks (`matrix_noise.py`), over the same served sequences: transformers' own cached
+  decode against its own full forward (eager, teacher-forced), next to eager vs sdpa; "own noise" is
+  the larger, and the row states how far our path's difference is beyond it, and the tolerance the
+  load-time probe's rule gives (twice the own noise, clamped to [0.25, 1.0]).
+- models with experts (gpt-oss, Qwen3-MoE, Mixtral, DeepSeek-V3, the hybrid): at the worst served
+  position, do the routers of our path (an engine the worker's builder makes without CUDA graphs
+  or compilation, so hooks fire) and of the eager reference choose the same experts, and over the
+  sequence's output positions, are the large differences the ones with a flip? (`router` in the row.)
 - float32: the engine's greedy tokens must equal `model.generate`'s (eager), in every pass; the
   largest |logprob difference| against the model's own float32 forward is reported. Its CUDA graphs
   capture the eager forward unless `--compile-float32` (halves the compiling; the bf16 engine, with
-  the worker defaults, checks the compiled forward).
+  the worker defaults, checks the compiled forward). `--dtype bfloat16` skips it.
 
 Each family runs in a child process of its own, `--jobs` at once (compiling is CPU-bound and the
 families are independent); its log goes to the log folder. JSON to --out, a table printed last.
 
     python benchmarks/gpu_model_matrix.py --out matrix.json
     python benchmarks/gpu_model_matrix.py --device cpu --scale 1 --families llama remote_code  # smoke
+    python benchmarks/gpu_model_matrix.py --device cpu --dtype bfloat16 --scale 1 --families gemma3 gpt_oss
 """
 
 from __future__ import annotations
@@ -53,10 +62,11 @@ sys.path.insert(0, str(REPO_ROOT))
 sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
 
 from gpu_correctness import matching_prefix, reference, run_engine  # noqa: E402
+from matrix_noise import cached_rows, moe_shape, router_check, router_verdict, worst_position  # noqa: E402
 
 from llmserve.config import WorkerConfig  # noqa: E402
 from llmserve.engine.builder import build_engine  # noqa: E402
-from llmserve.probe import TOLERANCES  # noqa: E402
+from llmserve.probe import MAX_TOLERANCES, TOLERANCES  # noqa: E402
 from llmserve.tiny import build_tiny_model  # noqa: E402
 from llmserve.tiny.families import FAMILIES, build_family_model  # noqa: E402
 from llmserve.tiny.remote_code import build_remote_code_model  # noqa: E402
@@ -67,6 +77,8 @@ MATRIX = [*sorted(FAMILIES), REMOTE_CODE]
 # references scan token by token, the rest compile one small graph per shape).
 _FIRST = ("deepseek_v3", "gpt_oss", "qwen3_moe", "mixtral", "granitemoehybrid", "mamba", "gemma2", "gemma3")
 TOLERANCE = TOLERANCES[torch.bfloat16]
+MAX_TOLERANCE = MAX_TOLERANCES[torch.bfloat16]
+DTYPES = ("both", "bfloat16")
 SDPA_VALID = 1e-3  # float32 eager vs sdpa: 2e-6 where both compute the same attention
 _WIDTH_KEYS = ("hidden_size", "n_embd", "intermediate_size", "ffn_dim", "moe_intermediate_size",
                "shared_intermediate_size", "word_embed_proj_dim", "head_dim", "query_pre_attn_scalar",
@@ -202,7 +214,7 @@ def try_rows(model_dir: Path, dtype: torch.dtype, attention: str, device: str, r
 
 
 def check_family(family: str, tokenizer_dir: Path, work: Path, device: str, scale: int, num_prompts: int,
-                 max_tokens: int, compile_float32: bool) -> dict[str, Any]:
+                 max_tokens: int, compile_float32: bool, dtypes: str = "both") -> dict[str, Any]:
     started = time.perf_counter()
     remote = family == REMOTE_CODE
     model_dir = build(family, tokenizer_dir, work / family, scale)
@@ -211,18 +223,30 @@ def check_family(family: str, tokenizer_dir: Path, work: Path, device: str, scal
     row: dict[str, Any] = {"family": family, "shape": gpu_shape(family, scale),
                            "class": "TinyGLM (remote code)" if remote else FAMILIES[family].model_cls.__name__}
     bf16 = serve(model_dir, "bfloat16", device, prompts, max_tokens, remote)
-    fp32 = serve(model_dir, "float32", device, prompts, max_tokens, remote, compile_float32)
-    eager = try_rows(model_dir, torch.bfloat16, "eager", device, remote, prompts, bf16["passes"])
-    assert not isinstance(eager, str), eager
-    sdpa = try_rows(model_dir, torch.bfloat16, "sdpa", device, remote, prompts, bf16["passes"][-1:])
-    # Is sdpa the same attention as eager for this model? Measured in float32, where it should be.
-    model = load(model_dir, torch.float32, "eager", device, remote)
-    expected = reference(model, prompts, max_tokens)
-    eager32 = rows_for(model, prompts, bf16["passes"][-1:])
-    fp32_rows = rows_for(model, prompts, fp32["passes"][-1:])
+    last = bf16["passes"][-1]  # the pass with logprobs
+    model = load(model_dir, torch.bfloat16, "eager", device, remote)
+    eager = rows_for(model, prompts, bf16["passes"])
+    bf16_agreement = agreement(eager, prompts, bf16["passes"], bf16["logprobs"])
+    try:
+        cached: dict[tuple, torch.Tensor] | str = cached_rows(model, prompts, [last])
+    except Exception as exc:  # a model whose own cache cannot be teacher-forced this way
+        cached = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+    if moe_shape(model.config) is not None:
+        row["router"] = check_router(model, model_dir, device, remote, prompts, last, bf16["logprobs"], eager)
     del model
     release()
-    sdpa32 = try_rows(model_dir, torch.float32, "sdpa", device, remote, prompts, bf16["passes"][-1:])
+    sdpa = try_rows(model_dir, torch.bfloat16, "sdpa", device, remote, prompts, [last])
+    # Is sdpa the same attention as eager for this model? Measured in float32, where it should be.
+    model = load(model_dir, torch.float32, "eager", device, remote)
+    eager32 = rows_for(model, prompts, [last])
+    fp32: dict[str, Any] | None = None
+    if dtypes == "both":
+        expected = reference(model, prompts, max_tokens)
+        fp32 = serve(model_dir, "float32", device, prompts, max_tokens, remote, compile_float32)
+        fp32_rows = rows_for(model, prompts, fp32["passes"][-1:])
+    del model
+    release()
+    sdpa32 = try_rows(model_dir, torch.float32, "sdpa", device, remote, prompts, [last])
     yardstick: dict[str, Any] = {"sdpa_valid": False}
     if isinstance(sdpa32, str) or isinstance(sdpa, str):
         yardstick["reason"] = f"sdpa not loadable: {sdpa32 if isinstance(sdpa32, str) else sdpa}"
@@ -234,24 +258,63 @@ def check_family(family: str, tokenizer_dir: Path, work: Path, device: str, scal
             yardstick["bfloat16_eager_vs_sdpa"] = row_difference({k: eager[k] for k in sdpa}, sdpa)
         else:
             yardstick["reason"] = f"float32 sdpa differs from eager by {float32_gap:.2g} (a feature it drops)"
-    bf16_agreement = agreement(eager, prompts, bf16["passes"], bf16["logprobs"])
-    exact = [matching_prefix(got, want["tokens"]) == max_tokens
-             for run in fp32["passes"] for got, want in zip(run, expected, strict=True)]
+    if isinstance(cached, str):
+        yardstick["cached_vs_full_error"] = cached
+    else:
+        yardstick["bfloat16_cached_vs_full"] = row_difference({k: eager[k] for k in cached}, cached)
+    yardstick.update(own_noise(yardstick, bf16_agreement["max_logprob_diff"]))
     row.update({
-        "path": bf16["path"], "path_reason": bf16["path_reason"], "float32_path": fp32["path"],
+        "path": bf16["path"], "path_reason": bf16["path_reason"],
         "bfloat16": {**{k: v for k, v in bf16.items() if k not in ("passes", "logprobs")}, **bf16_agreement,
                      "tolerance": TOLERANCE,
                      "within_tolerance": bf16_agreement["max_logprob_diff"] <= TOLERANCE
                      and bf16_agreement["max_gap_at_disagreement"] <= TOLERANCE},
-        "hf_yardstick": yardstick,
-        "float32": {**{k: v for k, v in fp32.items() if k not in ("passes", "logprobs")},
-                    "token_identical": sum(exact), "runs": len(exact),
-                    # against the model's own float32 forward over the engine's tokens
-                    "max_logprob_diff": agreement(fp32_rows, prompts, fp32["passes"][-1:],
-                                                  fp32["logprobs"])["max_logprob_diff"]},
-        "seconds": round(time.perf_counter() - started, 1)})
-    row["ok"] = row["bfloat16"]["within_tolerance"] and row["float32"]["token_identical"] == len(exact)
+        "hf_yardstick": yardstick})
+    row["ok"] = row["bfloat16"]["within_tolerance"]
+    if fp32 is not None:
+        exact = [matching_prefix(got, want["tokens"]) == max_tokens
+                 for run in fp32["passes"] for got, want in zip(run, expected, strict=True)]
+        row["float32_path"] = fp32["path"]
+        row["float32"] = {**{k: v for k, v in fp32.items() if k not in ("passes", "logprobs")},
+                          "token_identical": sum(exact), "runs": len(exact),
+                          # against the model's own float32 forward over the engine's tokens
+                          "max_logprob_diff": agreement(fp32_rows, prompts, fp32["passes"][-1:],
+                                                        fp32["logprobs"])["max_logprob_diff"]}
+        row["ok"] = row["ok"] and row["float32"]["token_identical"] == len(exact)
+    row["seconds"] = round(time.perf_counter() - started, 1)
     return row
+
+
+def own_noise(yardstick: dict[str, Any], ours: float) -> dict[str, Any]:
+    """The model's own bf16 noise on these sequences (the larger of eager vs sdpa, where valid, and
+    cached vs full), how far our path's difference is beyond it, and the probe rule's tolerance."""
+    values = [yardstick[k]["max_logprob_diff"] for k in ("bfloat16_eager_vs_sdpa", "bfloat16_cached_vs_full")
+              if k in yardstick]
+    if not values:
+        return {}
+    noise = max(values)
+    tolerance = min(MAX_TOLERANCE, max(TOLERANCE, 2 * noise))
+    return {"own_noise": noise, "ours_beyond_own_noise": ours - noise, "probe_rule_tolerance": tolerance,
+            "within_probe_rule_tolerance": ours <= tolerance}
+
+
+def check_router(model: Any, model_dir: Path, device: str, remote: bool, prompts: list[list[int]],
+                 run: list[list[int]], logprobs: list[list[float]], eager: dict[tuple, torch.Tensor]) -> dict[str, Any]:
+    """`matrix_noise.router_check` at the served pass's worst position, against the eager model."""
+    index, step, diff = worst_position(eager, prompts, run, logprobs)
+    config = WorkerConfig(model_path=str(model_dir), device=device, dtype="bfloat16", max_num_seqs=16,
+                          max_num_batched_tokens=512, kv_cache_tokens=16384, trust_remote_code=remote,
+                          compile=False, cuda_graphs=False, async_scheduling=False, enable_prefix_caching=False)
+    try:
+        engine: Any = build_engine(config, 0)
+        engine_model = engine.runner.model if hasattr(engine, "runner") else engine.forward.model
+        check = router_check(model, engine, engine_model, prompts[index], run[index], step, diff)
+        check["check_engine_path"] = engine.serving_path.name
+    except Exception as exc:  # recorded, the rest of the row stands
+        check = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"}
+    check["prompt_index"] = index
+    check["verdict"] = router_verdict(check)
+    return check
 
 
 def run_child(family: str, args: argparse.Namespace, work: Path, tokenizer_dir: Path, log_dir: Path,
@@ -265,7 +328,8 @@ def run_child(family: str, args: argparse.Namespace, work: Path, tokenizer_dir: 
         return row
     command = [sys.executable, __file__, "--child", family, "--work", str(work), "--tokenizer-dir", str(tokenizer_dir),
                "--device", args.device, "--scale", str(args.scale), "--num-prompts", str(args.num_prompts),
-               "--max-tokens", str(args.max_tokens), *(["--compile-float32"] if args.compile_float32 else [])]
+               "--max-tokens", str(args.max_tokens), "--dtype", args.dtype,
+               *(["--compile-float32"] if args.compile_float32 else [])]
     started = time.perf_counter()
     with log_path.open("w") as log:
         try:
@@ -282,34 +346,58 @@ def run_child(family: str, args: argparse.Namespace, work: Path, tokenizer_dir: 
     return row
 
 
+def _yardsticks(y: dict[str, Any]) -> tuple[str, str, str]:
+    """transformers' own bf16 eager vs sdpa and cached vs full, and our path beyond the larger, as text."""
+    sdpa = f"{y['bfloat16_eager_vs_sdpa']['max_logprob_diff']:.3f}" if y["sdpa_valid"] else "n/a"
+    cached = (f"{y['bfloat16_cached_vs_full']['max_logprob_diff']:.3f}" if "bfloat16_cached_vs_full" in y
+              else "n/a")
+    beyond = f"{y['ours_beyond_own_noise']:+.3f}" if "ours_beyond_own_noise" in y else "n/a"
+    return sdpa, cached, beyond
+
+
 def summary_line(row: dict[str, Any]) -> str:
     if "error" in row:
         return f"{row['family']}: ERROR {row['error'][-600:]}"
-    b, f, y = row["bfloat16"], row["float32"], row["hf_yardstick"]
-    sdpa = (f"{y['bfloat16_eager_vs_sdpa']['max_logprob_diff']:.3f}" if y["sdpa_valid"] else f"n/a ({y['reason']})")
-    return (f"{row['family']}: {row['path']} path (compiled={b['compiled']}, graphs={b['cuda_graphs']}); bf16 argmax "
+    b, y = row["bfloat16"], row["hf_yardstick"]
+    sdpa, cached, beyond = _yardsticks(y)
+    sdpa = sdpa if y["sdpa_valid"] else f"n/a ({y['reason']})"
+    line = (f"{row['family']}: {row['path']} path (compiled={b['compiled']}, graphs={b['cuda_graphs']}); bf16 argmax "
             f"{b['argmax_agreed']}/{b['steps']} steps, {b['prompts_all_agreed']}/{b['prompts']} prompts, max |dlogprob| "
             f"{b['max_logprob_diff']:.3f} (tolerance {b['tolerance']}), largest gap at a disagreement "
-            f"{b['max_gap_at_disagreement']:.3f}; transformers bf16 eager vs sdpa {sdpa}; float32 "
-            f"{f['token_identical']}/{f['runs']} token-identical, max |dlogprob| "
-            f"{f['max_logprob_diff']:.1e}; {row['seconds']} s  ({row['path_reason']})")
+            f"{b['max_gap_at_disagreement']:.3f}; transformers bf16 eager vs sdpa {sdpa}, cached vs full {cached}; "
+            f"ours beyond the larger {beyond}")
+    if "router" in row:
+        line += f"; router: {row['router']['verdict']}"
+    if "float32" in row:
+        f = row["float32"]
+        line += (f"; float32 {f['token_identical']}/{f['runs']} token-identical, max |dlogprob| "
+                 f"{f['max_logprob_diff']:.1e}")
+    return f"{line}; {row['seconds']} s  ({row['path_reason']})"
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
-    print(f"\nbf16: teacher-forced against transformers' bf16 eager forward, tolerance {TOLERANCE}; float32: against generate")
+    print(f"\nbf16: teacher-forced against transformers' bf16 eager forward, tolerance {TOLERANCE}; HF: transformers' "
+          "own bf16 eager vs sdpa and cached decode vs full forward on the same sequences; beyond: our max dlogprob "
+          "minus the larger; float32: against generate")
     print("| family | path (bf16) | compiled | bf16 argmax agreed | bf16 prompts all agreed | bf16 max dlogprob | "
-          "HF bf16 eager vs sdpa | fp32 token-identical | fp32 max dlogprob | s |")
-    print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+          "HF eager vs sdpa | HF cached vs full | beyond | fp32 token-identical | fp32 max dlogprob | s |")
+    print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
         if "error" in r:
-            print(f"| {r['family']} | error | | | | | | | | |")
+            print(f"| {r['family']} | error | | | | | | | | | | |")
             continue
-        b, f, y = r["bfloat16"], r["float32"], r["hf_yardstick"]
-        sdpa = f"{y['bfloat16_eager_vs_sdpa']['max_logprob_diff']:.3f}" if y["sdpa_valid"] else "n/a"
-        path = r["path"] if r["float32_path"] == r["path"] else f"{r['path']} (float32: {r['float32_path']})"
+        b, f = r["bfloat16"], r.get("float32")
+        sdpa, cached, beyond = _yardsticks(r["hf_yardstick"])
+        path = r["path"] if r.get("float32_path", r["path"]) == r["path"] else f"{r['path']} (float32: {r['float32_path']})"
+        fp32 = f"{f['token_identical']}/{f['runs']} | {f['max_logprob_diff']:.1e}" if f else "not run | not run"
         print(f"| {r['family']} | {path} | {b['compiled']} | {b['argmax_agreed']}/{b['steps']} | "
-              f"{b['prompts_all_agreed']}/{b['prompts']} | {b['max_logprob_diff']:.3f} | {sdpa} | "
-              f"{f['token_identical']}/{f['runs']} | {f['max_logprob_diff']:.1e} | {r['seconds']} |")
+              f"{b['prompts_all_agreed']}/{b['prompts']} | {b['max_logprob_diff']:.3f} | {sdpa} | {cached} | {beyond} | "
+              f"{fp32} | {r['seconds']} |")
+    routed = [r for r in rows if "router" in r]
+    if routed:
+        print("\nRouters (models with experts), at the worst served position and over its sequence:")
+        for r in routed:
+            print(f"- {r['family']}: {r['router']['verdict']}")
 
 
 def main() -> int:
@@ -325,6 +413,9 @@ def main() -> int:
                              "those not started are rows saying so")
     parser.add_argument("--compile-float32", action="store_true",
                         help="compile the float32 engine's forward too (its CUDA graphs capture the eager one otherwise)")
+    parser.add_argument("--dtype", default="both", choices=DTYPES,
+                        help="both: bfloat16 against transformers' bf16 and float32 against generate; "
+                             "bfloat16: the first only (with its yardsticks and router checks)")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--log-dir", type=Path, default=None, help="per-family logs (default: beside --out)")
     parser.add_argument("--device", default="cuda", help="cpu only smoke-tests this script")
@@ -337,7 +428,7 @@ def main() -> int:
     if args.child:
         try:
             row = check_family(args.child, args.tokenizer_dir, args.work, args.device, args.scale, args.num_prompts,
-                               args.max_tokens, args.compile_float32)
+                               args.max_tokens, args.compile_float32, args.dtype)
         except Exception:
             row = {"family": args.child, "ok": False, "error": traceback.format_exc(limit=-4)}
         (args.work / f"{args.child}.json").write_text(json.dumps(row, indent=2))
@@ -358,7 +449,7 @@ def main() -> int:
     device = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else args.device
     results = {"device": device, "torch": torch.__version__, "scale": args.scale, "num_prompts": args.num_prompts,
                "max_tokens": args.max_tokens, "jobs": args.jobs, "bf16_tolerance": TOLERANCE,
-               "float32_compiled": args.compile_float32,
+               "float32_compiled": args.compile_float32, "dtype": args.dtype,
                "wall_s": round(time.perf_counter() - started, 1), "families": {r["family"]: r for r in rows}}
     if args.out:
         args.out.write_text(json.dumps(results, indent=2))

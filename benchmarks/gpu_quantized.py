@@ -10,6 +10,7 @@ checkpoint's `model.generate` (loaded by transformers alone), and output tokens/
 On a CPU (--device cpu, the smoke mode) transformers dequantizes fine-grained FP8 on load.
 
     python benchmarks/gpu_quantized.py --out results/quantized.json
+    python benchmarks/gpu_quantized.py --device cpu --tiny --num-prompts 2 --max-tokens 4 --out /tmp/q.json  # smoke
 """
 
 from __future__ import annotations
@@ -71,8 +72,11 @@ def reference(model_dir: Path, prompts: list[list[int]], max_tokens: int, device
 
 
 def check(name: str, model_dir: Path, args: argparse.Namespace, dtype: torch.dtype) -> dict[str, Any]:
+    # The context is capped below the cache: the 1B preset declares 131,072 positions, more than the
+    # cache holds, and a worker refuses a context its cache cannot hold (run 26's compressed-tensors row).
     config = WorkerConfig(model_path=str(model_dir), device=args.device, dtype=args.dtype,
-                          kv_cache_tokens=args.kv_cache_tokens, max_num_seqs=max(args.num_prompts, 1))
+                          kv_cache_tokens=args.kv_cache_tokens, max_model_len=args.max_model_len,
+                          max_num_seqs=max(args.num_prompts, 1))
     row: dict[str, Any] = {"checkpoint": name}
     try:
         engine = build_engine(config, 0)
@@ -102,20 +106,26 @@ def check(name: str, model_dir: Path, args: argparse.Namespace, dtype: torch.dty
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-path", help="full-precision source checkpoint (default: the 1B-shape tiny model)")
+    parser.add_argument("--tiny", action="store_true", help="the tiny preset as the source (CPU smoke test)")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--block", type=int, default=128, help="fine-grained FP8 tile size")
     parser.add_argument("--num-prompts", type=int, default=16)
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--kv-cache-tokens", type=int, default=65536)
+    parser.add_argument("--max-model-len", type=int, default=4096,
+                        help="the served context (at most --kv-cache-tokens; the prompts need ~330)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
+    if not 0 < args.max_model_len <= args.kv_cache_tokens:
+        parser.error("--max-model-len: between 1 and --kv-cache-tokens")
     dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[args.dtype]
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
+        preset = "tiny" if args.tiny else "llama-3.2-1b"
         source = Path(args.model_path) if args.model_path else build_tiny_model(work / "source", seed=0,
-                                                                               preset="llama-3.2-1b")
+                                                                               preset=preset)
         args.vocab = json.loads((source / "config.json").read_text())["vocab_size"]
         checkpoints = {
             "fine-grained-fp8": write_fp8_checkpoint(source, work / "fp8", block=args.block),

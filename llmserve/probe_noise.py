@@ -21,6 +21,7 @@ being wrong, each over the reference's top log-probabilities at the probe's comp
 from __future__ import annotations
 
 import inspect
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -94,7 +95,7 @@ def own_cache_disagreement(model: torch.nn.Module, reference: Reference, device:
             chunk = min(reference.plan.chunk_tokens, len(prompt) - 1)
             wanted = {p: row for p, row in zip(kept, rows, strict=True)}
             prefilled = forward.prefill(list(prompt[:chunk]), all_logits=True)  # a shorter forward than the reference's
-            forward.decode_with_mask = _decodes_with_mask(forward, prompt, prefilled.cache, chunk)
+            forward.decode_with_mask = decodes_with_mask(forward, prompt, prefilled.cache, chunk)
             for p, ref in wanted.items():
                 if p < chunk:
                     own = torch.log_softmax(prefilled.logits[p].float(), dim=-1).cpu()
@@ -111,10 +112,11 @@ def own_cache_disagreement(model: torch.nn.Module, reference: Reference, device:
         return 0.0
 
 
-def _decodes_with_mask(forward: Any, prompt: tuple[int, ...], cache: Any, length: int) -> bool:
-    """Whether to decode with an attention mask, as the generic path learns it: only where the cache
-    grows with the sequence (a state-space model's does not, and some such models apply a decode
-    mask to their inputs: Mamba's cached forward is then 9.5 off its full one, even in float32)."""
+def decodes_with_mask(forward: Any, prompt: Sequence[int], cache: Any, length: int) -> bool:
+    """Whether `forward` should decode with an attention mask, `cache` being the prefill of `length`
+    tokens of `prompt`, as the generic path learns it: only where the cache grows with the sequence
+    (a state-space model's does not, and some such models apply a decode mask to their inputs:
+    Mamba's cached forward is then 9.5 off its full one, even in float32)."""
     from llmserve.generic.rows import CannotStack, learn_layout
 
     if length < 3:
