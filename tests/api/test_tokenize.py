@@ -111,8 +111,18 @@ def test_token_check(root: str, tiny_tokenizer: Any, minilm_tokenizer: Any) -> N
     ("/api/v1/token_check", {"prompts": []}, 400, "prompts"),
     ("/api/v1/token_check", {"prompts": [{"model": "tiny"}]}, 400, "prompts.0.prompt"),
     ("/api/v1/token_check", {"prompts": [{"model": "nope", "prompt": "a"}]}, 404, "model"),
+    ("/api/v1/token_check", {"prompts": "a"}, 400, "prompts"),
+    ("/api/v1/token_check", {"prompts": [{"model": "tiny", "prompt": "a"}, "b"]}, 400, "prompts.1"),
+    ("/api/v1/token_check", {"prompts": [{"model": "tiny", "prompt": "a"}, {"model": "", "prompt": "b"}]}, 400,
+     "prompts.1.model"),
+    ("/api/v1/token_check", {"prompts": [{"model": "tiny", "prompt": "a"}] * 300 + [
+        {"model": "tiny", "prompt": "b", "max_tokens": -1}]}, 400, "prompts.300.max_tokens"),
+    ("/api/v1/token_check", {"prompts": [{"model": "tiny", "prompt": "a", "max_tokens": True}]}, 400,
+     "prompts.0.max_tokens"),
 ])
 def test_bad_requests(root: str, path: str, body: dict, status: int, param: str) -> None:
     response = _post(root, path, body)
     assert response.status_code == status, response.text
     assert response.json()["error"]["param"] == param
+    if param.startswith("prompts."):  # pydantic's own message, at the item's place
+        assert f"'{param}'" in response.json()["error"]["message"]
