@@ -153,7 +153,8 @@ class ProbeResult:
         """The verdict and the worst difference, for the serving path's reason."""
         dtype = str(self.dtype).removeprefix("torch.")
         verdict = "probe passed" if self.passed else f"probe failed ({self.cause})"
-        return f"{verdict}: max |logprob difference| {self.max_difference:.1e} vs {self.tolerance:.2g} for {dtype}"
+        noise = f" ({self.noise.describe()})" if self.dtype in MAX_TOLERANCES else ""
+        return f"{verdict}: max |logprob difference| {self.max_difference:.1e} vs {self.tolerance:.2g} for {dtype}{noise}"
 
     def describe(self) -> str:
         """One line for the start-up log: what ran, what it measured."""

@@ -308,6 +308,8 @@ def test_the_log_line_reports_both_yardsticks(tiny_model_dir: Path) -> None:
     result = probe_engine(_ReplayEngine(reference, {}), reference)
     assert result.passed and result.tolerance == 1.0
     assert "vs 1 for bfloat16 (own cached vs full 6.2e-02, own eager vs sdpa 5.0e-01), " in result.describe()
+    assert result.summary() == ("probe passed: max |logprob difference| 0.0e+00 vs 1 for bfloat16 (own cached vs full "
+                                "6.2e-02, own eager vs sdpa 5.0e-01)")
     unmeasured = OwnNoise(0.0625, 0.0, "not measured (no layer calls transformers' attention interface)")
     assert unmeasured.describe() == ("own cached vs full 6.2e-02, eager vs sdpa not measured (no layer calls "
                                      "transformers' attention interface)")
