@@ -110,6 +110,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="seconds one level may take; past it the level counts as failed and that "
                              "server's remaining levels are skipped (default: no limit)")
     parser.add_argument("--out", type=Path, default=Path("results/peers.json"))
+    parser.add_argument("--log-dir", type=Path, default=None,
+                        help="keep each server's config and log here (default: a temporary folder, removed)")
     parser.add_argument("--table-from", type=Path, nargs="+", default=None, metavar="JSON",
                         help="print the table of these saved runs (their last run each) and start nothing")
     args = parser.parse_args(argv)
@@ -259,11 +261,11 @@ def to_row(server: str, concurrency: int, report: BenchReport) -> Row:
                m.total_output_tokens / max(m.num_completed, 1), m.ttft.median_ms, m.tpot.median_ms)
 
 
-def bench_server(server: str, args: argparse.Namespace, tmp: Path) -> list[Row]:
-    """Start `server`, warm it up, run every level, stop it."""
+def bench_server(server: str, args: argparse.Namespace, tmp: Path, run: int = 0) -> list[Row]:
+    """Start `server`, warm it up, run every level, stop it. Its config and log go to `tmp`."""
     port = find_free_port()
     base_url = f"http://127.0.0.1:{port}/v1"
-    config_path, log_path = tmp / f"{server}.toml", tmp / f"{server}.log"
+    config_path, log_path = tmp / f"{server}.toml", tmp / f"{server}-{run}.log"
     write_llmserve_config(config_path, args, port)
     with log_path.open("wb") as log:
         process = subprocess.Popen(server_command(server, args, port, config_path), cwd=REPO_ROOT,
@@ -370,8 +372,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         for _ in range(args.repeat):
             runs.append([])
             with tempfile.TemporaryDirectory(prefix="llmserve-peers-") as tmp:
+                log_dir = Path(tmp) if args.log_dir is None else args.log_dir
+                log_dir.mkdir(parents=True, exist_ok=True)
                 for server in args.servers:
-                    runs[-1] += bench_server(server, args, Path(tmp))
+                    runs[-1] += bench_server(server, args, log_dir, len(runs) - 1)
                     write_result(args, runs)
             print(markdown_table(runs[-1]), flush=True)
     except RuntimeError as exc:

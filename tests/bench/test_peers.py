@@ -125,12 +125,17 @@ def test_llmserve_alone_runs_end_to_end(tiny_model_dir: Path, tmp_path: Path) ->
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "peers.py"), "--model-path", str(tiny_model_dir), "--servers",
          "llmserve", "--concurrency", "2", "--min-prompts", "2", "--prompts-per-client", "1", "--output-len", "8",
-         "--input-len", "16", "--threads", "1", "--out", str(out)],
+         "--input-len", "16", "--threads", "1", "--out", str(out), "--llmserve-option", "stream_interval=2",
+         "--log-dir", str(tmp_path / "logs")],
         capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    (row,) = json.loads(out.read_text())["runs"][0]
+    result = json.loads(out.read_text())
+    (row,) = result["runs"][0]
     assert row["server"] == "llmserve" and row["num_failed"] == 0 and row["output_tokens_per_s"] > 0
     assert "| 2 |" in proc.stdout
+    assert result["llmserve_worker"]["stream_interval"] == 2
+    assert load_config(tmp_path / "logs" / "llmserve.toml").workers[0].stream_interval == 2
+    assert (tmp_path / "logs" / "llmserve-0.log").stat().st_size > 0
 
 
 def test_step_profile_runs(tiny_model_dir: Path, tmp_path: Path) -> None:
