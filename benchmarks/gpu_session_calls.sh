@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# This session's GPU rows (issues 14, 15, 18) as two calls on one lent GPU, each under its 10-minute cap;
+# every part has its own time limit, so one that hangs costs only itself. The 1B-shape model is built
+# into models/ (git-ignored), which a still-warm machine keeps for the second call.
+#
+#   bash benchmarks/gpu_session_calls.sh A OUT   # host profile + serving rows, peers (llmserve), structured c=64
+#   bash benchmarks/gpu_session_calls.sh B OUT   # peers (transformers serve), bf16 matrix, Triton cases, FP8
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PART=${1:?usage: gpu_session_calls.sh A|B OUT}
+OUT=${2:?usage: gpu_session_calls.sh A|B OUT}
+MODEL=${MODEL:-models/llama-1b}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.txt" 2>&1
+python3 -c "import torch, transformers, triton; print(torch.__version__, transformers.__version__, triton.__version__)" >> "$OUT/gpu.txt" 2>&1
+nproc >> "$OUT/gpu.txt"
+[ -f "$MODEL/config.json" ] || timeout 240 python3 -m llmserve tiny-model "$MODEL" --preset llama-3.2-1b > "$OUT/build.txt" 2>&1
+peers() {  # $1: server, $2: time limit
+  timeout "$2" python3 benchmarks/peers.py --model-path "$MODEL" --device cuda --dtype bfloat16 --servers "$1" \
+    --concurrency 1 256 --num-prompts 8 512 --input-len 512 --output-len 256 --startup-timeout 200 \
+    --level-timeout-s 150 --log-dir "$OUT/peers-logs-$1" --out "$OUT/peers-$1.json" > "$OUT/peers-$1.txt" 2>&1
+}
+case "$PART" in
+  A)
+    MODEL=$MODEL timeout 260 bash benchmarks/gpu_host_profile.sh "$OUT/host"
+    peers llmserve 170
+    timeout 150 python3 benchmarks/structured_throughput.py --device cuda --model-path "$MODEL" --rounds 1 \
+      --out-dir "$OUT/structured" > "$OUT/structured.txt" 2>&1
+    ;;
+  B)
+    peers transformers 230
+    timeout 190 python3 benchmarks/gpu_model_matrix.py --dtype bfloat16 --out "$OUT/matrix-bf16.json" \
+      --time-limit 170 --family-timeout 160 --families gemma3 gemma2 gpt_oss qwen3_moe mixtral llama \
+      > "$OUT/matrix-bf16.txt" 2>&1
+    timeout 70 python3 -m pytest -q -x -p no:cacheprovider -W ignore::pytest.PytestConfigWarning \
+      tests/engine/test_triton_attention.py > "$OUT/triton.txt" 2>&1
+    timeout 80 python3 benchmarks/gpu_quantized.py --model-path "$MODEL" --out "$OUT/quantized.json" \
+      > "$OUT/quantized.txt" 2>&1
+    ;;
+esac
+tar -czf "$OUT.tgz" -C "$(dirname "$OUT")" "$(basename "$OUT")"
