@@ -43,6 +43,9 @@ class _Tokenizer:
     def decode(self, ids: list[int], **_: object) -> str:
         return "".join(chr(97 + i % 26) for i in ids)
 
+    def __call__(self, texts: list[str], add_special_tokens: bool = True, **_: object) -> dict[str, list[list[int]]]:
+        return {"input_ids": [self.encode(text, add_special_tokens) for text in texts]}
+
 
 class StandInEngine:
     """The worker-facing interface of LLMEngine, with a sleep for the model step."""
