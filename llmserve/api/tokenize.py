@@ -25,7 +25,14 @@ from pydantic import Field, PlainValidator, ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 
-from llmserve.api.big_json import INTS_PER_SLICE, OBJECTS_PER_SLICE, array_pieces, release, string_pieces
+from llmserve.api.big_json import (
+    INTS_PER_SLICE,
+    OBJECTS_PER_SLICE,
+    array_pieces,
+    pause,
+    release,
+    string_pieces,
+)
 from llmserve.api.chat import template_messages
 from llmserve.api.json_body import read_body
 from llmserve.api.schemas import INT64_MAX, ChatMessage, NonNegativeInt64, StrictRequest, TokenIds
@@ -71,13 +78,16 @@ def _token_checks(value: object) -> TokenChecks:
     if not isinstance(value, list) or not value:
         raise ValueError("expected a non-empty list of {model, prompt, max_tokens} objects")
     checks = TokenChecks([], [], [])
-    for index, item in enumerate(value):
-        if not _is_plain_item(item):
-            item = _validated_item(index, item)
-        checks.models.append(item["model"])
-        checks.prompts.append(item["prompt"])
-        checks.max_tokens.append(item.get("max_tokens", 0))
-    release(value, OBJECTS_PER_SLICE)
+    for start in range(0, len(value), OBJECTS_PER_SLICE):
+        if start:
+            pause()
+        for index, item in enumerate(value[start:start + OBJECTS_PER_SLICE], start):
+            if not _is_plain_item(item):
+                item = _validated_item(index, item)
+            checks.models.append(item["model"])
+            checks.prompts.append(item["prompt"])
+            checks.max_tokens.append(item.get("max_tokens", 0))
+    release(value)
     return checks
 
 
@@ -152,6 +162,8 @@ def _detokenize(tokenizer: Any, tokens: list[int], vocab_size: int) -> bytes:
 def _slice_maxima(values: list[int]) -> Iterator[int]:
     """The maximum of each slice of `values` (ids are non-negative already: the schema checks them)."""
     for start in range(0, len(values), INTS_PER_SLICE):
+        if start:
+            pause()
         yield max(values[start:start + INTS_PER_SLICE])
 
 
@@ -168,20 +180,35 @@ def _distinct(values: list[str]) -> list[str]:
 
 
 def _token_check(checks: TokenChecks, workers: dict[str, Worker]) -> bytes:
-    """Each model's prompts counted in batches (Rust calls with the GIL released); the answer written
-    item by item as text (100k dicts would be 100k objects for the garbage collector to traverse)."""
+    """Each model's prompts counted in batches (Rust calls with the GIL released); the request's
+    columns are emptied here, in pieces (see `_detokenize`)."""
     counts: list[int] = [0] * len(checks.prompts)
     for model, worker in workers.items():
         indices = [i for i, name in enumerate(checks.models) if name == model]
         for i, count in zip(indices, count_tokens(worker.tokenizer, [checks.prompts[i] for i in indices]), strict=True):
             counts[i] = count
     context = [workers[model].max_model_len for model in checks.models]
-    answer = b"".join([b'{"prompts":[', ",".join(
-        f'{{"fits":{"true" if count + max_tokens <= length else "false"},"tokenCount":{count},"contextLength":{length}}}'
-        for count, max_tokens, length in zip(counts, checks.max_tokens, context, strict=True)).encode(), b"]}"])
+    answer = b"".join([b'{"prompts":', *_check_pieces(counts, checks.max_tokens, context), b"}"])
     for column in (*checks, counts, context):
         release(column)
     return answer
+
+
+def _check_pieces(counts: list[int], max_tokens: list[int], context: list[int]) -> list[bytes]:
+    """The answer's JSON array, written as text a slice at a time (100k dicts would be 100k objects
+    for the garbage collector to traverse)."""
+    pieces = [b"["]
+    for start in range(0, len(counts), OBJECTS_PER_SLICE):
+        if start:
+            pieces.append(b",")
+            pause()
+        end = start + OBJECTS_PER_SLICE
+        pieces.append(",".join([
+            f'{{"fits":{"true" if count + extra <= length else "false"},"tokenCount":{count},"contextLength":{length}}}'
+            for count, extra, length in zip(counts[start:end], max_tokens[start:end], context[start:end], strict=True)
+        ]).encode())
+    pieces.append(b"]")
+    return pieces
 
 
 def _json(body: bytes) -> Response:
