@@ -153,6 +153,7 @@ def _detokenize(tokenizer: Any, tokens: list[int], vocab_size: int) -> bytes:
     """The text of `tokens`; the list is emptied (freed here in a worker thread, in pieces, not where
     the request ends on the event loop)."""
     if any(value >= vocab_size for value in _slice_maxima(tokens)):
+        release(tokens)
         raise InvalidRequestError(f"token ids must be in [0, {vocab_size})", param="tokens")
     text = decode_ids(tokenizer, tokens)
     release(tokens)
