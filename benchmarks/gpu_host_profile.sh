@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Issue 18 on one GPU: the serving rows (single stream after a 512-token prompt, 512 requests at c=256),
-# with py-spy sampling the server during the c=256 row: every thread's stacks, and a second recording
+# with each server thread's CPU share (benchmarks/thread_cpu.py) and py-spy sampling the server during the c=256 row: every thread's stacks, and a second recording
 # of only the samples that hold the GIL (`--gil`), which shows whether the interpreter lock bounds it.
 #
 #   bash benchmarks/gpu_host_profile.sh OUT
@@ -15,7 +15,7 @@ PYSPY=${PYSPY:-py-spy}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 [ -f "$MODEL/config.json" ] || python3 -m llmserve tiny-model "$MODEL" --preset llama-3.2-1b
-python3 benchmarks/gpu_serve_bench.py --model-path "$MODEL" --out-dir "$OUT" --rows latency,throughput \
+python3 benchmarks/gpu_serve_bench.py --model-path "$MODEL" --out-dir "$OUT" --rows "${ROWS:-latency,throughput}" \
   --port "$PORT" > "$OUT/serve.txt" 2>&1 &
 bench=$!
 # The latency row comes first (a few single streams); the throughput row's 512 requests start after it.
@@ -23,16 +23,17 @@ for _ in $(seq 600); do
   curl -sf "http://127.0.0.1:$PORT/ready" >/dev/null 2>&1 && break
   sleep 0.5
 done
-pid=$(pgrep -f "llmserve run" | head -1)
+# Wait for the throughput row: its concurrency shows as many open connections.
+for _ in $(seq 240); do
+  n=$(ss -tn state established "( sport = :$PORT )" 2>/dev/null | tail -n +2 | wc -l)
+  [ "$n" -ge 128 ] && break
+  sleep 0.5
+done
+sleep 2
+pid=$(pgrep -f -- "-m llmserve run" | head -1)
 echo "server pid ${pid:-none}" | tee "$OUT/pyspy.txt"
 if [ -n "${pid:-}" ]; then
-  # Wait for the throughput row: its concurrency shows as many open connections.
-  for _ in $(seq 240); do
-    n=$(ss -tn state established "( sport = :$PORT )" 2>/dev/null | tail -n +2 | wc -l)
-    [ "$n" -ge 128 ] && break
-    sleep 0.5
-  done
-  sleep 2
+  python3 benchmarks/thread_cpu.py "$pid" --seconds 6 --out "$OUT/thread_cpu.json" | tee "$OUT/thread_cpu.txt"
   "$PYSPY" record -p "$pid" -r 250 -d 8 --threads -f raw -o "$OUT/pyspy_threads.txt" --nonblocking >> "$OUT/pyspy.txt" 2>&1
   "$PYSPY" record -p "$pid" -r 250 -d 6 --gil -f raw -o "$OUT/pyspy_gil.txt" --nonblocking >> "$OUT/pyspy.txt" 2>&1
 fi

@@ -5,6 +5,7 @@
 #
 #   bash benchmarks/gpu_session_calls.sh A OUT   # host profile + serving rows, peers (llmserve), structured c=64
 #   bash benchmarks/gpu_session_calls.sh B OUT   # peers (transformers serve), bf16 matrix, Triton cases, FP8
+#   bash benchmarks/gpu_session_calls.sh C OUT   # what A and B could not finish (see below)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PART=${1:?usage: gpu_session_calls.sh A|B OUT}
@@ -37,6 +38,18 @@ case "$PART" in
       tests/engine/test_triton_attention.py > "$OUT/triton.txt" 2>&1
     timeout 80 python3 benchmarks/gpu_quantized.py --model-path "$MODEL" --out "$OUT/quantized.json" \
       > "$OUT/quantized.txt" 2>&1
+    ;;
+  C)  # what A and B left: the c=256 row with the threads' CPU shares, transformers serve at c=256 (one
+      # wave of 256), structured c=64 (jsonschema carried), the Triton cases run natively
+    ROWS=throughput MODEL=$MODEL timeout 150 bash benchmarks/gpu_host_profile.sh "$OUT/host"
+    timeout 200 python3 benchmarks/peers.py --model-path "$MODEL" --device cuda --dtype bfloat16 --servers transformers \
+      --concurrency 256 --num-prompts 256 --input-len 512 --output-len 256 --startup-timeout 100 \
+      --level-timeout-s 170 --log-dir "$OUT/peers-logs-transformers" --out "$OUT/peers-transformers-c256.json" \
+      > "$OUT/peers-transformers-c256.txt" 2>&1
+    timeout 130 python3 benchmarks/structured_throughput.py --device cuda --model-path "$MODEL" --rounds 1 \
+      --out-dir "$OUT/structured" > "$OUT/structured.txt" 2>&1
+    timeout 50 python3 -m pytest -q -x -p no:cacheprovider -W ignore::pytest.PytestConfigWarning \
+      tests/engine/triton_cases.py > "$OUT/triton.txt" 2>&1
     ;;
 esac
 tar -czf "$OUT.tgz" -C "$(dirname "$OUT")" "$(basename "$OUT")"
