@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -124,12 +125,17 @@ def _middleware(config: Config) -> list[Middleware]:
 
 
 async def _start_workers(workers: list[Worker]) -> None:
-    """Load workers one after another; a failure is logged and shown by /ready."""
+    """Load workers one after another; a failure is logged and shown by /ready. Then everything
+    loading made (modules, vocabularies, compiled code) is moved out of the garbage collector's
+    reach: a full collection, which any request creating many containers can set off, walked those
+    ~400k objects while holding the GIL (191 ms, every stream stalled) and takes ~3 ms without them."""
     for worker in workers:
         try:
             await worker.start()
         except Exception as exc:
             log.error("%s failed to load %s: %s", worker.name, worker.config.model_path, exc)
+    gc.collect()
+    gc.freeze()
 
 
 def _count_error(request: Request, error_type: str, status: int) -> None:
