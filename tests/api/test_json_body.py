@@ -9,11 +9,19 @@ import socket
 import time
 
 import httpx
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from llmserve.api.json_body import MAX_DEPTH, MAX_NUMBER_DIGITS, nesting_depth, parse_body
+from llmserve.api.json_body import (
+    MAX_DEPTH,
+    MAX_NUMBER_DIGITS,
+    literal_quotes,
+    nesting_depth,
+    parse_body,
+    parse_json,
+)
 from llmserve.api.schemas import ChatCompletionRequest, CompletionRequest
 from llmserve.errors import InvalidRequestError
 
@@ -177,3 +185,22 @@ def test_json_inside_strings_goes_through_the_same_parser(keyless_root: str, tex
                    timeout=60)
     assert r.status_code == 400 and r.json()["error"]["message"].startswith("the JSON schema string")
     assert r.json()["error"]["param"].startswith("structured_outputs")
+
+
+@pytest.mark.parametrize(("text", "quotes"), [
+    (rb'"a"', [0, 2]),
+    (rb'"a\"b"', [0, 5]),  # an escaped quote is text
+    (rb'"a\\"', [0, 4]),  # an escaped backslash, then the closing quote
+    (rb'"a\\\"b" ', [0, 7]),
+    (rb'["x", "\\\\"]', [1, 3, 6, 11]),
+])
+def test_literal_quotes_skip_escaped_ones(text: bytes, quotes: list[int]) -> None:
+    assert json.loads(text) is not None
+    assert literal_quotes(np.frombuffer(text, dtype=np.uint8)).tolist() == quotes
+
+
+def test_brackets_and_digits_behind_escaped_quotes_are_inside_the_string() -> None:
+    inside = '\\"' + "[" * 40 + "1" * 60 + '\\"'
+    parse_body(json.dumps({"model": "m", "prompt": inside}).encode(), CompletionRequest)
+    with pytest.raises(InvalidRequestError, match="nests deeper"):
+        parse_json(b'{"a": "\\\\", "b": ' + b"[" * 40 + b"]" * 40 + b"}")
