@@ -21,6 +21,7 @@ found and failed alone (`_recover`): innocent streams go on token-exact.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -67,6 +68,9 @@ class _Launched:
     readback: Readback | None  # what the host reads of them, on its way
     computed_before: list[int]  # each scheduled sequence's num_computed_tokens before the step (to undo it)
     generator_states: GeneratorStates  # the sampling rows' seeded generators before the step drew
+    # Queued ahead with grammar rows whose previous token is still on its way: the forward runs, the
+    # draw waits for that step's tokens (the grammar's next mask needs them): (previous step, its rows).
+    draw_after: tuple[_Launched, dict[int, int]] | None = None
 
     @property
     def token_ids(self) -> torch.Tensor | None:
@@ -172,7 +176,7 @@ class LLMEngine:
                     return []
             if self.async_scheduling and launched.readback is not None:
                 self._in_flight = self._launch_ahead(launched)
-            return self._complete(launched)
+            outputs = self._complete(launched)
         except Exception as exc:
             log.warning("a batched step failed (%s); rerunning its sequences apart", type(exc).__name__)
             self._undo(self._in_flight, launched)
@@ -181,6 +185,25 @@ class LLMEngine:
         except BaseException:
             self._in_flight = None
             raise
+        if self._in_flight is not None and self._in_flight.draw_after is not None:
+            self._in_flight = self._draw_deferred(self._in_flight)
+        return outputs
+
+    def _draw_deferred(self, launched: _Launched) -> _Launched | None:
+        """Draw the tokens of a step queued ahead with grammar rows, now that the step before it has
+        been read and its tokens advanced the grammars (the forward ran on the device meanwhile). If
+        drawing fails, the queued step is undone: the next `step` schedules its sequences afresh (and
+        a failure there is isolated as any step's is)."""
+        assert launched.draw_after is not None
+        prev, rows = launched.draw_after
+        try:
+            drawn = self._draw_on_device(launched.step, launched.sampling, prev, rows)
+            readback = self.runner.start_readback(drawn.for_host) if drawn is not None else None
+        except Exception as exc:
+            log.warning("drawing a queued step's tokens failed (%s); its sequences run again", type(exc).__name__)
+            self._undo(launched)
+            return None
+        return dataclasses.replace(launched, drawn=drawn, readback=readback, draw_after=None)
 
     def _undo(self, *steps: _Launched | None) -> None:
         """Put the sequences of failed steps (newest first) back as before them: computed counts (a
@@ -233,12 +256,16 @@ class LLMEngine:
                     else self.runner.execute(scheduled, prev.token_ids, rows))
             if step.logits.shape[0] > len(sampling):
                 self._record_prompt_logprobs(scheduled, step.logits[len(sampling):])
-            drawn = self._draw_on_device(step, sampling, prev, rows)
+            # A grammar row decoding the token still in flight cannot be masked yet: draw later.
+            defer = rows is not None and any(seq.params.grammar is not None and seq.num_pending_tokens
+                                             for seq in sampling)
+            drawn = None if defer else self._draw_on_device(step, sampling, prev, rows)
             readback = self.runner.start_readback(drawn.for_host) if drawn is not None else None
         except Exception:
             _restore_generators(saved)  # a launch that failed has drawn nothing
             raise
-        return _Launched(scheduled, sampling, step, drawn, readback, self._advance(scheduled), saved)
+        draw_after = (prev, rows) if defer and prev is not None and rows is not None else None
+        return _Launched(scheduled, sampling, step, drawn, readback, self._advance(scheduled), saved, draw_after)
 
     def _generator_states(self, seqs: list[Sequence]) -> GeneratorStates:
         """The seeded generators of `seqs` with their states, so a failed step can be undone."""
@@ -275,9 +302,9 @@ class LLMEngine:
         go on decode their pending token, and the scheduler may admit waiting ones as usual."""
         for seq in launched.sampling:
             params = seq.params
-            # A grammar row's next mask needs its token on the host first: it waits for the read-back.
-            if (params.grammar is None and seq.num_output_tokens + 1 < params.max_tokens
-                    and seq.num_tokens + 1 < self.max_model_len):
+            # A grammar row goes on too: its forward is queued now, its draw waits for its token
+            # (see `_draw_deferred`).
+            if seq.num_output_tokens + 1 < params.max_tokens and seq.num_tokens + 1 < self.max_model_len:
                 seq.num_pending_tokens = 1
         return self._launch(self.scheduler.schedule(), launched)
 

@@ -72,6 +72,48 @@ def test_json_schema_answers_validate_over_many_seeds(tiny_model_dir, async_sche
     assert engine.pool.num_free_blocks == engine.pool.num_blocks
 
 
+def test_async_grammar_rows_run_every_step_and_answer_as_synchronous_ones(tiny_model_dir, monkeypatch) -> None:
+    """With async scheduling a grammar row's next forward is queued before its token is read and only
+    its draw waits for the mask: every step of a grammar row runs (none is skipped waiting for the
+    read-back), and the seeded answers equal the synchronous engine's, free rows among them."""
+    from llmserve.engine.engine import LLMEngine
+
+    spec = GrammarSpec.json_schema(PERSON)
+    requests = {i: SamplingParams(max_tokens=120, temperature=1.0, seed=i, grammar=spec) for i in range(6)}
+    requests[100] = SamplingParams(max_tokens=30, temperature=1.0, seed=1)
+    expected = _generate(_engine(tiny_model_dir), requests, [1, 2, 3])
+    deferred = []
+    real = LLMEngine._draw_deferred
+
+    def counting(self, launched):  # type: ignore[no-untyped-def]
+        deferred.append(len(launched.sampling))
+        return real(self, launched)
+
+    monkeypatch.setattr(LLMEngine, "_draw_deferred", counting)
+    engine = _engine(tiny_model_dir, async_scheduling=True)
+    steps = 0
+    original_step = engine.step
+
+    def step():  # type: ignore[no-untyped-def]
+        nonlocal steps
+        steps += 1
+        return original_step()
+
+    engine.step = step
+    tokens: dict[int, int] = {}
+    real_generate_step = engine.step
+
+    def counting_step():  # type: ignore[no-untyped-def]
+        outputs = real_generate_step()
+        for out in outputs:
+            tokens[out.seq_id] = out.num_output_tokens
+        return outputs
+
+    engine.step = counting_step
+    assert _generate(engine, requests, [1, 2, 3]) == expected
+    assert deferred and steps <= max(tokens.values()) + 2  # a step per token: no grammar row waits one out
+
+
 def test_greedy_rows_with_a_grammar_skip_the_argmax_shortcut(tiny_model_dir) -> None:
     """A greedy grammar row obeys its regex, and a plain greedy row beside it keeps the plain argmax."""
     engine = _engine(tiny_model_dir)
