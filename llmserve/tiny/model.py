@@ -12,6 +12,7 @@ import contextlib
 import math
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import safe_open
@@ -20,7 +21,7 @@ from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 from transformers.utils import logging as hf_logging
 
 
-def build_config(
+def config_kwargs(
     *,
     vocab_size: int,
     hidden_size: int,
@@ -35,25 +36,22 @@ def build_config(
     bos_token_id: int,
     eos_token_id: int,
     pad_token_id: int,
-) -> LlamaConfig:
-    """A `LlamaConfig` with Llama 3 defaults (RMSNorm eps 1e-5, SiLU MLP, no biases)."""
-    return LlamaConfig(
-        vocab_size=vocab_size,
-        hidden_size=hidden_size,
-        num_hidden_layers=num_layers,
-        num_attention_heads=num_heads,
-        num_key_value_heads=num_kv_heads,
-        intermediate_size=intermediate_size,
-        max_position_embeddings=max_position_embeddings,
-        rope_parameters={"rope_type": "default", "rope_theta": float(rope_theta)},
-        tie_word_embeddings=tie_word_embeddings,
-        rms_norm_eps=1e-5,
-        initializer_range=0.02,
-        dtype=dtype,
-        bos_token_id=bos_token_id,
-        eos_token_id=eos_token_id,
-        pad_token_id=pad_token_id,
-    )
+) -> dict[str, Any]:
+    """The keyword arguments a Llama-style transformers config (Llama, Qwen2, ...) takes for a shape."""
+    return {
+        "vocab_size": vocab_size, "hidden_size": hidden_size, "num_hidden_layers": num_layers,
+        "num_attention_heads": num_heads, "num_key_value_heads": num_kv_heads,
+        "intermediate_size": intermediate_size, "max_position_embeddings": max_position_embeddings,
+        "rope_parameters": {"rope_type": "default", "rope_theta": float(rope_theta)},
+        "tie_word_embeddings": tie_word_embeddings, "initializer_range": 0.02, "dtype": dtype,
+        "bos_token_id": bos_token_id, "eos_token_id": eos_token_id, "pad_token_id": pad_token_id,
+    }
+
+
+def build_config(**shape: Any) -> LlamaConfig:
+    """A `LlamaConfig` with Llama 3 defaults (RMSNorm eps 1e-5, SiLU MLP, no biases); `shape` as
+    `config_kwargs` takes it."""
+    return LlamaConfig(**config_kwargs(**shape), rms_norm_eps=1e-5)
 
 
 def init_weights_(model: LlamaForCausalLM, seed: int, std: float, embedding_std: float) -> None:

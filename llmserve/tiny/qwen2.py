@@ -13,12 +13,15 @@ materialised empty, then filled in `named_parameters()` order from one seeded ge
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from tokenizers import AddedToken
 from transformers import GenerationConfig, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 from transformers.models.qwen2.modeling_qwen2 import Qwen2RotaryEmbedding
 
 from llmserve.tiny.corpus import read_corpus
+from llmserve.tiny.model import config_kwargs
 from llmserve.tiny.tokenizer import fill_vocabulary, train_bpe
 
 END_OF_TEXT_TOKEN = "<|endoftext|>"
@@ -63,41 +66,10 @@ def build_chatml_tokenizer(
     )
 
 
-def build_qwen2_config(
-    *,
-    vocab_size: int,
-    hidden_size: int,
-    num_layers: int,
-    num_heads: int,
-    num_kv_heads: int,
-    intermediate_size: int,
-    max_position_embeddings: int,
-    rope_theta: float,
-    tie_word_embeddings: bool,
-    dtype: torch.dtype,
-    bos_token_id: int,
-    eos_token_id: int,
-    pad_token_id: int,
-) -> Qwen2Config:
-    """A `Qwen2Config` with Qwen2's defaults (RMSNorm eps 1e-6, SiLU MLP, full attention in every layer)."""
-    return Qwen2Config(
-        vocab_size=vocab_size,
-        hidden_size=hidden_size,
-        num_hidden_layers=num_layers,
-        num_attention_heads=num_heads,
-        num_key_value_heads=num_kv_heads,
-        intermediate_size=intermediate_size,
-        max_position_embeddings=max_position_embeddings,
-        rope_parameters={"rope_type": "default", "rope_theta": float(rope_theta)},
-        tie_word_embeddings=tie_word_embeddings,
-        use_sliding_window=False,
-        rms_norm_eps=1e-6,
-        initializer_range=0.02,
-        dtype=dtype,
-        bos_token_id=bos_token_id,
-        eos_token_id=eos_token_id,
-        pad_token_id=pad_token_id,
-    )
+def build_qwen2_config(**shape: Any) -> Qwen2Config:
+    """A `Qwen2Config` with Qwen2's defaults (RMSNorm eps 1e-6, SiLU MLP, full attention in every
+    layer); `shape` as `model.config_kwargs` takes it."""
+    return Qwen2Config(**config_kwargs(**shape), use_sliding_window=False, rms_norm_eps=1e-6)
 
 
 def create_qwen2_model(config: Qwen2Config, seed: int, embedding_std: float) -> Qwen2ForCausalLM:
