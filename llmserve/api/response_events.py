@@ -10,6 +10,7 @@ import uuid
 from typing import Any
 
 from llmserve.api.answer import AnswerDelta, AnswerSplitter
+from llmserve.api.streaming import escape_line_breaks
 
 
 def _id(prefix: str) -> str:
@@ -140,4 +141,4 @@ class ResponseEvents:
     def _event(self, kind: str, **fields: Any) -> bytes:
         data = {"type": kind, "sequence_number": self._sequence, **fields}
         self._sequence += 1
-        return f"event: {kind}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
+        return f"event: {kind}\ndata: {escape_line_breaks(json.dumps(data, ensure_ascii=False))}\n\n".encode()

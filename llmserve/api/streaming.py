@@ -37,8 +37,21 @@ def now_s() -> int:
     return int(time.time())
 
 
+# Characters that str.splitlines() breaks lines at and that JSON leaves as they are (it escapes the
+# other ones, all below U+0020): a client reading an SSE stream by lines that way (httpx's
+# `aiter_lines`, and so many SDKs) would cut a chunk whose text holds one.
+_LINE_BREAKS = str.maketrans({"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
+
+
+def escape_line_breaks(json_text: str) -> str:
+    """JSON text with U+0085, U+2028 and U+2029 written as escapes (the same JSON value)."""
+    if "\x85" in json_text or "\u2028" in json_text or "\u2029" in json_text:
+        return json_text.translate(_LINE_BREAKS)
+    return json_text
+
+
 def _json(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    return escape_line_breaks(json.dumps(value, ensure_ascii=False, separators=(",", ":")))
 
 
 def sse_event(data: dict) -> bytes:

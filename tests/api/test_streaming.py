@@ -27,3 +27,16 @@ def test_text_chunk_equals_the_encoded_object(text_field: str, include_usage: bo
 
 def test_sse_event_is_one_compact_line() -> None:
     assert sse_event({"a": "é\n", "b": None}) == 'data: {"a":"é\\n","b":null}\n\n'.encode()
+
+
+@pytest.mark.parametrize("text", ["a\x85b", "line\u2028sep", "para\u2029sep", "all\x85\u2028\u2029\x0b\x1c\n"])
+def test_chunks_hold_no_character_that_line_readers_break_at(text: str) -> None:
+    """A random model can emit U+0085, U+2028 or U+2029; JSON leaves them raw, and a client reading the
+    stream with str.splitlines() semantics (httpx's aiter_lines) cut such a chunk in two. They are
+    escaped (the same JSON value), so each event is one line whatever the text."""
+    fmt = ChunkFormat("chatcmpl-1", "chat.completion.chunk", "m", False, "delta.content")
+    for event in (fmt.text(0, text), sse_event({"choices": [{"text": text}]})):
+        lines = event.decode().splitlines()
+        assert len(lines) == 2 and lines[1] == "", lines
+        parsed = json.loads(lines[0].removeprefix("data: "))
+        assert text in (parsed["choices"][0].get("text"), parsed["choices"][0].get("delta", {}).get("content"))
