@@ -40,8 +40,6 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
-import torch._dynamo.exc
-import torch._inductor.exc
 import torch.fx.experimental._config as fx_config
 
 from llmserve.engine.hf_attention import META_KWARG, AttentionMetadata
@@ -49,9 +47,15 @@ from llmserve.engine.kv_cache import KVCache
 
 log = logging.getLogger(__name__)
 
-# What compiling (not the compiled model) raises: dynamo's own errors, inductor's lowering errors.
-_COMPILE_ERRORS: tuple[type[BaseException], ...] = (torch._dynamo.exc.TorchDynamoException,
-                                                    torch._inductor.exc.InductorError)
+
+def _is_compile_error(exc: BaseException) -> bool:
+    """Whether compiling (not the compiled model) raised `exc`: dynamo's own errors, inductor's
+    lowering errors. Imported here, not at module level: dynamo's import costs ~2 s in every process
+    that loads the engine (and it is loaded by the time a compile has failed)."""
+    import torch._dynamo.exc
+    import torch._inductor.exc
+
+    return isinstance(exc, (torch._dynamo.exc.TorchDynamoException, torch._inductor.exc.InductorError))
 
 _RECOMPILE_LIMIT = 64  # graphs per code object: two per worker model, see the module docstring
 
@@ -137,7 +141,9 @@ class CompiledForward:
         if self._compiled is not None:
             try:
                 return self._compiled(**inputs)
-            except _COMPILE_ERRORS:
+            except Exception as exc:
+                if not _is_compile_error(exc):
+                    raise
                 log.warning("torch.compile of %s failed; running it eagerly", type(self.model).__name__,
                             exc_info=True)
                 self._compiled = None
