@@ -257,14 +257,15 @@ class LLMEngine:
             if step.logits.shape[0] > len(sampling):
                 self._record_prompt_logprobs(scheduled, step.logits[len(sampling):])
             # A grammar row decoding the token still in flight cannot be masked yet: draw later.
-            defer = rows is not None and any(seq.params.grammar is not None and seq.num_pending_tokens
-                                             for seq in sampling)
-            drawn = None if defer else self._draw_on_device(step, sampling, prev, rows)
+            draw_after = None
+            if prev is not None and rows is not None and any(
+                    seq.params.grammar is not None and seq.num_pending_tokens for seq in sampling):
+                draw_after = (prev, rows)
+            drawn = None if draw_after else self._draw_on_device(step, sampling, prev, rows)
             readback = self.runner.start_readback(drawn.for_host) if drawn is not None else None
         except Exception:
             _restore_generators(saved)  # a launch that failed has drawn nothing
             raise
-        draw_after = (prev, rows) if defer and prev is not None and rows is not None else None
         return _Launched(scheduled, sampling, step, drawn, readback, self._advance(scheduled), saved, draw_after)
 
     def _generator_states(self, seqs: list[Sequence]) -> GeneratorStates:

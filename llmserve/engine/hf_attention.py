@@ -102,9 +102,7 @@ def _paged_attention(
     own window, soft-cap, sinks and ALiBi slopes (defaults: off)."""
     k_cache, v_cache = split_kv(kv_cache, query.shape[-1])
     if use_triton:
-        from llmserve.engine import triton_attention
-
-        return triton_attention.paged_attention(  # type: ignore[no-any-return]
+        return _backend(True).paged_attention(  # type: ignore[no-any-return]
             query, k_cache, v_cache, cu_seqlens_q, context_lens, block_tables, scale, max_seqlen_q,
             sliding_window, softcap, sinks, alibi_slopes,
         )  # fmt: skip

@@ -71,20 +71,27 @@ def init_weights_(model: LlamaForCausalLM, seed: int, std: float, embedding_std:
                 param.normal_(mean=0.0, std=param_std, generator=generator)
 
 
+def empty_model(model_class: Any, rotary_class: Any, config: Any) -> Any:
+    """`model_class(config)` built on the meta device, then given uninitialised CPU storage in
+    `config.dtype` (no time spent on an initialisation the caller overwrites); its RoPE buffers
+    rebuilt (`rotary_class`: non-persistent, lost on the meta device) and its embeddings tied if asked."""
+    with torch.device("meta"):
+        model = model_class(config)
+    model.to(dtype=config.dtype)
+    model.to_empty(device="cpu")
+    model.model.rotary_emb = rotary_class(config=config)
+    if config.tie_word_embeddings:
+        model.lm_head.weight = model.model.embed_tokens.weight
+    return model
+
+
 def create_model(config: LlamaConfig, seed: int, embedding_std: float) -> LlamaForCausalLM:
     """A `LlamaForCausalLM` with seeded random weights in `config.dtype`, on the CPU.
 
     `embedding_std` sets how much the current token dominates the residual stream; see
     `TinyPreset.embedding_std` for why the presets differ.
     """
-    with torch.device("meta"):
-        model = LlamaForCausalLM(config)
-    model.to(dtype=config.dtype)  # type: ignore[call-arg]  # transformers' wrapper hides Module.to's signature
-    model.to_empty(device="cpu")
-    # Non-persistent buffers (RoPE inverse frequencies) were lost on the meta device: rebuild them.
-    model.model.rotary_emb = LlamaRotaryEmbedding(config=config)
-    if config.tie_word_embeddings:
-        model.lm_head.weight = model.model.embed_tokens.weight
+    model = empty_model(LlamaForCausalLM, LlamaRotaryEmbedding, config)
     init_weights_(model, seed=seed, std=config.initializer_range, embedding_std=embedding_std)
     model.eval()
     return model

@@ -21,7 +21,7 @@ from transformers import GenerationConfig, PreTrainedTokenizerFast, Qwen2Config,
 from transformers.models.qwen2.modeling_qwen2 import Qwen2RotaryEmbedding
 
 from llmserve.tiny.corpus import read_corpus
-from llmserve.tiny.model import config_kwargs
+from llmserve.tiny.model import config_kwargs, empty_model
 from llmserve.tiny.tokenizer import fill_vocabulary, train_bpe
 
 END_OF_TEXT_TOKEN = "<|endoftext|>"
@@ -78,14 +78,7 @@ def create_qwen2_model(config: Qwen2Config, seed: int, embedding_std: float) -> 
     Norm scales get 1; every other tensor, the q/k/v biases included, N(0, initializer_range),
     except the input embedding, N(0, embedding_std). Tied parameters are drawn once.
     """
-    with torch.device("meta"):
-        model = Qwen2ForCausalLM(config)
-    model.to(dtype=config.dtype)  # type: ignore[call-arg]  # transformers' wrapper hides Module.to's signature
-    model.to_empty(device="cpu")
-    # Non-persistent buffers (RoPE inverse frequencies) were lost on the meta device: rebuild them.
-    model.model.rotary_emb = Qwen2RotaryEmbedding(config=config)
-    if config.tie_word_embeddings:
-        model.lm_head.weight = model.model.embed_tokens.weight
+    model: Qwen2ForCausalLM = empty_model(Qwen2ForCausalLM, Qwen2RotaryEmbedding, config)
     generator = torch.Generator(device="cpu").manual_seed(seed)
     embedding = model.get_input_embeddings().weight
     with torch.no_grad():

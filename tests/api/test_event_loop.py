@@ -149,6 +149,16 @@ def _longest_loop_stall_s(work: Callable[[], object]) -> float:
     return asyncio.run(measure())
 
 
+def _stall_at_the_servers_switch_interval(work: Callable[[], object]) -> float:
+    """`_longest_loop_stall_s(work)` with the interpreter's switch interval `llmserve run` sets."""
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(0.0005)
+    try:
+        return _longest_loop_stall_s(work)
+    finally:
+        sys.setswitchinterval(previous)
+
+
 def test_a_million_token_ids_are_parsed_without_stalling_the_loop() -> None:
     """The C JSON parser and pydantic's Rust validators hold the GIL for 0.3-0.9 s over such a body
     even in a worker thread; json_body and the schemas' Python checks let it go every few ms."""
@@ -156,12 +166,7 @@ def test_a_million_token_ids_are_parsed_without_stalling_the_loop() -> None:
     from llmserve.api.schemas import CompletionRequest
 
     raw = json.dumps({"model": "tiny", "prompt": list(range(1000, 1_000_000))}).encode()  # 6.9 MB
-    previous = sys.getswitchinterval()
-    sys.setswitchinterval(0.0005)  # as `llmserve run` sets it
-    try:
-        stall_s = _longest_loop_stall_s(lambda: parse_body(raw, CompletionRequest, True))
-    finally:
-        sys.setswitchinterval(previous)
+    stall_s = _stall_at_the_servers_switch_interval(lambda: parse_body(raw, CompletionRequest, True))
     assert stall_s < 0.1, f"the loop waited {stall_s * 1000:.0f} ms"
 
 
@@ -175,12 +180,7 @@ def test_a_body_of_100k_objects_is_checked_without_stalling_the_loop() -> None:
     raw = json.dumps({"prompts": [{"model": "tiny", "prompt": f"say [{i}] \\\"hi\\\"", "max_tokens": 5}
                                   for i in range(100_000)]}).encode()
     gc.collect()
-    previous = sys.getswitchinterval()
-    sys.setswitchinterval(0.0005)  # as `llmserve run` sets it
-    try:
-        stall_s = _longest_loop_stall_s(lambda: parse_body(raw, TokenCheckRequest, True))
-    finally:
-        sys.setswitchinterval(previous)
+    stall_s = _stall_at_the_servers_switch_interval(lambda: parse_body(raw, TokenCheckRequest, True))
     assert stall_s < 0.1, f"the loop waited {stall_s * 1000:.0f} ms"
 
 
