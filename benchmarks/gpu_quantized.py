@@ -60,7 +60,10 @@ def serve(engine: Any, prompts: list[list[int]], max_tokens: int) -> tuple[list[
 
 
 def reference(model_dir: Path, prompts: list[list[int]], max_tokens: int, device: str, dtype: torch.dtype) -> list[list[int]]:
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device).eval()
+    # Straight onto the GPU, as a worker loads it: loaded on the CPU and moved, compressed-tensors'
+    # offloading keeps sending the activations back to the CPU.
+    place = {"device_map": {"": device}} if device.startswith("cuda") else {}
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, **place).to(device).eval()
     outputs = []
     with torch.inference_mode():
         for ids in prompts:
@@ -128,8 +131,8 @@ def main() -> int:
                                                                                preset=preset)
         args.vocab = json.loads((source / "config.json").read_text())["vocab_size"]
         checkpoints = {
-            "fine-grained-fp8": write_fp8_checkpoint(source, work / "fp8", block=args.block),
             "compressed-tensors-fp8": write_compressed_fp8_checkpoint(source, work / "compressed"),
+            "fine-grained-fp8": write_fp8_checkpoint(source, work / "fp8", block=args.block),
         }
         rows = [check(name, folder, args, dtype) for name, folder in checkpoints.items()]
     result = {"device": torch.cuda.get_device_name() if args.device.startswith("cuda") else args.device,

@@ -38,7 +38,7 @@ from llmserve.placement import (
     plan_placement,
     weight_bytes_by_device,
 )
-from llmserve.quantization import check_quantized_checkpoint, describe_quantized
+from llmserve.quantization import check_quantized_checkpoint, describe_quantized, drop_offload_wrappers
 from llmserve.tool_parsers.harmony_messages import check_harmony
 
 log = logging.getLogger(__name__)
@@ -71,8 +71,9 @@ class LoadedModel:
     """One-line summary of where the layers run, for the start-up log."""
     quantization: str | None = None
     """"8-bit" / "4-bit NF4" when bitsandbytes quantized the weights."""
-    uses_device_map: bool = False
-    """Loaded through an accelerate device map: run eagerly, torch attention only."""
+    fast_kernels: bool = True
+    """The whole model on one device without accelerate hooks or bitsandbytes layers: Triton kernels,
+    CUDA graphs and fused projections can run (else eagerly, torch attention only)."""
 
 
 def resolve_device(device: str, path: str = "device") -> torch.device:
@@ -194,7 +195,7 @@ def resolve_worker(config: WorkerConfig, path: str) -> ResolvedWorker:
     check_weights(model_dir, config.allow_pickle, f"{path}.model_path")
     task = resolve_task(config, model_dir, path)
     hf_config = read_hf_config(model_dir, config, path)
-    prequantized = check_quantized_checkpoint(config, hf_config, path)
+    prequantized = check_quantized_checkpoint(config, hf_config, path, device)
     dtype = resolve_dtype(config.dtype, device, getattr(hf_config, "dtype", None))
     return ResolvedWorker(device, model_dir, task, hf_config, dtype, prequantized)
 
@@ -214,7 +215,7 @@ def check_worker(config: WorkerConfig, path: str) -> str:
             raise ConfigError(f'{path}.engine_path = "{config.engine_path}": embedding workers run the embedding '
                               'engine; the fast and generic paths are for text generation')
     elif worker.device.type == "cuda":  # a device map that cannot hold the weights fails here, not at load
-        plan_placement(config, worker.device, worker.dtype, worker.hf_config, path)
+        plan_placement(config, worker.device, worker.dtype, worker.hf_config, path, worker.prequantized)
     return worker.task
 
 
@@ -237,12 +238,15 @@ def load_model(config: WorkerConfig, path: str = "workers[0]", resolved: Resolve
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir(config, model_dir, path), **common)
     template = getattr(tokenizer, "chat_template", None)
     check_harmony(config.tool_parser, config.reasoning_parser, template if isinstance(template, str) else "", path)
-    placement = plan_placement(config, device, dtype, hf_config, path)
+    placement = plan_placement(config, device, dtype, hf_config, path, prequantized)
     model: Any = AutoModelForCausalLM.from_pretrained(
         model_dir, dtype=dtype, use_safetensors=None if config.allow_pickle else True,
         **placement.load_kwargs, **common,
     )
-    if not placement.uses_device_map:
+    if placement.fast_kernels:
+        unwrapped = drop_offload_wrappers(model) if prequantized is not None else 0
+        if unwrapped:
+            log.info("%s: %d module(s) taken out of compressed-tensors' offloading (one device)", path, unwrapped)
         model.to(device)
     model.eval()
     if prequantized is not None:
@@ -268,7 +272,7 @@ def load_model(config: WorkerConfig, path: str = "workers[0]", resolved: Resolve
         layer_devices=devices,
         placement=_placement_summary(devices, getattr(model, "hf_device_map", None), by_device),
         quantization=placement.quantization,
-        uses_device_map=placement.uses_device_map,
+        fast_kernels=placement.fast_kernels,
     )
 
 

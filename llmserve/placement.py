@@ -34,6 +34,10 @@ class Placement:
     """`device_map`, `max_memory` and `quantization_config` for `from_pretrained` (empty: load, then move)."""
     quantization: str | None = None
     """"8-bit" or "4-bit NF4" (bitsandbytes), None for full-precision weights."""
+    fast_kernels: bool = True
+    """Whether the Triton kernels, CUDA graphs and fused projections can run: the whole model on one
+    device without accelerate hooks or bitsandbytes layers (a pre-quantized checkpoint loaded
+    straight onto its GPU qualifies)."""
 
     @property
     def uses_device_map(self) -> bool:
@@ -70,8 +74,12 @@ def check_bitsandbytes(config: WorkerConfig, path: str) -> None:
 
 
 def plan_placement(config: WorkerConfig, device: torch.device, dtype: torch.dtype, hf_config: Any,
-                   path: str = "workers[0]") -> Placement:
+                   path: str = "workers[0]", prequantized: str | None = None) -> Placement:
     """The load arguments for a worker on `device` (already checked against the machine).
+
+    A pre-quantized checkpoint (`prequantized`, its `quant_method`) on one GPU is loaded straight
+    onto it: its quantizer then picks the GPU's kernels (loaded on the CPU and moved, FP8 is
+    dequantized or left behind compressed-tensors' CPU offloading).
 
     A device map is computed here, as a dict, rather than left to `from_pretrained` as a strategy
     name: bitsandbytes keeps CPU-offloaded modules unquantized only for the modules a dict maps
@@ -84,9 +92,11 @@ def plan_placement(config: WorkerConfig, device: torch.device, dtype: torch.dtyp
         return Placement(device)
     gpus = gpu_indices(config, device)
     if config.num_gpus == 1 and not config.max_gpu_memory and not config.cpu_offloading:
-        if quantization is None:
-            return Placement(device)
-        return Placement(device, {"device_map": {"": gpus[0]}, **extra}, label)
+        if quantization is not None:
+            return Placement(device, {"device_map": {"": gpus[0]}, **extra}, label, fast_kernels=False)
+        if prequantized is not None:
+            return Placement(device, {"device_map": {"": gpus[0]}, **prequantized_load_kwargs(prequantized)})
+        return Placement(device)
     cap = config.max_gpu_memory_bytes
     max_memory: dict[int | str, int] = {
         i: cap if cap is not None else _free_bytes(i, config.gpu_memory_utilization) for i in gpus
@@ -98,7 +108,7 @@ def plan_placement(config: WorkerConfig, device: torch.device, dtype: torch.dtyp
     # Inputs go to the lowest GPU used: the one accelerate runs offloaded modules on, and the only
     # one when the whole model landed on a single GPU (then transformers adds no hooks).
     main = min(v for v in device_map.values() if isinstance(v, int))
-    return Placement(torch.device("cuda", main), {"device_map": device_map, **extra}, label)
+    return Placement(torch.device("cuda", main), {"device_map": device_map, **extra}, label, fast_kernels=False)
 
 
 def infer_device_map(hf_config: Any, max_memory: dict[int | str, int], dtype: torch.dtype,
@@ -158,6 +168,22 @@ def _quantization(config: WorkerConfig, dtype: torch.dtype) -> Any:
     if config.load_8bit:
         return BitsAndBytesConfig(load_in_8bit=True, llm_int8_enable_fp32_cpu_offload=config.cpu_offloading)
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype)
+
+
+def prequantized_load_kwargs(method: str) -> dict[str, Any]:
+    """Load options for a pre-quantized checkpoint on a GPU: compressed-tensors FP8 keeps its FP8
+    weights and runs `scaled_mm` where the installed transformers offers it
+    (`use_optimized_inference`, which it applies only where the GPU has FP8 matmuls); older
+    versions dequantize on load."""
+    if method != "compressed-tensors":
+        return {}
+    import inspect
+
+    from transformers import CompressedTensorsConfig
+
+    if "use_optimized_inference" not in inspect.signature(CompressedTensorsConfig.__init__).parameters:
+        return {}
+    return {"quantization_config": CompressedTensorsConfig(use_optimized_inference=True)}
 
 
 def _free_bytes(index: int, utilization: float) -> int:

@@ -33,10 +33,16 @@ class CheckpointFormat:
     """Import names of the packages transformers needs for it."""
     pip: str
     """The `pip install` arguments that provide them."""
+    gpu_modules: tuple[str, ...] = ()
+    """What it needs on top on a GPU, where transformers runs it through extra kernels."""
+    gpu_pip: str = ""
 
 
 FORMATS: dict[str, CheckpointFormat] = {
-    "fp8": CheckpointFormat("fine-grained FP8", ("accelerate",), "accelerate"),
+    # On a GPU transformers runs fine-grained FP8 through the hub kernel kernels-community/finegrained-fp8,
+    # fetched by the `kernels` package (on a CPU it dequantizes on load).
+    "fp8": CheckpointFormat("fine-grained FP8", ("accelerate",), "accelerate", ("kernels",),
+                            "kernels; its kernel kernels-community/finegrained-fp8 is fetched from the Hub"),
     "compressed-tensors": CheckpointFormat("compressed-tensors", ("compressed_tensors",), '"compressed-tensors>=0.15"'),
     "gptq": CheckpointFormat("GPTQ", ("optimum", "gptqmodel"), "optimum gptqmodel"),
     "awq": CheckpointFormat("AWQ", ("gptqmodel", "accelerate"), "gptqmodel accelerate"),
@@ -54,15 +60,17 @@ def checkpoint_quantization(hf_config: Any) -> str | None:
     return str(method) if method else None
 
 
-def missing_modules(method: str) -> list[str]:
+def missing_modules(method: str, on_gpu: bool = False) -> list[str]:
     """The packages format `method` needs that are not installed (none for a format not listed)."""
     fmt = FORMATS.get(method)
     if fmt is None:
         return []
-    return [name for name in fmt.modules if importlib.util.find_spec(name) is None]
+    needed = fmt.modules + (fmt.gpu_modules if on_gpu else ())
+    return [name for name in needed if importlib.util.find_spec(name) is None]
 
 
-def check_quantized_checkpoint(config: WorkerConfig, hf_config: Any, path: str) -> str | None:
+def check_quantized_checkpoint(config: WorkerConfig, hf_config: Any, path: str,
+                               device: torch.device | None = None) -> str | None:
     """The checkpoint's quantization, refused in one line where it cannot load here; None if none."""
     method = checkpoint_quantization(hf_config)
     if method is None:
@@ -73,11 +81,14 @@ def check_quantized_checkpoint(config: WorkerConfig, hf_config: Any, path: str) 
         if getattr(config, key):
             raise ConfigError(f'{path}.{key} = true: "{config.model_path}" is already quantized ({label}); '
                               f"remove {key}")
-    missing = missing_modules(method)
+    on_gpu = device is not None and device.type == "cuda"
+    missing = missing_modules(method, on_gpu)
     if missing and fmt is not None:
         names = " and ".join(name.replace("_", "-") for name in missing)
-        raise ConfigError(f'{path}.model_path = "{config.model_path}": a {label} checkpoint needs {names}, '
-                          f"not installed (pip install {fmt.pip})")
+        pip = fmt.gpu_pip if on_gpu and set(missing) <= set(fmt.gpu_modules) else fmt.pip
+        where = " on a GPU" if on_gpu and set(missing) <= set(fmt.gpu_modules) else ""
+        raise ConfigError(f'{path}.model_path = "{config.model_path}": a {label} checkpoint{where} needs {names}, '
+                          f"not installed (pip install {pip})")
     return method
 
 
@@ -93,3 +104,29 @@ def describe_quantized(method: str, model: torch.nn.Module) -> str:
     kept = "kept quantized" if is_8bit or is_packed or has_scheme else "dequantized on load (no kernels for it here)"
     fmt = FORMATS.get(method)
     return f"{fmt.label if fmt is not None else method} checkpoint, {kept}"
+
+
+def drop_offload_wrappers(model: torch.nn.Module) -> int:
+    """Settle a compressed-tensors model that sits whole on one device: decompress it now and take
+    it out of compressed-tensors' offloading.
+
+    compressed-tensors decompresses a checkpoint either while transformers loads it or at the first
+    forward (a pre-hook, as on a CPU), and in both cases it moves the model onto its own offloading:
+    every module's parameters behind an offload cache and its forward wrapped to send the inputs to
+    the device the weights were loaded on (the CPU, before the worker moves the model). Those
+    wrappers would keep sending activations back there, and they defeat both `torch.compile`
+    (dynamo cannot trace their pointer checks) and CUDA-graph capture (a pageable host copy). A
+    model on one device needs none of it. Returns how many modules were unwrapped.
+    """
+    try:
+        from compressed_tensors.offload import remove_dispatch
+        from compressed_tensors.offload.cache.base import OffloadCache
+    except ImportError:
+        return 0
+    pending = getattr(model, "ct_decompress_hook", None)
+    if pending is not None:  # run the first-forward decompression now, not inside the probe
+        model._forward_pre_hooks[pending.id](model, ())
+    wrapped = sum(isinstance(module._parameters, OffloadCache) for module in model.modules())
+    if wrapped:
+        remove_dispatch(model, onload_tensors=True)
+    return wrapped

@@ -266,7 +266,23 @@ def test_single_device_placement_loads_then_moves(llama_1b_config: object) -> No
     placement = plan_placement(WorkerConfig(model_path="m"), torch.device("cpu"), torch.float32, llama_1b_config)
     assert placement.load_kwargs == {} and not placement.uses_device_map and placement.quantization is None
     gpu = plan_placement(WorkerConfig(model_path="m", device="cuda"), CUDA1, torch.bfloat16, llama_1b_config)
-    assert gpu.load_kwargs == {} and gpu.main_device == CUDA1
+    assert gpu.load_kwargs == {} and gpu.main_device == CUDA1 and gpu.fast_kernels
+
+
+def test_a_prequantized_checkpoint_loads_straight_onto_its_gpu(llama_1b_config: object) -> None:
+    """Loaded on the CPU and moved, FP8 would be dequantized (or left behind compressed-tensors' CPU
+    offloading); loaded onto the GPU it keeps the fast kernels."""
+    config = WorkerConfig(model_path="m", device="cuda:1")
+    for method in ("fp8", "compressed-tensors", "gptq"):
+        placement = plan_placement(config, CUDA1, torch.bfloat16, llama_1b_config, prequantized=method)
+        assert placement.load_kwargs["device_map"] == {"": 1} and placement.fast_kernels
+        assert placement.main_device == CUDA1 and placement.quantization is None
+    compressed = plan_placement(config, CUDA1, torch.bfloat16, llama_1b_config, prequantized="compressed-tensors")
+    if "quantization_config" in compressed.load_kwargs:  # transformers versions that offer FP8 kernels here
+        assert compressed.load_kwargs["quantization_config"].use_optimized_inference
+    on_cpu = plan_placement(WorkerConfig(model_path="m"), torch.device("cpu"), torch.float32, llama_1b_config,
+                            prequantized="fp8")
+    assert on_cpu.load_kwargs == {} and on_cpu.fast_kernels
 
 
 def test_two_gpus_2gib_each_split_the_1b_model(llama_1b_config: object, two_gpus: None) -> None:
@@ -274,6 +290,7 @@ def test_two_gpus_2gib_each_split_the_1b_model(llama_1b_config: object, two_gpus
     placement = plan_placement(config, CUDA0, torch.bfloat16, llama_1b_config)
     device_map = placement.load_kwargs["device_map"]
     assert placement.main_device == CUDA0 and placement.quantization is None and placement.uses_device_map
+    assert not placement.fast_kernels
     assert _places(device_map) == {"model.embed_tokens": 0, "lm_head": 0, "model.norm": 1, "model.rotary_emb": 1}
     assert _layers_on(device_map, 0) == list(range(6)) and _layers_on(device_map, 1) == list(range(6, 16))
     starting_at_1 = plan_placement(dataclasses.replace(config, device="cuda:1"), CUDA1, torch.bfloat16,
@@ -293,7 +310,7 @@ def test_too_little_gpu_memory_fails_before_loading(llama_1b_config: object, two
 def test_quantized_placements(llama_1b_config: object, two_gpus: None) -> None:
     eight = plan_placement(WorkerConfig(model_path="m", device="cuda", load_8bit=True), CUDA0, torch.bfloat16,
                            llama_1b_config)
-    assert eight.load_kwargs["device_map"] == {"": 0} and eight.quantization == "8-bit"
+    assert eight.load_kwargs["device_map"] == {"": 0} and eight.quantization == "8-bit" and not eight.fast_kernels
     assert eight.load_kwargs["quantization_config"].load_in_8bit
     four = plan_placement(WorkerConfig(model_path="m", device="cuda", load_4bit=True), CUDA0, torch.bfloat16,
                           llama_1b_config)
@@ -396,7 +413,7 @@ def _activation(loaded: LoadedModel, config: WorkerConfig) -> int:
 def test_cpu_load_and_the_start_up_log_line(tiny_model_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
     config = WorkerConfig(model_path=str(tiny_model_dir), kv_cache_tokens=4096)
     loaded = load_model(config, W)
-    assert not loaded.uses_device_map and loaded.quantization is None and loaded.placement == "cpu"
+    assert loaded.fast_kernels and loaded.quantization is None and loaded.placement == "cpu"
     assert loaded.layer_devices == [torch.device("cpu")] * 4
     assert loaded.weight_bytes == sum(p.numel() * 4 for p in loaded.model.parameters())
     with caplog.at_level(logging.INFO, logger="llmserve.engine.builder"):

@@ -23,7 +23,12 @@ from llmserve.engine.fused_projections import is_dense
 from llmserve.engine.request import SamplingParams
 from llmserve.errors import ConfigError
 from llmserve.loading import load_model
-from llmserve.quantization import check_quantized_checkpoint, checkpoint_quantization, describe_quantized
+from llmserve.quantization import (
+    check_quantized_checkpoint,
+    checkpoint_quantization,
+    describe_quantized,
+    drop_offload_wrappers,
+)
 from llmserve.server import preflight
 from llmserve.tiny.quantized import (
     dequantize_blockwise,
@@ -118,12 +123,13 @@ def test_fp8_checkpoints_are_served_on_the_fast_path(checkpoint: str, request: p
 
 def test_compressed_tensors_linears_stay_quantized_and_unfused(compressed_dir: Path) -> None:
     loaded = load_model(WorkerConfig(model_path=str(compressed_dir), dtype="float32", kv_cache_tokens=4096))
+    # On a CPU compressed-tensors decompresses the FP8 weights (at load here, at the first forward
+    # in transformers alone), yet each projection keeps its quantization scheme and its own forward
+    # (FP8 activations): none is fused into a q/k/v GEMM.
     q_proj = loaded.model.model.layers[0].self_attn.q_proj
-    assert q_proj.weight.dtype == torch.float8_e4m3fn and not is_dense(q_proj)
+    assert hasattr(q_proj, "quantization_scheme") and not is_dense(q_proj)
     assert describe_quantized("compressed-tensors", loaded.model) == "compressed-tensors checkpoint, kept quantized"
     engine = build_engine(WorkerConfig(model_path=str(compressed_dir), dtype="float32", kv_cache_tokens=4096), 0)
-    # On a CPU compressed-tensors decompresses the weights on the first forward (the probe's), yet
-    # each projection keeps its own forward (FP8 activations): none is fused into a q/k/v GEMM.
     attention = engine.runner.model.model.layers[0].self_attn
     assert type(attention.q_proj) is torch.nn.Linear and hasattr(attention.q_proj, "quantization_scheme")
     assert not is_dense(attention.q_proj)
@@ -158,6 +164,19 @@ def test_a_missing_package_is_named_at_start_up(quantization: dict, label: str, 
                                f"not installed (pip install {pip})")
 
 
+def test_fine_grained_fp8_on_a_gpu_names_the_kernels_package(fp8_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "kernels" else real_find_spec(name, *a))
+    hf_config = AutoConfig.from_pretrained(fp8_dir)
+    config = WorkerConfig(model_path=str(fp8_dir), device="cuda")
+    assert check_quantized_checkpoint(config, hf_config, "w", torch.device("cpu")) == "fp8"  # dequantized there
+    with pytest.raises(ConfigError) as info:
+        check_quantized_checkpoint(config, hf_config, "w", torch.device("cuda", 0))
+    assert str(info.value) == (f'w.model_path = "{fp8_dir}": a fine-grained FP8 checkpoint on a GPU needs kernels, '
+                               "not installed (pip install kernels; its kernel kernels-community/finegrained-fp8 "
+                               "is fetched from the Hub)")
+
+
 def test_bitsandbytes_on_top_of_a_quantized_checkpoint_is_refused(fp8_dir: Path) -> None:
     config = WorkerConfig(model_path=str(fp8_dir), device="cuda", load_4bit=True)
     with pytest.raises(ConfigError, match=r'^w\.load_4bit = true: ".*" is already quantized \(fine-grained FP8\)'):
@@ -174,4 +193,28 @@ def test_the_gpu_script_runs_on_the_cpu(tiny_model_dir: Path, tmp_path: Path) ->
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = json.loads(out.read_text())["rows"]
     assert [(r["checkpoint"], r["path"], r["token_identical"]) for r in rows] == [
-        ("fine-grained-fp8", "fast", 2), ("compressed-tensors-fp8", "fast", 2)]
+        ("compressed-tensors-fp8", "fast", 2), ("fine-grained-fp8", "fast", 2)]
+
+
+def test_compressed_tensors_offload_wrappers_are_dropped_for_one_device(compressed_dir: Path) -> None:
+    """compressed-tensors decompresses on load (transformers 5.17) or at the first forward (a pre-hook,
+    5.24 on a CPU) and then wraps every module in its own offloading, inputs sent to the load device:
+    a worker on one device decompresses at load and takes the wrappers out again."""
+    from compressed_tensors.offload.cache.base import OffloadCache
+
+    config = WorkerConfig(model_path=str(compressed_dir), dtype="float32", kv_cache_tokens=4096)
+    settled = load_model(config).model
+    assert not hasattr(settled, "ct_decompress_hook")
+    assert not any(isinstance(m._parameters, OffloadCache) for m in settled.modules())
+    assert not hasattr(settled.model.layers[0].self_attn.q_proj, "_original_forward_func")  # not wrapped
+    # What the worker undoes: transformers alone leaves the decompression to the first forward,
+    # which wraps the modules.
+    raw = AutoModelForCausalLM.from_pretrained(compressed_dir, dtype=torch.float32).eval()
+    ids = torch.tensor([_prompt_ids(compressed_dir)[0]])
+    with torch.inference_mode():
+        expected = raw(ids).logits
+        assert any(isinstance(m._parameters, OffloadCache) for m in raw.modules())
+        assert drop_offload_wrappers(raw) > 0 and drop_offload_wrappers(raw) == 0
+        assert not any(isinstance(m._parameters, OffloadCache) for m in raw.modules())
+        torch.testing.assert_close(raw(ids).logits, expected, rtol=0, atol=0)
+        torch.testing.assert_close(settled(ids).logits, expected, rtol=0, atol=0)

@@ -215,14 +215,14 @@ def build_fast_engine(loaded: LoadedModel, config: WorkerConfig, path: str) -> L
     """The fast path: the paged KV cache and our attention inside the model (which this changes)."""
     spec = kv_cache_spec(loaded, config)
     hf_attention.install(loaded.model)
-    if config.fuse_projections and not loaded.uses_device_map:  # plain Linears on one device only
+    if config.fuse_projections and loaded.fast_kernels:  # plain Linears on one device only
         fuse_projections(loaded.model)
     kv_cache = KVCache(spec, loaded.layer_devices or loaded.device)
     pool = BlockPool(spec.num_blocks, spec.block_size, config.enable_prefix_caching)
     scheduler = Scheduler(SchedulerConfig(config.max_num_seqs, config.max_num_batched_tokens), pool)
     # Split or bitsandbytes models run eagerly on the torch attention path: Triton kernels
     # launch on the current device, not on each layer's.
-    fast_kernels = not loaded.uses_device_map
+    fast_kernels = loaded.fast_kernels
     runner = ModelRunner(loaded.model, kv_cache, loaded.device, max_num_seqs=config.max_num_seqs,
                          max_num_batched_tokens=config.max_num_batched_tokens,
                          max_model_len=loaded.max_model_len, use_triton=fast_kernels,
