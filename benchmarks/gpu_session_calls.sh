@@ -6,6 +6,7 @@
 #   bash benchmarks/gpu_session_calls.sh A OUT   # host profile + serving rows, peers (llmserve), structured c=64
 #   bash benchmarks/gpu_session_calls.sh B OUT   # peers (transformers serve), bf16 matrix, Triton cases, FP8
 #   bash benchmarks/gpu_session_calls.sh C OUT   # what A and B could not finish (see below)
+#   bash benchmarks/gpu_session_calls.sh D OUT   # FP8 on one GPU, structured c=64, the c=256 row's threads, step profile
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PART=${1:?usage: gpu_session_calls.sh A|B OUT}
@@ -50,6 +51,16 @@ case "$PART" in
       --out-dir "$OUT/structured" > "$OUT/structured.txt" 2>&1
     timeout 50 python3 -m pytest -q -x -p no:cacheprovider -W ignore::pytest.PytestConfigWarning \
       tests/engine/triton_cases.py > "$OUT/triton.txt" 2>&1
+    ;;
+  D)  # FP8 loaded straight onto the GPU, the structured row with the deferred draw, the c=256 row's
+      # per-thread CPU, and where a decode step's time goes on this card
+    timeout 130 python3 benchmarks/gpu_quantized.py --model-path "$MODEL" --out "$OUT/quantized.json" \
+      > "$OUT/quantized.txt" 2>&1
+    timeout 170 python3 benchmarks/structured_throughput.py --device cuda --model-path "$MODEL" --rounds 1 \
+      --out-dir "$OUT/structured" > "$OUT/structured.txt" 2>&1
+    ROWS=throughput MODEL=$MODEL timeout 130 bash benchmarks/gpu_host_profile.sh "$OUT/host"
+    timeout 60 python3 benchmarks/gpu_step_profile.py --model-path "$MODEL" --out "$OUT/step_profile.json" \
+      > "$OUT/step_profile.txt" 2>&1
     ;;
 esac
 tar -czf "$OUT.tgz" -C "$(dirname "$OUT")" "$(basename "$OUT")"
