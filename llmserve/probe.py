@@ -29,8 +29,10 @@ expert on a near-tie). So the reference also measures the model's own noise at i
 with its own cache (cached vs full), and how far transformers' two attention implementations of it
 are apart on the same prompts (eager vs SDPA, where SDPA computes the same attention: not with a
 soft-cap, sinks or ALiBi). The tolerance is twice the larger, between the floor and
-`MAX_TOLERANCES` (four floors). A feature left out (a soft-cap, a window, sinks) is still held to
-the float32 probe and to the float32 model matrix, which leave no such room.
+`MAX_TOLERANCES` (four floors). An engine that fails that comparison gets a second one against the
+model's own float32 forward (`llmserve/probe_precise.py`): it may be as far from it as twice the
+half-precision reference is. A feature left out (a soft-cap, a window, sinks) is still held to the
+float32 probe and to the float32 model matrix, which leave no such room.
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ from llmserve.probe_noise import (
     own_cache_disagreement,
     own_implementations_disagreement,
 )
+from llmserve.probe_precise import Precise, own_float32_rows, why_no_float32
 
 TOLERANCES: Mapping[torch.dtype, float] = MappingProxyType(
     {torch.float32: 5e-3, torch.bfloat16: 0.25, torch.float16: 0.03}
@@ -121,12 +124,24 @@ class Reference:
     """What computing it took."""
     noise: OwnNoise = OwnNoise()
     """Half precision: how far the model's own forward moves from these rows (nothing measured in float32)."""
+    precise: Precise | None = None
+    """Half precision: the model's own float32 rows at the same positions, where it could run them."""
+    precise_note: str = ""
+    """Why there are no float32 rows ("" when there are, or in float32)."""
 
     @property
     def tolerance(self) -> float:
+        return self._bounded(2 * self.noise.largest)
+
+    @property
+    def precise_tolerance(self) -> float:
+        """The bound against the float32 rows: twice the half-precision reference's own distance."""
+        return self._bounded(2 * self.precise.own if self.precise is not None else 0.0)
+
+    def _bounded(self, value: float) -> float:
         floor = TOLERANCES.get(self.dtype, TOLERANCES[torch.bfloat16])
         cap = MAX_TOLERANCES.get(self.dtype)
-        return floor if cap is None else min(cap, max(floor, 2 * self.noise.largest))
+        return floor if cap is None else min(cap, max(floor, value))
 
 
 @dataclass(frozen=True)
@@ -144,6 +159,9 @@ class ProbeResult:
     seconds: float
     reference_seconds: float
     noise: OwnNoise = OwnNoise()
+    float32: str = ""
+    """Where the comparison with the half-precision reference failed and the one with the model's own
+    float32 forward decided: what that found ("" otherwise)."""
 
     @property
     def passed(self) -> bool:
@@ -154,6 +172,8 @@ class ProbeResult:
         dtype = str(self.dtype).removeprefix("torch.")
         verdict = "probe passed" if self.passed else f"probe failed ({self.cause})"
         noise = f" ({self.noise.describe()})" if self.dtype in MAX_TOLERANCES else ""
+        if self.float32:
+            return f"{verdict}: {self.float32}{noise}"
         return f"{verdict}: max |logprob difference| {self.max_difference:.1e} vs {self.tolerance:.2g} for {dtype}{noise}"
 
     def describe(self) -> str:
@@ -167,9 +187,10 @@ class ProbeResult:
         ties = f", {self.num_near_ties} near-tie(s)" if self.num_near_ties else ""
         noise = f" ({self.noise.describe()})" if self.dtype in MAX_TOLERANCES else ""
         verdict = "passed" if self.passed else f"FAILED: {self.cause}"
+        measured = self.float32 or (f"max |logprob difference| {self.max_difference:.1e} vs {self.tolerance:.2g} "
+                                    f"for {dtype}")
         return (f"probe {verdict} ({len(plan.prompts)} prompts of {plan.num_prompt_tokens} tokens, {prefill}, "
-                f"{NUM_DECODE_STEPS} decode steps, {self.num_positions} positions, max |logprob difference| "
-                f"{self.max_difference:.1e} vs {self.tolerance:.2g} for {dtype}{noise}{ties}{window}, "
+                f"{NUM_DECODE_STEPS} decode steps, {self.num_positions} positions, {measured}{noise}{ties}{window}, "
                 f"{self.seconds:.2f} s, reference {self.reference_seconds:.2f} s)")
 
 
@@ -219,11 +240,25 @@ def compute_reference(model: torch.nn.Module, plan: ProbePlan, device: torch.dev
         tokens.append(tuple(ids[len(prompt):]))
         output_rows.append(torch.stack(outputs))
     reference = Reference(plan, dtype, tuple(positions), tuple(prompt_rows), tuple(tokens), tuple(output_rows))
-    noise = OwnNoise()
     if dtype in MAX_TOLERANCES:  # float32 has no room to widen: nothing measured
         implementations, note = own_implementations_disagreement(model, reference, device)
         noise = OwnNoise(own_cache_disagreement(model, reference, device), implementations, note)
-    return dataclasses.replace(reference, seconds=time.perf_counter() - started, noise=noise)
+        reference = dataclasses.replace(reference, noise=noise, **_float32_rows(model, reference, device))
+        if reference.precise is not None:
+            reference = dataclasses.replace(reference, noise=dataclasses.replace(noise, float32=reference.precise.own))
+    return dataclasses.replace(reference, seconds=time.perf_counter() - started)
+
+
+def _float32_rows(model: torch.nn.Module, reference: Reference, device: torch.device) -> dict[str, Any]:
+    """`precise` (the model's own float32 rows) or `precise_note` (why there are none)."""
+    why = why_no_float32(model, reference.dtype, device)
+    if why:
+        return {"precise_note": f"no float32 forward ({why})"}
+    try:
+        return {"precise": own_float32_rows(model, reference, device)}
+    except Exception as exc:  # e.g. remote code that casts to a fixed dtype: no second chance
+        text = str(exc).strip().split("\n")[0][:160]
+        return {"precise_note": f"no float32 forward ({type(exc).__name__}: {text})"}
 
 
 def compared_positions(num_tokens: int, chunk_tokens: int) -> list[int]:
@@ -258,14 +293,40 @@ def probe_engine(engine: Any, reference: Reference) -> ProbeResult:
         for seq_id, prompt in zip(seq_ids, plan.prompts, strict=True):
             engine.add(seq_id, list(prompt), params)
         collected, cause = _run(engine, seq_ids, max_steps=4 * (plan.num_prompt_tokens + NUM_DECODE_STEPS) + 16)
-    comparison = _Comparison(reference.tolerance)
-    for index, seq_id in enumerate(seq_ids):
-        if cause:
-            break
-        cause = comparison.check(reference, index, collected[seq_id])
-    return ProbeResult(cause, comparison.max_difference, reference.tolerance, reference.dtype,
+    if cause:  # the run itself failed: nothing to compare
+        return ProbeResult(cause, 0.0, reference.tolerance, reference.dtype, 0, 0, is_chunked, plan,
+                           time.perf_counter() - started, reference.seconds, reference.noise)
+    comparison, cause = _compare(reference, reference.tolerance, collected, seq_ids)
+    float32 = ""
+    if cause and reference.precise is not None:
+        rows = dataclasses.replace(reference, prompt_logprobs=reference.precise.prompt_logprobs,
+                                   output_logprobs=reference.precise.output_logprobs)
+        second, second_cause = _compare(rows, reference.precise_tolerance, collected, seq_ids)
+        dtype = str(reference.dtype).removeprefix("torch.")
+        float32 = (f"against the {dtype} reference {cause}; against the model's own float32 forward max |logprob "
+                   f"difference| {second.max_difference:.1e} vs {second.tolerance:.2g} (twice its own {dtype} "
+                   f"forward's {reference.precise.own:.1e})")
+        if not second_cause:
+            comparison, cause = second, ""
+        else:
+            cause = f"{cause}; against the model's own float32 forward: {second_cause}"
+            float32 = ""
+    elif cause and reference.precise_note:
+        cause = f"{cause} ({reference.precise_note})"
+    return ProbeResult(cause, comparison.max_difference, comparison.tolerance, reference.dtype,
                        comparison.num_positions, comparison.num_near_ties, is_chunked, plan,
-                       time.perf_counter() - started, reference.seconds, reference.noise)
+                       time.perf_counter() - started, reference.seconds, reference.noise, float32)
+
+
+def _compare(reference: Reference, tolerance: float, collected: dict[int, _Collected],
+             seq_ids: list[int]) -> tuple[_Comparison, str]:
+    """Every probe prompt's outputs against `reference`'s rows; the comparison and the first cause."""
+    comparison = _Comparison(tolerance)
+    for index, seq_id in enumerate(seq_ids):
+        cause = comparison.check(reference, index, collected[seq_id])
+        if cause:
+            return comparison, cause
+    return comparison, ""
 
 
 @contextlib.contextmanager

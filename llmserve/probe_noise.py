@@ -45,13 +45,20 @@ class OwnNoise:
     """Largest |logprob difference| between the two attention implementations (0 if not measured)."""
     implementations_note: str = ""
     """What `implementations` compared ("eager vs sdpa"), or why it was not measured; "" in float32."""
+    float32: float | None = None
+    """How far the model's own half-precision forward is from its float32 one (`probe_precise.py`):
+    the yardstick of the probe's second comparison, not part of `largest`; None if not measured."""
 
     @property
     def largest(self) -> float:
         return max(self.cached_vs_full, self.implementations)
 
     def describe(self) -> str:
-        """A fragment of the probe's log line: both yardsticks."""
+        """A fragment of the probe's log line: the yardsticks."""
+        text = self._two()
+        return text if self.float32 is None else f"{text}, own vs float32 {self.float32:.1e}"
+
+    def _two(self) -> str:
         if not self.implementations_note:
             return f"own cached vs full {self.cached_vs_full:.1e}"
         if self.implementations_note.startswith("not measured"):
