@@ -5,7 +5,9 @@
 #
 #   bash benchmarks/gpu_host_profile.sh OUT
 #
-# Environment: MODEL (default /tmp/llama-1b, built when missing), PORT (8123), PYSPY (py-spy binary).
+# Environment: MODEL (default /tmp/llama-1b, built when missing), PORT (8123), PYSPY (py-spy binary, "none"
+# to skip it: on the lent image it cannot read the server's stacks), RUNS (greedy throughput rows back to
+# back, default 1), SECONDS_CPU (thread_cpu's window, sliced in half-seconds; default 6).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:?usage: gpu_host_profile.sh OUT}
@@ -16,7 +18,7 @@ mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 [ -f "$MODEL/config.json" ] || python3 -m llmserve tiny-model "$MODEL" --preset llama-3.2-1b
 python3 benchmarks/gpu_serve_bench.py --model-path "$MODEL" --out-dir "$OUT" --rows "${ROWS:-latency,throughput}" \
-  --port "$PORT" > "$OUT/serve.txt" 2>&1 &
+  --port "$PORT" --throughput-runs "${RUNS:-1}" > "$OUT/serve.txt" 2>&1 &
 bench=$!
 # The latency row comes first (a few single streams); the throughput row's 512 requests start after it.
 for _ in $(seq 600); do
@@ -35,7 +37,10 @@ sleep 2
 pid=$(pgrep -f -- "-m llmserve run" | head -1)
 echo "server pid ${pid:-none}" | tee "$OUT/pyspy.txt"
 if [ -n "${pid:-}" ]; then
-  python3 benchmarks/thread_cpu.py "$pid" --seconds 6 --out "$OUT/thread_cpu.json" | tee "$OUT/thread_cpu.txt"
+  python3 benchmarks/thread_cpu.py "$pid" --seconds "${SECONDS_CPU:-6}" --interval 0.5 --out "$OUT/thread_cpu.json" \
+    | tee "$OUT/thread_cpu.txt"
+fi
+if [ -n "${pid:-}" ] && [ "$PYSPY" != none ]; then
   "$PYSPY" record -p "$pid" -r 250 -d 8 --threads -f raw -o "$OUT/pyspy_threads.txt" --nonblocking >> "$OUT/pyspy.txt" 2>&1
   "$PYSPY" record -p "$pid" -r 250 -d 6 --gil -f raw -o "$OUT/pyspy_gil.txt" --nonblocking >> "$OUT/pyspy.txt" 2>&1
 fi

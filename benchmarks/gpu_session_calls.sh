@@ -7,6 +7,7 @@
 #   bash benchmarks/gpu_session_calls.sh B OUT   # peers (transformers serve), bf16 matrix, Triton cases, FP8
 #   bash benchmarks/gpu_session_calls.sh C OUT   # what A and B could not finish (see below)
 #   bash benchmarks/gpu_session_calls.sh D OUT   # FP8 on one GPU, structured c=64, the c=256 row's threads, step profile
+#   bash benchmarks/gpu_session_calls.sh E OUT   # step profile, the c=256 row's threads in slices, FP8 compiled, bf16 Gemma
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PART=${1:?usage: gpu_session_calls.sh A|B OUT}
@@ -61,6 +62,17 @@ case "$PART" in
     ROWS=throughput MODEL=$MODEL timeout 130 bash benchmarks/gpu_host_profile.sh "$OUT/host"
     timeout 60 python3 benchmarks/gpu_step_profile.py --model-path "$MODEL" --out "$OUT/step_profile.json" \
       > "$OUT/step_profile.txt" 2>&1
+    ;;
+  E)  # D's step profile had too little time; the c=256 row twice with the threads' CPU in half-second
+      # slices (D's window ran past the row's end); FP8 with traceable layers; the bf16 probe's float32
+      # comparison on the families it concerns
+    timeout 140 python3 benchmarks/gpu_step_profile.py --model-path "$MODEL" --out "$OUT/step_profile.json" \
+      > "$OUT/step_profile.txt" 2>&1
+    ROWS=throughput RUNS=2 SECONDS_CPU=8 PYSPY=none MODEL=$MODEL timeout 110 bash benchmarks/gpu_host_profile.sh "$OUT/host"
+    timeout 100 python3 benchmarks/gpu_quantized.py --model-path "$MODEL" --out "$OUT/quantized.json" \
+      > "$OUT/quantized.txt" 2>&1
+    timeout 150 python3 benchmarks/gpu_model_matrix.py --dtype bfloat16 --out "$OUT/matrix-bf16.json" \
+      --time-limit 140 --family-timeout 135 --families gemma3 gemma2 gpt_oss > "$OUT/matrix-bf16.txt" 2>&1
     ;;
 esac
 tar -czf "$OUT.tgz" -C "$(dirname "$OUT")" "$(basename "$OUT")"

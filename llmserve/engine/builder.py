@@ -28,6 +28,7 @@ from llmserve.embedding.engine import EmbeddingEngine, build_embedding_engine
 from llmserve.engine import hf_attention
 from llmserve.engine.attention_contract import inspect_attention
 from llmserve.engine.engine import LLMEngine
+from llmserve.engine.fp8_linear import make_traceable as make_fp8_traceable
 from llmserve.engine.fused_projections import fuse_projections
 from llmserve.engine.kv_cache import BlockPool, KVCache
 from llmserve.engine.runner import ModelRunner
@@ -217,6 +218,8 @@ def build_fast_engine(loaded: LoadedModel, config: WorkerConfig, path: str) -> L
     hf_attention.install(loaded.model)
     if config.fuse_projections and loaded.fast_kernels:  # plain Linears on one device only
         fuse_projections(loaded.model)
+    if make_fp8_traceable(loaded.model):
+        log.info("%s: compressed-tensors FP8 layers multiply through torch._scaled_mm (traceable)", path)
     kv_cache = KVCache(spec, loaded.layer_devices or loaded.device)
     pool = BlockPool(spec.num_blocks, spec.block_size, config.enable_prefix_caching)
     scheduler = Scheduler(SchedulerConfig(config.max_num_seqs, config.max_num_batched_tokens), pool)
