@@ -8,9 +8,12 @@ grammar builds nothing at all (`token_mask` returns None after one pass over the
 
 A matcher catches up with its sequence's accepted tokens when the next mask is asked for, so the
 engine needs no call in its postprocessing: the mask for a row is always that of the tokens the
-host knows. That is why a grammar row is never scheduled ahead of its token's read-back (see
-`engine.py` `_launch_ahead`). When the grammar is complete only the stop tokens stay allowed, so
-the sequence ends with finish_reason "stop" on the engine's usual end-of-sequence check.
+host knows. That is why a grammar row's draw waits for its previous token's read-back (its forward
+still runs ahead: `engine.py` `_draw_deferred`). The rows' masks are filled in one call of
+xgrammar's batch matcher, which spreads them over threads outside the interpreter lock (a Python
+loop of per-row fills held the lock ~16 us a row at a 128k vocabulary, in the way of the event loop).
+When the grammar is complete only the stop tokens stay allowed, so the sequence ends with
+finish_reason "stop" on the engine's usual end-of-sequence check.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ class StructuredDecoding:
         self.vocab_size = vocab_size
         self._stop_ids = sorted(i for i in stop_token_ids if i < vocab_size)
         self._matchers: dict[int, _Matcher] = {}
+        self._batch: Any = None  # xgrammar.BatchGrammarMatcher, made at the first mask
 
     @property
     def num_words(self) -> int:
@@ -64,14 +68,23 @@ class StructuredDecoding:
         if not rows:
             return None
         bitmask = torch.full((len(seqs), self.num_words), -1, dtype=torch.int32)
+        live_rows, live = [], []
         for row in rows:
-            self._fill(seqs[row], bitmask, row)
+            matcher = self._catch_up(seqs[row], bitmask, row)
+            if matcher is not None:
+                live_rows.append(row)
+                live.append(matcher)
+        if live:
+            self._batch_matcher().batch_fill_next_token_bitmask(live, bitmask, live_rows)
         json_rows = [row for row in rows if seqs[row].params.grammar.forbids_control_bytes]  # type: ignore[union-attr]
         if json_rows:  # one op for all of them
             bitmask[json_rows] &= self.compiler.json_safe_words()
         return allowed_tokens(to_device(bitmask, device), self.vocab_size)
 
-    def _fill(self, seq: Sequence, bitmask: torch.Tensor, row: int) -> None:
+    def _catch_up(self, seq: Sequence, bitmask: torch.Tensor, row: int) -> Any:
+        """Feed the sequence's new tokens to its matcher; the matcher if its row's mask is still to
+        fill, None when the row allows only the stop tokens (the grammar is complete or was broken),
+        set here."""
         state = self._state(seq)
         for token_id in seq.output_ids[state.num_consumed:]:
             if not state.is_broken and not state.matcher.accept_token(token_id):
@@ -81,8 +94,15 @@ class StructuredDecoding:
             bitmask[row] = 0
             for token_id in self._stop_ids:
                 bitmask[row, token_id // _BITS] |= _bit(token_id % _BITS)
-        else:
-            state.matcher.fill_next_token_bitmask(bitmask, row)
+            return None
+        return state.matcher
+
+    def _batch_matcher(self) -> Any:
+        if self._batch is None:
+            import xgrammar
+
+            self._batch = xgrammar.BatchGrammarMatcher()
+        return self._batch
 
     def _state(self, seq: Sequence) -> _Matcher:
         state = self._matchers.get(seq.seq_id)
