@@ -61,7 +61,7 @@ def profile_batch(engine: Any, batch: int, prompt_len: int, steps: int, seq_base
     for i in range(batch):
         seq_id = seq_base + i
         engine.add(seq_id, [100 + (7 * i + j) % 3000 for j in range(prompt_len)],
-                   SamplingParams(max_tokens=steps + 8, temperature=0.0, ignore_eos=True))
+                   SamplingParams(max_tokens=steps + 512, temperature=0.0, ignore_eos=True))  # none finishes
         worker._streams[seq_id] = RequestStream([seq_id])
     while engine.scheduler.waiting or any(s.num_computed_tokens < s.num_prompt_tokens
                                           for s in engine.scheduler.running):

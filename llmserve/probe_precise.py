@@ -44,7 +44,8 @@ class Precise:
     prompt_logprobs: tuple[torch.Tensor, ...]
     output_logprobs: tuple[torch.Tensor, ...]
     own: float
-    """The half-precision reference's largest difference from these rows (top tokens)."""
+    """The half-precision reference's largest difference from these rows, over each row's top tokens
+    and the token taken there."""
 
 
 def why_no_float32(model: torch.nn.Module, dtype: torch.dtype, device: torch.device) -> str:
@@ -101,8 +102,13 @@ def own_float32_rows(model: torch.nn.Module, reference: Reference, device: torch
                 ids.append(token)
             prompt_rows.append(rows[:-1])
             output_rows.append(torch.stack(outputs))
-    for half, full in zip(reference.prompt_logprobs + reference.output_logprobs, prompt_rows + output_rows,
-                          strict=True):
-        for half_row, full_row in zip(half, full, strict=True):
-            own = max(own, top_difference(half_row, full_row))
+    # Over the ids the probe compares: each row's top tokens and the token taken there (the next
+    # prompt token, often far down a prompt row, where bfloat16 rounding weighs more).
+    for index, (prompt, kept, tokens) in enumerate(zip(reference.plan.prompts, reference.prompt_positions,
+                                                       reference.tokens, strict=True)):
+        taken = [prompt[p + 1] for p in kept] + list(tokens)
+        halves = [*reference.prompt_logprobs[index], *reference.output_logprobs[index]]
+        fulls = [*prompt_rows[index], *output_rows[index]]
+        for half_row, full_row, token in zip(halves, fulls, taken, strict=True):
+            own = max(own, top_difference(half_row, full_row), abs(float(half_row[token] - full_row[token])))
     return Precise(tuple(prompt_rows), tuple(output_rows), own)
