@@ -135,13 +135,16 @@ class Reference:
 
     @property
     def precise_tolerance(self) -> float:
-        """The bound against the float32 rows: twice the half-precision reference's own distance."""
-        return self._bounded(2 * self.precise.own if self.precise is not None else 0.0)
+        """The bound against the float32 rows: twice the half-precision reference's own distance from
+        them, capped at twice `MAX_TOLERANCES` (that distance is the model's own rounding, measured
+        against the exact answer, not one rounding against another: random Gemma 3 is 1.0 from its
+        float32 forward in bf16, on the CPU and on the H200)."""
+        return self._bounded(2 * self.precise.own if self.precise is not None else 0.0, cap_factor=2.0)
 
-    def _bounded(self, value: float) -> float:
+    def _bounded(self, value: float, cap_factor: float = 1.0) -> float:
         floor = TOLERANCES.get(self.dtype, TOLERANCES[torch.bfloat16])
         cap = MAX_TOLERANCES.get(self.dtype)
-        return floor if cap is None else min(cap, max(floor, value))
+        return floor if cap is None else min(cap_factor * cap, max(floor, value))
 
 
 @dataclass(frozen=True)

@@ -73,6 +73,7 @@ def test_an_engine_closer_to_float32_than_the_half_reference_passes() -> None:
     assert half.tolerance == 0.25 and half.precise_tolerance == pytest.approx(0.8)
     result = probe_engine(_ReplayEngine(exact, {}), half)  # the engine answers the float32 rows exactly
     assert result.passed and result.max_difference == 0.0 and result.tolerance == pytest.approx(0.8)
+    assert _half(exact, 1.5).precise_tolerance == 2.0  # twice the cap of 1.0 at most
     assert result.summary().startswith("probe passed: against the bfloat16 reference log-probabilities off by 0.4 ")
     assert "against the model's own float32 forward max |logprob difference| 0.0e+00 vs 0.8 (twice its own " \
            "bfloat16 forward's 4.0e-01)" in result.describe()
