@@ -118,6 +118,8 @@ def main() -> int:
     parser.add_argument("--kv-cache-tokens", type=int, default=65536)
     parser.add_argument("--max-model-len", type=int, default=4096,
                         help="the served context (at most --kv-cache-tokens; the prompts need ~330)")
+    parser.add_argument("--formats", nargs="+", default=["compressed-tensors-fp8", "fine-grained-fp8"],
+                        choices=["compressed-tensors-fp8", "fine-grained-fp8"])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
@@ -130,10 +132,11 @@ def main() -> int:
         source = Path(args.model_path) if args.model_path else build_tiny_model(work / "source", seed=0,
                                                                                preset=preset)
         args.vocab = json.loads((source / "config.json").read_text())["vocab_size"]
-        checkpoints = {
-            "compressed-tensors-fp8": write_compressed_fp8_checkpoint(source, work / "compressed"),
-            "fine-grained-fp8": write_fp8_checkpoint(source, work / "fp8", block=args.block),
+        writers = {
+            "compressed-tensors-fp8": lambda: write_compressed_fp8_checkpoint(source, work / "compressed"),
+            "fine-grained-fp8": lambda: write_fp8_checkpoint(source, work / "fp8", block=args.block),
         }
+        checkpoints = {name: writers[name]() for name in args.formats}
         rows = [check(name, folder, args, dtype) for name, folder in checkpoints.items()]
     result = {"device": torch.cuda.get_device_name() if args.device.startswith("cuda") else args.device,
               "dtype": args.dtype, "rows": rows}

@@ -8,6 +8,7 @@
 #   bash benchmarks/gpu_session_calls.sh C OUT   # what A and B could not finish (see below)
 #   bash benchmarks/gpu_session_calls.sh D OUT   # FP8 on one GPU, structured c=64, the c=256 row's threads, step profile
 #   bash benchmarks/gpu_session_calls.sh E OUT   # step profile, the c=256 row's threads in slices, FP8 compiled, bf16 Gemma
+#   bash benchmarks/gpu_session_calls.sh F OUT   # structured c=64 (batch matcher), FP8 compiled, bf16 Gemma, Triton cases
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PART=${1:?usage: gpu_session_calls.sh A|B OUT}
@@ -73,6 +74,21 @@ case "$PART" in
       > "$OUT/quantized.txt" 2>&1
     timeout 150 python3 benchmarks/gpu_model_matrix.py --dtype bfloat16 --out "$OUT/matrix-bf16.json" \
       --time-limit 140 --family-timeout 135 --families gemma3 gemma2 gpt_oss > "$OUT/matrix-bf16.txt" 2>&1
+    ;;
+  F)  # the structured row with xgrammar's batch matcher (and its mask row), compressed-tensors FP8 with
+      # traceable layers (fewer prompts: E's ran out of time compiling), Gemma 2/3 under the probe's
+      # float32 yardstick over the compared ids, the Triton cases natively
+    timeout 190 python3 benchmarks/structured_throughput.py --device cuda --model-path "$MODEL" --rounds 1 \
+      --out-dir "$OUT/structured" > "$OUT/structured.txt" 2>&1
+    # The Triton cases (47, mostly kernel compiles) beside the two correctness checks, not beside the row.
+    timeout 200 python3 -m pytest -q -p no:cacheprovider -W ignore::pytest.PytestConfigWarning \
+      tests/engine/triton_cases.py > "$OUT/triton.txt" 2>&1 &
+    cases=$!
+    timeout 110 python3 benchmarks/gpu_quantized.py --model-path "$MODEL" --formats compressed-tensors-fp8 \
+      --num-prompts 8 --max-tokens 16 --out "$OUT/quantized.json" > "$OUT/quantized.txt" 2>&1
+    timeout 120 python3 benchmarks/gpu_model_matrix.py --dtype bfloat16 --out "$OUT/matrix-bf16.json" \
+      --time-limit 110 --family-timeout 105 --families gemma3 gemma2 > "$OUT/matrix-bf16.txt" 2>&1
+    wait "$cases"
     ;;
 esac
 tar -czf "$OUT.tgz" -C "$(dirname "$OUT")" "$(basename "$OUT")"
