@@ -4,6 +4,13 @@ Text is only released once it is final: an incomplete UTF-8 character (the token
 replacement character at the end of a partial decode) waits for the next token, and the last
 `len(longest stop string) - 1` characters wait until they can no longer start a stop string.
 So streamed deltas always concatenate to the non-streamed text.
+
+Most tokens add the same text whatever precedes them (a byte-level BPE token that is whole UTF-8, a
+metaspace token once a word came before it): `TokenTexts`, one per engine, learns which ones do,
+once per token id, and the text they add. A sequence whose text so far ends on a whole character
+takes such a token's text from it (a dictionary lookup) instead of one Rust call per token, the
+largest piece of a decode step's per-sequence host work; any other token goes through the stream,
+re-primed with the last few ids after a run of looked-up ones.
 """
 
 from __future__ import annotations
@@ -47,6 +54,57 @@ def _rust_stream(tokenizer: Any, context: list[int]) -> tuple[Any, DecodeStream]
         return None
 
 
+_ANCHOR_TEXTS = ("a", "7", "\n")
+"""Text before a token when measuring what it adds: a letter, a digit, a line break."""
+
+
+class TokenTexts:
+    """The text each token adds after any whole-character text, for tokens whose text does not depend
+    on what precedes it; None for the others (partial UTF-8, special, or context-dependent spacing).
+
+    A token's text is measured once, at its first use: decoded after each anchor (a letter, a digit,
+    a line break), it must add the same non-empty text with no replacement character every time.
+    Only for tokenizers the Rust stream serves (no clean-up of tokenization spaces).
+    """
+
+    def __init__(self, tokenizer: Any) -> None:
+        self._decode = _decoder(tokenizer)
+        self._cache: dict[int, str | None] = {}
+        usable = getattr(tokenizer, "backend_tokenizer", None) is not None and \
+            not getattr(tokenizer, "clean_up_tokenization_spaces", False)
+        self._anchors = _anchors(tokenizer, self._decode) if usable else ()
+
+    def get(self, token_id: int) -> str | None:
+        try:
+            return self._cache[token_id]
+        except KeyError:
+            text = self._cache[token_id] = self._measure(token_id)
+            return text
+
+    def _measure(self, token_id: int) -> str | None:
+        added: set[str] = set()
+        for anchor in self._anchors:
+            before = self._decode([anchor])
+            both = self._decode([anchor, token_id])
+            if not both.startswith(before):
+                return None
+            added.add(both[len(before):])
+        if len(added) != 1:
+            return None
+        text = added.pop()
+        return text if text and "\ufffd" not in text else None
+
+
+def _anchors(tokenizer: Any, decode: Callable[[list[int]], str]) -> tuple[int, ...]:
+    """One token id per anchor text (its last token) that decodes to text of its own; at least two."""
+    ids = []
+    for text in _ANCHOR_TEXTS:
+        encoded = tokenizer.encode(text, add_special_tokens=False)
+        if encoded and decode([encoded[-1]]) and encoded[-1] not in ids:
+            ids.append(encoded[-1])
+    return tuple(ids) if len(ids) >= 2 else ()
+
+
 class IncrementalDetokenizer:
     """Turns generated token ids into text deltas, honouring stop strings.
 
@@ -57,7 +115,7 @@ class IncrementalDetokenizer:
     """
 
     def __init__(self, tokenizer: Any, prompt_ids: list[int], stop: tuple[str, ...],
-                 special_text_ids: tuple[int, ...] = ()) -> None:
+                 special_text_ids: tuple[int, ...] = (), texts: TokenTexts | None = None) -> None:
         self._decode = _decoder(tokenizer)
         self._skipped = _skipped_ids(tokenizer)
         # Special tokens a parser reads (Mistral's [TOOL_CALLS]): their text is appended as it is,
@@ -67,6 +125,9 @@ class IncrementalDetokenizer:
         self._prefix_offset = 0
         self._read_offset = len(self._ids)
         self._rust = _rust_stream(tokenizer, self._ids)
+        self._texts = texts if self._rust is not None else None
+        self._is_whole = True  # the text so far ends on a whole character (no bytes pending)
+        self._stream_behind = False  # tokens were looked up since the stream's last step
         self._stop = tuple(s for s in stop if s)
         self._holdback = max((len(s) for s in self._stop), default=1) - 1
         self._unreleased = ""  # decoded, not yet handed out (the stop strings' hold-back included)
@@ -80,13 +141,27 @@ class IncrementalDetokenizer:
         if token_id in self._skipped:
             return  # no text of its own
         self._ids.append(token_id)
+        if self._texts is not None and self._is_whole and len(self._ids) > 1:
+            text = self._texts.get(token_id)
+            if text is not None:
+                self._prefix_offset = self._read_offset
+                self._read_offset = len(self._ids)
+                self._stream_behind = True
+                self._append(text)
+                return
         if self._rust is not None:
             backend, stream = self._rust
+            if self._stream_behind:  # primed again with the ids before this one
+                stream = DecodeStream(ids=self._ids[-1 - _CONTEXT_TOKENS:-1], skip_special_tokens=True)
+                self._rust = (backend, stream)
+                self._stream_behind = False
             try:
                 delta = stream.step(backend, token_id)
             except Exception:  # noqa: BLE001 - e.g. a prefix the new text no longer starts with
                 self._rust = None  # this and later tokens go the Python way
+                self._texts = None
             else:
+                self._is_whole = delta is not None
                 if delta is not None:
                     self._prefix_offset = self._read_offset
                     self._read_offset = len(self._ids)
@@ -94,7 +169,8 @@ class IncrementalDetokenizer:
                         self._append(delta)
                 return
         window = self._decode(self._ids[self._prefix_offset:])
-        if window.endswith("\ufffd"):
+        self._is_whole = not window.endswith("\ufffd")
+        if not self._is_whole:
             return  # an incomplete character: wait for the bytes that finish it
         before = self._decode(self._ids[self._prefix_offset:self._read_offset])
         delta = window[len(before):]

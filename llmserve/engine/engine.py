@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from llmserve.engine.cuda_graphs import StepLogits
+from llmserve.engine.detokenizer import TokenTexts
 from llmserve.engine.kv_cache import BlockPool
 from llmserve.engine.outputs import SequenceOutput, check_stop, emit, token_logprob, track
 from llmserve.engine.outputs import TrackedSequence as _Tracked
@@ -96,6 +97,7 @@ class LLMEngine:
         self.runner = runner
         self.scheduler = scheduler
         self.tokenizer = tokenizer
+        self.token_texts = TokenTexts(tokenizer)  # what most tokens add to a text, learnt once each
         self.stop_token_ids = stop_token_ids
         self.vocab_size = vocab_size
         self.max_model_len = max_model_len
@@ -133,7 +135,7 @@ class LLMEngine:
             check_prompt(prompt_ids, self.vocab_size, self.max_model_len)
             check_sampling_params(params, self.vocab_size)
             seq = Sequence(seq_id, list(prompt_ids), params)
-            tracked = track(seq, self.tokenizer, self.runner.device)
+            tracked = track(seq, self.tokenizer, self.runner.device, self.token_texts)
         except Exception as exc:  # this request's own values: it alone fails
             num_prompt_tokens = len(prompt_ids) if isinstance(prompt_ids, list) else 0
             self._refused.append(SequenceOutput(seq_id, "", [], [], SequenceStatus.FINISHED_ERROR.finish_reason,

@@ -44,6 +44,8 @@ def _rowwise_fp8_forward(self: torch.nn.Module, input: torch.Tensor) -> torch.Te
     shape = (*input.shape[:-1], -1)
     rows, row_scales = quantize_fp8_per_row(input.reshape(-1, input.shape[-1]))  # [M, K] FP8, [M] float32
     weight: torch.Tensor = self.weight  # type: ignore[assignment]
-    out = torch._scaled_mm(rows, weight.t(), scale_a=row_scales.unsqueeze(-1), scale_b=self.weight_scale,
-                           out_dtype=input.dtype, bias=self.bias)
+    scale: torch.Tensor = self.weight_scale  # type: ignore[assignment]
+    bias: torch.Tensor | None = self.bias  # type: ignore[assignment]
+    out = torch._scaled_mm(rows, weight.t(), scale_a=row_scales.unsqueeze(-1), scale_b=scale,
+                           out_dtype=input.dtype, bias=bias)
     return out.reshape(shape)

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from llmserve.engine.detokenizer import IncrementalDetokenizer
+from llmserve.engine.detokenizer import IncrementalDetokenizer, TokenTexts
 from llmserve.engine.request import Sequence, SequenceStatus, TokenLogprob
 from llmserve.engine.sampler import SampleResult, make_generator
 
@@ -47,10 +47,11 @@ class TrackedSequence:
     has_emitted: bool = False
 
 
-def track(seq: Sequence, tokenizer: Any, device: torch.device) -> TrackedSequence:
-    """The bookkeeping of a new sequence: its detokenizer, seeded generator, prompt-logprob slots."""
+def track(seq: Sequence, tokenizer: Any, device: torch.device, texts: TokenTexts | None = None) -> TrackedSequence:
+    """The bookkeeping of a new sequence: its detokenizer (with the engine's `TokenTexts`), seeded
+    generator, prompt-logprob slots."""
     tracked = TrackedSequence(seq, IncrementalDetokenizer(tokenizer, seq.prompt_ids, seq.params.stop,
-                                                                 seq.params.special_text_ids),
+                                                          seq.params.special_text_ids, texts),
                               make_generator(seq.params, device))
     if seq.params.prompt_logprobs is not None:
         tracked.prompt_logprobs = [None] * len(seq.prompt_ids)

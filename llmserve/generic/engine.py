@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 
 import torch
 
+from llmserve.engine.detokenizer import TokenTexts
 from llmserve.engine.outputs import SequenceOutput, TrackedSequence, check_stop, emit, token_logprob, track
 from llmserve.engine.request import SamplingParams, Sequence, SequenceStatus, TokenLogprob, check_prompt
 from llmserve.engine.sampler import (
@@ -67,6 +68,7 @@ class GenericEngine:
                  batched_prefill: bool = False) -> None:
         self.forward = forward
         self.tokenizer = tokenizer
+        self.token_texts = TokenTexts(tokenizer)  # what most tokens add to a text, learnt once each
         self.stop_token_ids = stop_token_ids
         self.vocab_size = vocab_size
         self.max_model_len = max_model_len
@@ -103,7 +105,7 @@ class GenericEngine:
         try:
             check_prompt(prompt_ids, self.vocab_size, self.max_model_len)
             check_sampling_params(params, self.vocab_size)
-            tracked = track(Sequence(seq_id, list(prompt_ids), params), self.tokenizer, self.device)
+            tracked = track(Sequence(seq_id, list(prompt_ids), params), self.tokenizer, self.device, self.token_texts)
         except Exception as exc:  # a bad request fails alone, at the next step
             log.info("sequence %d: refused: %s", seq_id, exc)
             self._rejected.append(SequenceOutput(seq_id, "", [], [], SequenceStatus.FINISHED_ERROR.finish_reason,

@@ -132,3 +132,60 @@ def test_text_equals_the_full_decode_with_metaspace_and_skipped_specials(path: s
         full = tok.decode(prompt + ids, skip_special_tokens=True)
         context = tok.decode(prompt, skip_special_tokens=True)
         assert _text(detok, ids) == full[len(context):]
+
+
+def _texts_and_counts(tok, prompt, ids):
+    """The text with the engine's token-text table, the text without, and how many tokens the
+    table answered."""
+    from llmserve.engine.detokenizer import TokenTexts
+
+    texts = TokenTexts(tok)
+    looked_up = 0
+    real_get = texts.get
+
+    def counting(token_id):
+        nonlocal looked_up
+        text = real_get(token_id)
+        looked_up += text is not None
+        return text
+
+    texts.get = counting
+    with_table = _text(IncrementalDetokenizer(tok, prompt, (), texts=texts), ids)
+    without = _text(IncrementalDetokenizer(tok, prompt, ()), ids)
+    return with_table, without, looked_up
+
+
+def test_token_texts_give_the_streams_text_byte_level(tiny_model_dir) -> None:
+    """Byte-level BPE: whole-UTF-8 tokens are looked up, partial ones go through the stream (re-primed
+    after looked-up ones); the text is the stream's, the full decode's, on random ids and on text with
+    multi-byte characters."""
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    rng = random.Random(2)
+    prompt = tok.encode("Once upon a time", add_special_tokens=False)
+    total_looked_up = 0
+    for _ in range(30):
+        ids = [rng.choice(tok.all_special_ids) if rng.random() < 0.03 else rng.randrange(len(tok)) for _ in range(64)]
+        with_table, without, looked_up = _texts_and_counts(tok, prompt, ids)
+        assert with_table == without
+        total_looked_up += looked_up
+    assert total_looked_up > 30 * 64 // 2  # the table answers most tokens
+    ids = tok.encode("Grüße, 世界! naïve café 🙂 done", add_special_tokens=False)
+    with_table, without, _ = _texts_and_counts(tok, prompt, ids)
+    assert with_table == without == "Grüße, 世界! naïve café 🙂 done"
+
+
+def test_token_texts_give_the_full_decode_with_metaspace() -> None:
+    """Metaspace decoding with byte fallback: a word's leading space depends on a token before it
+    (the first token of a decode loses it), so the table only answers after one."""
+    tok = _sentencepiece_style_tokenizer()
+    rng = random.Random(3)
+    looked_up_total = 0
+    for trial in range(50):
+        prompt = tok.encode("Hello world", add_special_tokens=False) if trial % 3 else [tok.bos_token_id]
+        ids = [rng.randrange(len(tok)) for _ in range(30)]
+        with_table, without, looked_up = _texts_and_counts(tok, prompt, ids)
+        full = tok.decode(prompt + ids, skip_special_tokens=True)
+        context = tok.decode(prompt, skip_special_tokens=True)
+        assert with_table == without == full[len(context):]
+        looked_up_total += looked_up
+    assert looked_up_total > 0
