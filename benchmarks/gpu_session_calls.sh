@@ -79,6 +79,8 @@ case "$PART" in
       # Gemma 2/3 under the probe's float32 yardstick over the compared ids; the Triton cases natively
       # beside them. (The structured row with xgrammar's batch matcher did not fit this session's
       # device time: `STRUCTURED=1` adds it first.)
+    timeout 40 python3 benchmarks/structured_throughput.py --device cuda --model-path "$MODEL" --mask-only \
+      --out-dir "$OUT/structured-mask" > "$OUT/structured-mask.txt" 2>&1  # the mask's host time per step
     if [ "${STRUCTURED:-0}" = 1 ]; then
       timeout 190 python3 benchmarks/structured_throughput.py --device cuda --model-path "$MODEL" --rounds 1 \
         --out-dir "$OUT/structured" > "$OUT/structured.txt" 2>&1

@@ -70,6 +70,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--output-len", type=int, default=None, help="default: 64 (CPU), 256 (GPU)")
     parser.add_argument("--rounds", type=int, default=3, help="each row this many times, in alternating order")
     parser.add_argument("--mask-steps", type=int, default=64)
+    parser.add_argument("--mask-only", action="store_true", help="only the mask's host time per step (no server)")
     parser.add_argument("--port", type=int, default=18715)
     parser.add_argument("--out-dir", default=None, help="reports, the server log and results.json")
     return parser.parse_args(argv)
@@ -199,6 +200,11 @@ def main(argv: list[str] | None = None) -> int:
     # A built model goes to a temporary folder, not OUT: OUT is what comes back from a lent machine.
     model = Path(args.model_path) if args.model_path else build_model(
         args.device, Path(tempfile.mkdtemp(prefix="structured-throughput-model-")))
+    if args.mask_only:
+        mask = mask_time(model, args.device, args.concurrency, args.mask_steps)
+        (out / "mask.json").write_text(json.dumps(mask, indent=2))
+        print(json.dumps(mask))
+        return 0
     schema = out / "bench_schema.json"
     schema.write_text(json.dumps(SCHEMA))
     server = start_server(args, model, out)
