@@ -11,6 +11,7 @@
 #   bash benchmarks/gpu_session_calls.sh F OUT   # structured c=64 (batch matcher), FP8 compiled, bf16 Gemma, Triton cases
 set -uo pipefail
 cd "$(dirname "$0")/.."
+DEVICE_OUT=${OUT:-}  # the lent machine's folder that comes back (the run tool's $OUT), before OUT is reused
 PART=${1:?usage: gpu_session_calls.sh A|B OUT}
 OUT=${2:?usage: gpu_session_calls.sh A|B OUT}
 MODEL=${MODEL:-models/llama-1b}
@@ -75,16 +76,11 @@ case "$PART" in
     timeout 150 python3 benchmarks/gpu_model_matrix.py --dtype bfloat16 --out "$OUT/matrix-bf16.json" \
       --time-limit 140 --family-timeout 135 --families gemma3 gemma2 gpt_oss > "$OUT/matrix-bf16.txt" 2>&1
     ;;
-  F)  # compressed-tensors FP8 with traceable layers (fewer prompts: E's ran out of time compiling) and
-      # Gemma 2/3 under the probe's float32 yardstick over the compared ids; the Triton cases natively
-      # beside them. (The structured row with xgrammar's batch matcher did not fit this session's
-      # device time: `STRUCTURED=1` adds it first.)
-    timeout 40 python3 benchmarks/structured_throughput.py --device cuda --model-path "$MODEL" --mask-only \
-      --out-dir "$OUT/structured-mask" > "$OUT/structured-mask.txt" 2>&1  # the mask's host time per step
-    if [ "${STRUCTURED:-0}" = 1 ]; then
-      timeout 190 python3 benchmarks/structured_throughput.py --device cuda --model-path "$MODEL" --rounds 1 \
-        --out-dir "$OUT/structured" > "$OUT/structured.txt" 2>&1
-    fi
+  F)  # Gemma 2/3 under the probe's float32 yardstick over the compared ids and the Triton cases natively,
+      # beside compressed-tensors FP8 with traceable layers (fewer prompts: E's ran out of time
+      # compiling); then the structured mask's host time. What has finished is packed into the run
+      # tool's folder after each step, so a call cut short by the device time left still returns it.
+    partial() { [ -n "$DEVICE_OUT" ] && tar -czf "$DEVICE_OUT/partial.tgz" -C "$(dirname "$OUT")" "$(basename "$OUT")"; }
     timeout 110 python3 -m pytest -q -p no:cacheprovider -W ignore::pytest.PytestConfigWarning \
       tests/engine/triton_cases.py > "$OUT/triton.txt" 2>&1 &
     cases=$!
@@ -93,7 +89,18 @@ case "$PART" in
     matrix=$!
     timeout 110 python3 benchmarks/gpu_quantized.py --model-path "$MODEL" --formats compressed-tensors-fp8 \
       --num-prompts 8 --max-tokens 16 --out "$OUT/quantized.json" > "$OUT/quantized.txt" 2>&1
-    wait "$matrix" "$cases"
+    partial
+    wait "$matrix"
+    partial
+    wait "$cases"
+    partial
+    timeout 40 python3 benchmarks/structured_throughput.py --device cuda --model-path "$MODEL" --mask-only \
+      --out-dir "$OUT/structured-mask" > "$OUT/structured-mask.txt" 2>&1  # the mask's host time per step
+    partial
+    if [ "${STRUCTURED:-0}" = 1 ]; then  # the structured row with xgrammar's batch matcher
+      timeout 190 python3 benchmarks/structured_throughput.py --device cuda --model-path "$MODEL" --rounds 1 \
+        --out-dir "$OUT/structured" > "$OUT/structured.txt" 2>&1
+    fi
     ;;
 esac
 tar -czf "$OUT.tgz" -C "$(dirname "$OUT")" "$(basename "$OUT")"
