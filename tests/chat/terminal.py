@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -27,9 +28,12 @@ class Terminal:
     """One `llmserve chat` process on a 200-column pty."""
 
     def __init__(self, args: tuple[str, ...], cwd: Path) -> None:
+        # Ctrl-C as a terminal delivers it: a test run started in the background (`cmd &`) has SIGINT
+        # ignored, which the chat would inherit.
         self.child = pexpect.spawn(sys.executable, ["-m", "llmserve", "chat", *args], cwd=str(cwd),
                                    env=chat_env(), encoding="utf-8", codec_errors="replace",
-                                   dimensions=(50, 200), timeout=EXPECT_TIMEOUT_S)
+                                   dimensions=(50, 200), timeout=EXPECT_TIMEOUT_S,
+                                   preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
     def send(self, line: str) -> None:
         self.child.sendline(line)

@@ -88,11 +88,12 @@ def test_backend_errors_are_shown_and_the_message_dropped() -> None:
 
 
 def test_ctrl_c_stops_the_answer_at_the_next_delta() -> None:
+    before = signal.getsignal(signal.SIGINT)  # default_int_handler, or SIG_IGN in a run started with `&`
     backend = ScriptedBackend(interrupt_after=0)
     out, err, conversation = run(backend, "a:b:c\nd\n")
     assert out == "1\n2:d\n" and err == "[answer stopped]\n" and backend.num_aborts == 1
     assert [m["content"] for m in conversation.messages] == ["a:b:c", "1", "d", "2:d"]
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    assert signal.getsignal(signal.SIGINT) is before  # handler restored
 
 
 def test_unknown_commands_and_debug_line() -> None:
