@@ -124,8 +124,9 @@ def drop_offload_wrappers(model: torch.nn.Module) -> int:
     except ImportError:
         return 0
     pending = getattr(model, "ct_decompress_hook", None)
-    if pending is not None:  # run the first-forward decompression now, not inside the probe
-        model._forward_pre_hooks[pending.id](model, ())
+    hook = model._forward_pre_hooks.get(getattr(pending, "id", None)) if pending is not None else None
+    if hook is not None:  # run the first-forward decompression now, not inside the probe
+        hook(model, ())
     wrapped = sum(isinstance(module._parameters, OffloadCache) for module in model.modules())
     if wrapped:
         remove_dispatch(model, onload_tensors=True)
