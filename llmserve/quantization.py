@@ -124,7 +124,8 @@ def drop_offload_wrappers(model: torch.nn.Module) -> int:
     except ImportError:
         return 0
     pending = getattr(model, "ct_decompress_hook", None)
-    hook = model._forward_pre_hooks.get(getattr(pending, "id", None)) if pending is not None else None
+    hook_id = getattr(pending, "id", None)
+    hook = model._forward_pre_hooks.get(hook_id) if isinstance(hook_id, int) else None
     if hook is not None:  # run the first-forward decompression now, not inside the probe
         hook(model, ())
     wrapped = sum(isinstance(module._parameters, OffloadCache) for module in model.modules())
