@@ -58,13 +58,23 @@ def why_no_float32(model: torch.nn.Module, dtype: torch.dtype, device: torch.dev
         return "quantized weights"
     if any(p.device.type == "meta" for p in params) or len({p.device for p in params}) > 1:
         return "weights on more than one device"
-    if device.type == "cuda":
-        half = sum(p.numel() * p.element_size() for p in params if p.dtype == dtype)
-        free, _ = torch.cuda.mem_get_info(device)
-        reusable = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
-        if free + reusable < _MEMORY_MARGIN * half:
-            return f"a float32 copy needs {_MEMORY_MARGIN * half / 2**30:.1f} GiB free"
+    half = sum(p.numel() * p.element_size() for p in params if p.dtype == dtype)
+    if _free_bytes(device) < _MEMORY_MARGIN * half:
+        return f"a float32 copy needs {_MEMORY_MARGIN * half / 2**30:.1f} GiB free"
     return ""
+
+
+def _free_bytes(device: torch.device) -> float:
+    """Memory a float32 copy can take on `device`: the GPU's free and cached bytes, or the host's
+    available memory (unbounded where psutil, accelerate's dependency, is missing)."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    try:
+        import psutil
+    except ImportError:
+        return float("inf")
+    return float(psutil.virtual_memory().available)
 
 
 @contextlib.contextmanager

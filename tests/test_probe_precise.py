@@ -93,9 +93,13 @@ def test_an_engine_far_from_both_fails_naming_both() -> None:
     assert probe_engine(_ReplayEngine(wrong, {}), bare).cause.endswith("(no float32 forward (quantized weights))")
 
 
-def test_quantized_weights_get_no_float32_forward(tiny_model_dir: Path) -> None:
+def test_quantized_weights_get_no_float32_forward(tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     model = load_model(_bf16(tiny_model_dir)).model
     assert why_no_float32(model, torch.bfloat16, torch.device("cpu")) == ""
+    psutil = pytest.importorskip("psutil")
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: type("Memory", (), {"available": 1024})())
+    assert why_no_float32(model, torch.bfloat16, torch.device("cpu")).startswith("a float32 copy needs ")
+    monkeypatch.undo()
     model.model.layers[0].mlp.up_proj.weight = torch.nn.Parameter(torch.zeros(1, dtype=torch.int8),
                                                                   requires_grad=False)
     assert why_no_float32(model, torch.bfloat16, torch.device("cpu")) == "quantized weights"
