@@ -37,7 +37,8 @@ from llmserve.engine.builder import build_engine  # noqa: E402
 from llmserve.engine.cuda_graphs import StepLogits  # noqa: E402
 from llmserve.engine.request import SamplingParams  # noqa: E402
 from llmserve.engine.sampler import read_sample  # noqa: E402
-from llmserve.worker import RequestStream, Worker  # noqa: E402
+from llmserve.request_stream import RequestStream  # noqa: E402
+from llmserve.worker import Worker  # noqa: E402
 
 PHASES = ("schedule", "prepare", "forward", "sample", "postprocess", "route", "sse")
 

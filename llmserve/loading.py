@@ -38,7 +38,7 @@ from llmserve.placement import (
     plan_placement,
     weight_bytes_by_device,
 )
-from llmserve.quantization import check_quantized_checkpoint, describe_quantized, drop_offload_wrappers
+from llmserve.quantization import check_quantized_checkpoint, describe_quantized, settle_compressed_tensors
 from llmserve.tool_parsers.harmony_messages import check_harmony
 
 log = logging.getLogger(__name__)
@@ -244,7 +244,7 @@ def load_model(config: WorkerConfig, path: str = "workers[0]", resolved: Resolve
         **placement.load_kwargs, **common,
     )
     if placement.fast_kernels:
-        unwrapped = drop_offload_wrappers(model) if prequantized is not None else 0
+        unwrapped = settle_compressed_tensors(model) if prequantized is not None else 0
         if unwrapped:
             log.info("%s: %d module(s) taken out of compressed-tensors' offloading (one device)", path, unwrapped)
         model.to(device)

@@ -139,7 +139,7 @@ class Reference:
         them, capped at twice `MAX_TOLERANCES` (that distance is the model's own rounding, measured
         against the exact answer, not one rounding against another: random Gemma 3 is 1.0 from its
         float32 forward in bf16, on the CPU and on the H200)."""
-        return self._bounded(2 * self.precise.own if self.precise is not None else 0.0, cap_factor=2.0)
+        return self._bounded(2 * (self.noise.float32 or 0.0), cap_factor=2.0)
 
     def _bounded(self, value: float, cap_factor: float = 1.0) -> float:
         floor = TOLERANCES.get(self.dtype, TOLERANCES[torch.bfloat16])
@@ -246,22 +246,24 @@ def compute_reference(model: torch.nn.Module, plan: ProbePlan, device: torch.dev
     if dtype in MAX_TOLERANCES:  # float32 has no room to widen: nothing measured
         implementations, note = own_implementations_disagreement(model, reference, device)
         noise = OwnNoise(own_cache_disagreement(model, reference, device), implementations, note)
-        reference = dataclasses.replace(reference, noise=noise, **_float32_rows(model, reference, device))
-        if reference.precise is not None:
-            reference = dataclasses.replace(reference, noise=dataclasses.replace(noise, float32=reference.precise.own))
+        precise, own, precise_note = _float32_rows(model, reference, device)
+        reference = dataclasses.replace(reference, noise=dataclasses.replace(noise, float32=own), precise=precise,
+                                        precise_note=precise_note)
     return dataclasses.replace(reference, seconds=time.perf_counter() - started)
 
 
-def _float32_rows(model: torch.nn.Module, reference: Reference, device: torch.device) -> dict[str, Any]:
-    """`precise` (the model's own float32 rows) or `precise_note` (why there are none)."""
+def _float32_rows(model: torch.nn.Module, reference: Reference,
+                  device: torch.device) -> tuple[Precise | None, float | None, str]:
+    """The model's own float32 rows and its bf16 distance from them, or why there are none."""
     why = why_no_float32(model, reference.dtype, device)
     if why:
-        return {"precise_note": f"no float32 forward ({why})"}
+        return None, None, f"no float32 forward ({why})"
     try:
-        return {"precise": own_float32_rows(model, reference, device)}
+        precise, own = own_float32_rows(model, reference, device)
     except Exception as exc:  # e.g. remote code that casts to a fixed dtype: no second chance
         text = str(exc).strip().split("\n")[0][:160]
-        return {"precise_note": f"no float32 forward ({type(exc).__name__}: {text})"}
+        return None, None, f"no float32 forward ({type(exc).__name__}: {text})"
+    return precise, own, ""
 
 
 def compared_positions(num_tokens: int, chunk_tokens: int) -> list[int]:
@@ -302,23 +304,28 @@ def probe_engine(engine: Any, reference: Reference) -> ProbeResult:
     comparison, cause = _compare(reference, reference.tolerance, collected, seq_ids)
     float32 = ""
     if cause and reference.precise is not None:
-        rows = dataclasses.replace(reference, prompt_logprobs=reference.precise.prompt_logprobs,
-                                   output_logprobs=reference.precise.output_logprobs)
-        second, second_cause = _compare(rows, reference.precise_tolerance, collected, seq_ids)
-        dtype = str(reference.dtype).removeprefix("torch.")
-        float32 = (f"against the {dtype} reference {cause}; against the model's own float32 forward max |logprob "
-                   f"difference| {second.max_difference:.1e} vs {second.tolerance:.2g} (twice its own {dtype} "
-                   f"forward's {reference.precise.own:.1e})")
-        if not second_cause:
-            comparison, cause = second, ""
-        else:
-            cause = f"{cause}; against the model's own float32 forward: {second_cause}"
-            float32 = ""
+        comparison, cause, float32 = _against_float32(reference, comparison, cause, collected, seq_ids)
     elif cause and reference.precise_note:
         cause = f"{cause} ({reference.precise_note})"
     return ProbeResult(cause, comparison.max_difference, comparison.tolerance, reference.dtype,
                        comparison.num_positions, comparison.num_near_ties, is_chunked, plan,
                        time.perf_counter() - started, reference.seconds, reference.noise, float32)
+
+
+def _against_float32(reference: Reference, first: _Comparison, cause: str, collected: dict[int, _Collected],
+                     seq_ids: list[int]) -> tuple[_Comparison, str, str]:
+    """The second comparison, with the model's own float32 rows: the comparison that decides, the
+    cause ("" when this one passes) and what it found, for the result's line ("" when it failed)."""
+    assert reference.precise is not None
+    rows = dataclasses.replace(reference, prompt_logprobs=reference.precise.prompt_logprobs,
+                               output_logprobs=reference.precise.output_logprobs)
+    second, second_cause = _compare(rows, reference.precise_tolerance, collected, seq_ids)
+    if second_cause:
+        return first, f"{cause}; against the model's own float32 forward: {second_cause}", ""
+    dtype = str(reference.dtype).removeprefix("torch.")
+    return second, "", (f"against the {dtype} reference {cause}; against the model's own float32 forward max "
+                        f"|logprob difference| {second.max_difference:.1e} vs {second.tolerance:.2g} (twice its "
+                        f"own {dtype} forward's {reference.noise.float32:.1e})")
 
 
 def _compare(reference: Reference, tolerance: float, collected: dict[int, _Collected],

@@ -46,9 +46,6 @@ class Precise:
 
     prompt_logprobs: tuple[torch.Tensor, ...]
     output_logprobs: tuple[torch.Tensor, ...]
-    own: float
-    """The half-precision reference's largest difference from these rows, over each row's top tokens
-    and the token taken there."""
 
 
 def why_no_float32(model: torch.nn.Module, dtype: torch.dtype, device: torch.device) -> str:
@@ -97,9 +94,11 @@ def upcast(model: torch.nn.Module, dtype: torch.dtype) -> Iterator[None]:
 
 
 @torch.inference_mode()
-def own_float32_rows(model: torch.nn.Module, reference: Reference, device: torch.device) -> Precise:
-    """The model's own forward in float32 on the reference's prefixes: one full forward per prompt
-    (the compared positions and the first output token's) and one per later output token."""
+def own_float32_rows(model: torch.nn.Module, reference: Reference, device: torch.device) -> tuple[Precise, float]:
+    """The model's own forward in float32 on the reference's prefixes (one full forward per prompt,
+    for the compared positions and the first output token's, and one per later output token), and
+    the half-precision reference's largest difference from those rows, over each row's top tokens
+    and the token taken there (the yardstick `OwnNoise.float32`)."""
     takes_keep = "logits_to_keep" in inspect.signature(model.forward).parameters
     prompt_rows: list[torch.Tensor] = []
     output_rows: list[torch.Tensor] = []
@@ -124,4 +123,4 @@ def own_float32_rows(model: torch.nn.Module, reference: Reference, device: torch
         fulls = [*prompt_rows[index], *output_rows[index]]
         for half_row, full_row, token in zip(halves, fulls, taken, strict=True):
             own = max(own, top_difference(half_row, full_row), abs(float(half_row[token] - full_row[token])))
-    return Precise(tuple(prompt_rows), tuple(output_rows), own)
+    return Precise(tuple(prompt_rows), tuple(output_rows)), own

@@ -106,7 +106,7 @@ def describe_quantized(method: str, model: torch.nn.Module) -> str:
     return f"{fmt.label if fmt is not None else method} checkpoint, {kept}"
 
 
-def drop_offload_wrappers(model: torch.nn.Module) -> int:
+def settle_compressed_tensors(model: torch.nn.Module) -> int:
     """Settle a compressed-tensors model that sits whole on one device: decompress it now and take
     it out of compressed-tensors' offloading.
 

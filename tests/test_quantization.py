@@ -27,7 +27,7 @@ from llmserve.quantization import (
     check_quantized_checkpoint,
     checkpoint_quantization,
     describe_quantized,
-    drop_offload_wrappers,
+    settle_compressed_tensors,
 )
 from llmserve.server import preflight
 from llmserve.tiny.quantized import (
@@ -214,7 +214,7 @@ def test_compressed_tensors_offload_wrappers_are_dropped_for_one_device(compress
     with torch.inference_mode():
         expected = raw(ids).logits
         assert any(isinstance(m._parameters, OffloadCache) for m in raw.modules())
-        assert drop_offload_wrappers(raw) > 0 and drop_offload_wrappers(raw) == 0
+        assert settle_compressed_tensors(raw) > 0 and settle_compressed_tensors(raw) == 0
         assert not any(isinstance(m._parameters, OffloadCache) for m in raw.modules())
         torch.testing.assert_close(raw(ids).logits, expected, rtol=0, atol=0)
         torch.testing.assert_close(settled(ids).logits, expected, rtol=0, atol=0)

@@ -11,7 +11,8 @@ from llmserve.engine.builder import build_engine
 from llmserve.engine.engine import SequenceOutput
 from llmserve.engine.request import SamplingParams, TokenLogprob
 from llmserve.errors import ServiceUnavailableError
-from llmserve.worker import RequestStream, Worker
+from llmserve.request_stream import RequestStream
+from llmserve.worker import Worker
 
 
 def _out(seq_id: int, text: str, finish: str | None = None, **kw) -> SequenceOutput:

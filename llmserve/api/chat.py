@@ -34,8 +34,9 @@ from llmserve.api.streaming import (
 from llmserve.api.tools import template_tool_calls
 from llmserve.builtin_templates import template_stop_strings, template_stop_token_ids
 from llmserve.errors import InvalidRequestError
+from llmserve.request_stream import RequestStream
 from llmserve.templates import check_serves_chat
-from llmserve.worker import RequestStream, Worker
+from llmserve.worker import Worker
 
 
 async def create_chat_completion(request: Request) -> Response:

@@ -33,8 +33,9 @@ from llmserve.api.streaming import (
 from llmserve.api.structured import compile_spec, output_constraint
 from llmserve.engine.request import SamplingParams
 from llmserve.errors import InvalidRequestError
+from llmserve.request_stream import RequestStream
 from llmserve.templates import decode_ids, encode_texts
-from llmserve.worker import RequestStream, Worker
+from llmserve.worker import Worker
 
 DEFAULT_MAX_TOKENS = 16
 

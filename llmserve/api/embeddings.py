@@ -26,7 +26,7 @@ from llmserve.embedding.encoding import encode_embedding
 from llmserve.embedding.engine import EmbeddingEngine, EmbeddingOutput
 from llmserve.engine.request import SamplingParams
 from llmserve.errors import ContextLengthError, InvalidRequestError, ServiceUnavailableError
-from llmserve.worker import RequestStream
+from llmserve.request_stream import RequestStream
 
 MAX_INPUTS = 2048  # OpenAI's limit of inputs per request
 _UNUSED_PARAMS = SamplingParams()  # embedding engines ignore sampling parameters

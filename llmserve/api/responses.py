@@ -31,7 +31,8 @@ from llmserve.api.schemas import ChatCompletionRequest
 from llmserve.api.state import server_state
 from llmserve.api.streaming import collect, off_loop_if_large, raise_if_error, respond, submit
 from llmserve.errors import InvalidRequestError
-from llmserve.worker import RequestStream, Worker
+from llmserve.request_stream import RequestStream
+from llmserve.worker import Worker
 
 _EXTENSIONS = ("structured_outputs", "top_k", "min_p", "repetition_penalty", "chat_template_kwargs")
 

@@ -23,7 +23,8 @@ from starlette.responses import Response
 from llmserve.engine.engine import SequenceOutput
 from llmserve.engine.request import SamplingParams, TokenLogprob
 from llmserve.errors import EngineError, LLMServeError, error_body, render_error
-from llmserve.worker import RequestStream, Worker
+from llmserve.request_stream import RequestStream
+from llmserve.worker import Worker
 
 _T = TypeVar("_T")
 log = logging.getLogger(__name__)
@@ -50,13 +51,14 @@ def escape_line_breaks(json_text: str) -> str:
     return json_text
 
 
-def _json(value: Any) -> str:
+def compact_json(value: Any) -> str:
+    """The value as compact JSON for an SSE event: UTF-8 kept, line separators escaped."""
     return escape_line_breaks(json.dumps(value, ensure_ascii=False, separators=(",", ":")))
 
 
 def sse_event(data: dict) -> bytes:
     """One SSE event of a JSON object."""
-    return b"data: " + _json(data).encode() + b"\n\n"
+    return b"data: " + compact_json(data).encode() + b"\n\n"
 
 
 class ChunkFormat:
@@ -78,8 +80,8 @@ class ChunkFormat:
         self._text_path = text_field.split(".")
         marker = "\x00"
         sample = self._text_choice(0, marker)
-        head, _, tail = _json(self._object([sample])).partition(_json(sample))
-        choice_head, _, choice_tail = _json(sample).partition(_json(marker))
+        head, _, tail = compact_json(self._object([sample])).partition(compact_json(sample))
+        choice_head, _, choice_tail = compact_json(sample).partition(compact_json(marker))
         index_key = '{"index":0,'
         assert choice_head.startswith(index_key)
         self._head = "data: " + head + '{"index":'
@@ -108,8 +110,8 @@ class ChunkFormat:
 
     def text(self, index: int, text: str, logprobs: dict | None = None) -> bytes:
         """The SSE event of a chunk whose one choice brings new text (and its logprobs), nothing else."""
-        return (self._head + str(index) + self._middle + _json(text) + self._before_logprobs
-                + ("null" if logprobs is None else _json(logprobs)) + self._after_logprobs).encode()
+        return (self._head + str(index) + self._middle + compact_json(text) + self._before_logprobs
+                + ("null" if logprobs is None else compact_json(logprobs)) + self._after_logprobs).encode()
 
 
 @dataclass

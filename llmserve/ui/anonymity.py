@@ -39,7 +39,7 @@ from typing import Any
 
 from llmserve.api.json_body import OFF_LOOP_BYTES, parse_json
 from llmserve.api.schemas import ChatCompletionRequest
-from llmserve.api.streaming import escape_line_breaks
+from llmserve.api.streaming import compact_json
 from llmserve.errors import InvalidRequestError, error_body
 
 ALIAS_MARK = b"battle-"
@@ -204,7 +204,7 @@ class BattleAnswer:
 
 
 def _encode(value: dict[str, Any]) -> bytes:
-    return escape_line_breaks(json.dumps(value, ensure_ascii=False, separators=(",", ":"))).encode()
+    return compact_json(value).encode()
 
 
 def _sse(value: dict[str, Any]) -> bytes:
