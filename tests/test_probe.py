@@ -28,10 +28,10 @@ from llmserve.probe import (
     compared_positions,
     compute_reference,
     plan_probe,
-    probe_engine,
     smallest_window,
 )
 from llmserve.probe_noise import NUM_TOP_LOGPROBS, OwnNoise, own_cache_disagreement
+from llmserve.probe_run import probe_engine
 from llmserve.tiny.families import build_family_model
 
 

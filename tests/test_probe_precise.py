@@ -11,9 +11,10 @@ import torch
 from llmserve.config import WorkerConfig
 from llmserve.engine.builder import build_fast_engine
 from llmserve.loading import load_model
-from llmserve.probe import Reference, compute_reference, plan_probe, probe_engine
+from llmserve.probe import Reference, compute_reference, plan_probe
 from llmserve.probe_noise import OwnNoise
 from llmserve.probe_precise import Precise, upcast, why_no_float32
+from llmserve.probe_run import probe_engine
 from tests.test_probe import _ReplayEngine, _synthetic_reference
 
 

@@ -36,14 +36,8 @@ from llmserve.engine.scheduler import Scheduler, SchedulerConfig
 from llmserve.engine.serving_path import EMBEDDING, FAST, GENERIC, ServingPath
 from llmserve.errors import ConfigError
 from llmserve.loading import LoadedModel, ResolvedWorker, kv_cache_spec, load_model, resolve_worker
-from llmserve.probe import (
-    ProbeResult,
-    Reference,
-    compute_reference,
-    plan_probe,
-    probe_engine,
-    smallest_window,
-)
+from llmserve.probe import Reference, compute_reference, plan_probe, smallest_window
+from llmserve.probe_run import ProbeResult, probe_engine
 from llmserve.templates import check_chat_template, resolve_chat_template
 
 if TYPE_CHECKING:
