@@ -30,7 +30,7 @@ class CacheLayout:
     """What varies with the sequence length inside a model's cache."""
 
     seq_dims: dict[str, int]  # tensor path -> its dimension that grows with the sequence
-    counters: frozenset[str]  # integer paths that count positions (the padded length once stacked)
+    counters: frozenset[str]  # integers (or 0-d integer tensors) that count positions (the padded length once stacked)
 
 
 @dataclass
@@ -93,21 +93,35 @@ def learn_layout(short: Any, long: Any, short_len: int, long_len: int) -> CacheL
     counters = set()
     for path, slot in a.items():
         x, y = slot.value, b[path].value
-        if isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor):
+        if _is_counter_pair(x, y):
+            if (int(x), int(y)) != (short_len, long_len):
+                raise CannotStack(f"{path}: {int(x)} and {int(y)} for {short_len} and {long_len} tokens")
+            counters.add(path)
+        elif isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor):
             if x.dim() != y.dim() or x.dim() == 0:
-                continue  # not a per-row tensor (scalars): stacking leaves it alone
+                continue  # not a per-row tensor (scalars that do not count positions): stacking leaves it alone
             diff = [d for d in range(1, x.dim()) if x.shape[d] != y.shape[d]]
             if len(diff) > 1 or x.shape[0] != 1:
                 raise CannotStack(f"{path}: shapes {tuple(x.shape)} and {tuple(y.shape)}")
             if diff:
                 seq_dims[path] = diff[0]
-        elif isinstance(x, int) and not isinstance(x, bool) and isinstance(y, int) and x != y:
-            if (x, y) != (short_len, long_len):
-                raise CannotStack(f"{path}: {x} and {y} for {short_len} and {long_len} tokens")
-            counters.add(path)
         elif type(x) is not type(y):
             raise CannotStack(f"{path}: {type(x).__name__} and {type(y).__name__}")
     return CacheLayout(seq_dims, frozenset(counters))
+
+
+def _is_counter_pair(x: Any, y: Any) -> bool:
+    """Two values of one slot that count positions: plain integers, or 0-d integer tensors (as
+    transformers' linear-attention layers keep theirs, in place for CUDA graphs), that differ."""
+    if isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor):
+        scalar = x.dim() == 0 and y.dim() == 0 and not x.is_floating_point() and x.dtype != torch.bool
+        return scalar and int(x) != int(y)
+    return isinstance(x, int) and not isinstance(x, bool) and isinstance(y, int) and x != y
+
+
+def _counter(old: Any, value: int) -> Any:
+    """`value` in the counter's own kind: an int, or a 0-d tensor on the old one's device."""
+    return torch.full_like(old, value) if isinstance(old, torch.Tensor) else value
 
 
 def _is_row_tensor(value: Any, num_rows: int) -> bool:
@@ -135,7 +149,7 @@ def stack(caches: list[Any], num_rows: list[int], lengths: list[int], layout: Ca
                 raise CannotStack(f"{path}: rows of different shapes")
             updates.append((slot, torch.cat(values, dim=0)))
         elif path in layout.counters:
-            updates.append((slot, length))
+            updates.append((slot, _counter(values[0], length)))
         elif isinstance(values[0], torch.Tensor):
             if any(not isinstance(v, torch.Tensor) or not torch.equal(v, values[0]) for v in values):
                 raise CannotStack(f"{path}: tensors that are not per row differ")
@@ -177,4 +191,4 @@ def trim(cache: Any, length: int, num_leading: int, layout: CacheLayout) -> None
             if drop:
                 slot.set(slot.value.narrow(dim, drop, size - drop))
         elif path in layout.counters:
-            slot.set(slot.value - num_leading)
+            slot.set(slot.value - num_leading)  # an int, or a 0-d tensor (no device sync)

@@ -63,5 +63,23 @@ def test_slots_reach_linear_attention_states() -> None:
     cache = DynamicCache(config=MambaConfig(num_hidden_layers=1))
     cache.update_conv_state(torch.ones(1, 8, 4), 0)
     cache.update_recurrent_state(torch.ones(1, 8, 16), 0)
-    shapes = {p: tuple(s.value.shape) for p, s in slots(cache).items() if isinstance(s.value, torch.Tensor)}
+    shapes = {p: tuple(s.value.shape) for p, s in slots(cache).items() if isinstance(s.value, torch.Tensor) and s.value.dim()}
     assert shapes == {".layers[0].conv_states[0]": (1, 8, 4), ".layers[0].recurrent_states[0]": (1, 8, 16)}
+
+
+def _counted(value: int) -> object:
+    """A stand-in state object (as transformers' layers are) holding a 0-d tensor position counter."""
+    from transformers.cache_utils import DynamicLayer
+
+    layer = DynamicLayer()
+    layer.cumulative_length = torch.tensor(value)
+    return layer
+
+
+def test_a_tensor_counter_is_learned_set_to_the_padded_length_and_trimmed() -> None:
+    layout = learn_layout(_counted(2), _counted(7), 2, 7)
+    assert layout.counters == {".cumulative_length"}
+    merged = stack([_counted(2), _counted(5)], [1, 1], [2, 5], layout)
+    assert isinstance(merged.cumulative_length, torch.Tensor) and int(merged.cumulative_length) == 5
+    trim(merged, 5, 3, layout)
+    assert int(merged.cumulative_length) == 2
