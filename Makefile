@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 TINY := models/tiny-llama
 CONFIG ?= config.example.toml
 
-.PHONY: setup browser lb run test lint bench tiny clean
+.PHONY: setup browser lb run test lint bench tiny clean screenshots
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -48,3 +48,7 @@ bench: setup tiny
 
 clean:
 	rm -rf $(VENV) models
+
+# The browser UI's screenshots in docs/ (ui-chat.png, ui-arena.png), taken by its tests.
+screenshots: setup browser
+	LLMSERVE_SCREENSHOT_DIR=$(CURDIR)/docs $(BIN)/python -m pytest -q -p no:cacheprovider tests/ui/test_browser.py

@@ -4,7 +4,8 @@ In bfloat16 and float16 a correct engine can land further from the reference tha
 floor tolerance, because the model's own code does too: the same weights in another order of
 accumulation round differently, and on random weights a near-tie of a router or an argmax turns
 that into a visible difference. Two measurements of how far transformers moves without anything
-being wrong, each over the reference's top log-probabilities at the probe's compared positions:
+being wrong, each over the ids the probe compares at its compared positions (the reference's top
+tokens and the token taken there):
 
 - cached vs full (`own_cache_disagreement`): the model's own forward with its own cache, the way
   serving runs it (the first chunk prefilled as a shorter forward, then one token at a time),
@@ -86,9 +87,16 @@ def top_difference(own: torch.Tensor, reference: torch.Tensor) -> float:
     return float((own[top] - reference[top]).abs().max())
 
 
+def compared_difference(own: torch.Tensor, reference: torch.Tensor, taken: int) -> float:
+    """Largest |difference| of two log-softmax rows [V] over the ids the probe compares at a
+    position: the reference's top tokens and the token taken there (the next prompt token, often
+    far down a prompt row, where half-precision rounding weighs more)."""
+    return max(top_difference(own, reference), abs(float(own[taken] - reference[taken])))
+
+
 @torch.inference_mode()
 def own_cache_disagreement(model: torch.nn.Module, reference: Reference, device: torch.device) -> float:
-    """The largest difference, over the reference's top log-probabilities at the compared positions,
+    """The largest difference, over the ids the probe compares at its compared positions,
     between the model's own cached forward (the first chunk prefilled as a shorter forward, then one
     token at a time, as `generate` runs) and the reference's full forwards. 0 when the model cannot
     run with its own cache here (the floor tolerance then stands)."""
@@ -106,14 +114,14 @@ def own_cache_disagreement(model: torch.nn.Module, reference: Reference, device:
             for p, ref in wanted.items():
                 if p < chunk:
                     own = torch.log_softmax(prefilled.logits[p].float(), dim=-1).cpu()
-                    worst = max(worst, top_difference(own, ref))
+                    worst = max(worst, compared_difference(own, ref, prompt[p + 1]))
             cache = prefilled.cache
             for p in range(chunk, max(wanted) + 1):
                 mask = torch.ones(1, p + 1, dtype=torch.long, device=device)
                 logits, cache = forward.decode(cache, [prompt[p]], mask, [p])
                 if p in wanted:
                     own = torch.log_softmax(logits[0].float(), dim=-1).cpu()
-                    worst = max(worst, top_difference(own, wanted[p]))
+                    worst = max(worst, compared_difference(own, wanted[p], prompt[p + 1]))
         return worst if worst == worst else 0.0  # NaN: no yardstick
     except Exception:  # a model whose own cache cannot run this way: no yardstick
         return 0.0
@@ -137,8 +145,8 @@ def decodes_with_mask(forward: Any, prompt: Sequence[int], cache: Any, length: i
 @torch.inference_mode()
 def own_implementations_disagreement(model: torch.nn.Module, reference: Reference,
                                      device: torch.device) -> tuple[float, str]:
-    """The largest difference, over the reference's top log-probabilities at the compared positions
-    and the first output token's, between the reference (its attention implementation) and the same
+    """The largest difference, over the ids the probe compares at its compared positions and the
+    first output token's, between the reference (its attention implementation) and the same
     full forwards with transformers' other attention implementation; and what was compared, or
     "not measured (why)" with 0. The model's attention implementation is restored afterwards."""
     current = getattr(getattr(model, "config", None), "_attn_implementation", None)
@@ -170,12 +178,14 @@ def _worst_difference(model: torch.nn.Module, reference: Reference, device: torc
     """One full forward per probe prompt, compared with the reference's rows of that prompt."""
     takes_keep = "logits_to_keep" in inspect.signature(model.forward).parameters
     worst = 0.0
-    for prompt, kept, rows, outputs in zip(reference.plan.prompts, reference.prompt_positions,
-                                           reference.prompt_logprobs, reference.output_logprobs, strict=True):
+    for prompt, kept, rows, outputs, tokens in zip(reference.plan.prompts, reference.prompt_positions,
+                                                   reference.prompt_logprobs, reference.output_logprobs,
+                                                   reference.tokens, strict=True):
         wanted = [*kept, len(prompt) - 1]  # the last row predicts the first output token
         own = log_softmax_rows(model, list(prompt), wanted, device, takes_keep)  # [len(wanted), V]
-        for own_row, ref_row in zip(own, [*rows, outputs[0]], strict=True):
-            worst = max(worst, top_difference(own_row, ref_row))
+        taken = [prompt[p + 1] for p in kept] + [tokens[0]]
+        for own_row, ref_row, token in zip(own, [*rows, outputs[0]], taken, strict=True):
+            worst = max(worst, compared_difference(own_row, ref_row, token))
     return worst
 
 

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from llmserve.probe_noise import log_softmax_rows, top_difference
+from llmserve.probe_noise import compared_difference, log_softmax_rows
 
 if TYPE_CHECKING:
     from llmserve.probe import Reference
@@ -114,13 +114,12 @@ def own_float32_rows(model: torch.nn.Module, reference: Reference, device: torch
                 ids.append(token)
             prompt_rows.append(rows[:-1])
             output_rows.append(torch.stack(outputs))
-    # Over the ids the probe compares: each row's top tokens and the token taken there (the next
-    # prompt token, often far down a prompt row, where bfloat16 rounding weighs more).
+    # Over the ids the probe compares: each row's top tokens and the token taken there.
     for index, (prompt, kept, tokens) in enumerate(zip(reference.plan.prompts, reference.prompt_positions,
                                                        reference.tokens, strict=True)):
         taken = [prompt[p + 1] for p in kept] + list(tokens)
         halves = [*reference.prompt_logprobs[index], *reference.output_logprobs[index]]
         fulls = [*prompt_rows[index], *output_rows[index]]
         for half_row, full_row, token in zip(halves, fulls, taken, strict=True):
-            own = max(own, top_difference(half_row, full_row), abs(float(half_row[token] - full_row[token])))
+            own = max(own, compared_difference(half_row, full_row, token))
     return Precise(tuple(prompt_rows), tuple(output_rows)), own
