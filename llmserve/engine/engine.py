@@ -367,11 +367,14 @@ class LLMEngine:
     def _postprocess(
         self, scheduled: list[ScheduledSeq], sampling: list[Sequence], result: SampleResult | None
     ) -> list[SequenceOutput]:
-        """Append each sampling row's token (its step counted as computed already, see `_advance`)."""
+        """Append each sampling row's token (its step counted as computed already, see `_advance`).
+        This runs for every sequence on every step, holding the interpreter lock the event loop
+        needs too: one loop, no per-row method layers."""
         outputs = []
+        tracked_by_id = self._tracked
         for row, seq in enumerate(sampling):
             assert result is not None
-            tracked = self._tracked.get(seq.seq_id)
+            tracked = tracked_by_id.get(seq.seq_id)
             if tracked is None or tracked.seq is not seq:  # aborted, or stopped, while its step ran
                 continue
             seq.num_pending_tokens = 0
@@ -383,44 +386,37 @@ class LLMEngine:
                                       f"the model step failed: {type(exc).__name__}")
             if output is not None:
                 outputs.append(output)
+        register = self.pool.register_computed
         for item in scheduled:  # after the appends: a block is hashed once its tokens are known
-            self.pool.register_computed(item.seq)
+            register(item.seq)
         return outputs
 
     def _take_token(self, tracked: _Tracked, result: SampleResult, row: int) -> SequenceOutput | None:
         """Append row `row`'s token to its sequence; the event to report now, if any."""
         seq = tracked.seq
-        if seq.params.max_tokens == 0:  # prompt logprobs only (echo with max_tokens = 0)
+        params = seq.params
+        if params.max_tokens == 0:  # prompt logprobs only (echo with max_tokens = 0)
             return self._finish(tracked, SequenceStatus.FINISHED_LENGTH)
         token_id = result.token_ids[row]
         seq.output_ids.append(token_id)
         tracked.pending_ids.append(token_id)
-        if seq.params.logprobs is not None and result.logprobs is not None:
-            tracked.pending_logprobs.append(self._logprob(result, row, seq.params.logprobs))
-        status = self._check_stop(tracked, token_id)
+        if params.logprobs is not None and result.logprobs is not None:
+            tracked.pending_logprobs.append(token_logprob(result, row, params.logprobs))
+        status = check_stop(tracked, token_id, self.stop_token_ids)
         if status is not None:
             return self._finish(tracked, status)
         if len(tracked.pending_ids) >= self.stream_interval:
-            return self._emit(tracked, None)
+            return emit(tracked, None)
         return None
-
-    def _logprob(self, result: SampleResult, row: int, k: int) -> TokenLogprob:
-        return token_logprob(result, row, k)
-
-    def _check_stop(self, tracked: _Tracked, token_id: int) -> SequenceStatus | None:
-        return check_stop(tracked, token_id, self.stop_token_ids)
 
     def _finish(self, tracked: _Tracked, status: SequenceStatus, error: str | None = None) -> SequenceOutput:
         seq = tracked.seq
         seq.status = status
         self.scheduler.remove(seq)
         del self._tracked[seq.seq_id]
-        output = self._emit(tracked, status.finish_reason)
+        output = emit(tracked, status.finish_reason)
         output.error = error
         return output
-
-    def _emit(self, tracked: _Tracked, finish_reason: str | None) -> SequenceOutput:
-        return emit(tracked, finish_reason)
 
 
 def _restore_generators(states: GeneratorStates) -> None:
