@@ -3,8 +3,9 @@
     python benchmarks/structured_mask.py [--preset tiny|llama-3.2-1b] [--batch 64] [--steps 64]
 
 For a batch of B sequences that each carry a JSON schema, every step times
-`StructuredDecoding.token_mask` (matchers catch up, bitmask filled on the host, copied and unpacked
-to a [B, V] bool mask), then appends one allowed token per row (drawn at random from the mask, as a
+`StructuredDecoding.token_mask` in its two parts: the host's (`fill_bitmask`: matchers catch up,
+bitmask filled; what a GPU worker's host pays too) and the unpacking to a [B, V] bool mask (on the
+device where there is one; here on the CPU), then appends one allowed token per row (drawn at random from the mask, as a
 sampler would) and goes on. The same batch without grammars times the path every unconstrained step
 takes (one pass over the rows' params, None returned). Prints one JSON line per case.
 """
@@ -19,7 +20,7 @@ import time
 import torch
 
 from llmserve.engine.request import SamplingParams, Sequence
-from llmserve.structured.decoding import StructuredDecoding
+from llmserve.structured.decoding import StructuredDecoding, allowed_tokens
 from llmserve.structured.spec import GrammarSpec
 from llmserve.tiny import get_preset, preset_tokenizer
 
@@ -31,16 +32,20 @@ SCHEMA = {"type": "object", "additionalProperties": False, "required": ["name", 
                                                     "zip": {"type": "string", "pattern": "^[0-9]{5}$"}}}}}
 
 
-def run(decoding: StructuredDecoding, seqs: list[Sequence], steps: int, stop: frozenset[int]) -> list[float]:
-    """Mask times per step; a row that draws a stop token is replaced by a new sequence (a request
-    joining the batch, as under continuous batching)."""
+def run(decoding: StructuredDecoding, seqs: list[Sequence], steps: int,
+        stop: frozenset[int]) -> tuple[list[float], list[float]]:
+    """The host fill's and the unpacking's times per step; a row that draws a stop token is
+    replaced by a new sequence (a request joining the batch, as under continuous batching)."""
     generator = torch.Generator().manual_seed(0)
     next_id = len(seqs)
-    times = []
+    fills, unpacks = [], []
     for _ in range(steps):
         start = time.perf_counter()
-        mask = decoding.token_mask(seqs, torch.device("cpu"))
-        times.append(time.perf_counter() - start)
+        bitmask = decoding.fill_bitmask(seqs)
+        filled = time.perf_counter()
+        mask = None if bitmask is None else allowed_tokens(bitmask, decoding.vocab_size)
+        fills.append(filled - start)
+        unpacks.append(time.perf_counter() - filled)
         if mask is None:
             continue
         for row, seq in enumerate(seqs):
@@ -51,7 +56,11 @@ def run(decoding: StructuredDecoding, seqs: list[Sequence], steps: int, stop: fr
                 next_id += 1
             else:
                 seq.output_ids.append(token_id)
-    return times
+    return fills, unpacks
+
+
+def _ms(times: list[float]) -> dict[str, float]:
+    return {"mean": round(statistics.mean(times) * 1e3, 3), "p99": round(sorted(times)[int(0.99 * (len(times) - 1))] * 1e3, 3)}
 
 
 def main() -> None:
@@ -74,13 +83,16 @@ def main() -> None:
     for grammar in (spec, None):
         seqs = [Sequence(i, [1, 2, 3], SamplingParams(max_tokens=args.steps, grammar=grammar))
                 for i in range(args.batch)]
-        times = run(decoding, seqs, args.steps, stop)[1:]  # the first step builds the matchers
+        fills, unpacks = run(decoding, seqs, args.steps, stop)
+        fills, unpacks = fills[1:], unpacks[1:]  # the first step builds the matchers
+        times = [f + u for f, u in zip(fills, unpacks, strict=True)]
         print(json.dumps({"preset": args.preset, "vocab": vocab_size, "batch": args.batch,
                           "grammar": grammar is not None, "tokenizer_setup_ms": round(setup_ms, 1),
                           "schema_compile_ms": round(compile_ms, 1),
-                          "mask_ms_mean": round(statistics.mean(times) * 1e3, 3),
-                          "mask_ms_p99": round(sorted(times)[int(0.99 * (len(times) - 1))] * 1e3, 3),
-                          "per_row_us": round(statistics.mean(times) * 1e6 / args.batch, 1)}))
+                          "mask_ms_mean": _ms(times)["mean"], "mask_ms_p99": _ms(times)["p99"],
+                          "host_fill_ms": _ms(fills), "unpack_ms": _ms(unpacks),
+                          "per_row_us": round(statistics.mean(times) * 1e6 / args.batch, 1),
+                          "host_fill_per_row_us": round(statistics.mean(fills) * 1e6 / args.batch, 1)}))
 
 
 if __name__ == "__main__":

@@ -62,6 +62,12 @@ class StructuredDecoding:
 
     def token_mask(self, seqs: list[Sequence], device: torch.device) -> torch.Tensor | None:
         """[B, V] bool on `device`: the tokens each row may sample; None when no row has a grammar."""
+        bitmask = self.fill_bitmask(seqs)
+        return None if bitmask is None else allowed_tokens(to_device(bitmask, device), self.vocab_size)
+
+    def fill_bitmask(self, seqs: list[Sequence]) -> torch.Tensor | None:
+        """The host's part of `token_mask`: [B, W] int32 on the CPU, bit j of word w set where row
+        may sample token 32 * w + j; None when no row has a grammar."""
         rows = [row for row, seq in enumerate(seqs) if seq.params.grammar is not None]
         if self._matchers:
             self._collect()
@@ -79,7 +85,7 @@ class StructuredDecoding:
         json_rows = [row for row in rows if seqs[row].params.grammar.forbids_control_bytes]  # type: ignore[union-attr]
         if json_rows:  # one op for all of them
             bitmask[json_rows] &= self.compiler.json_safe_words()
-        return allowed_tokens(to_device(bitmask, device), self.vocab_size)
+        return bitmask
 
     def _catch_up(self, seq: Sequence, bitmask: torch.Tensor, row: int) -> Any:
         """Feed the sequence's new tokens to its matcher; the matcher if its row's mask is still to
