@@ -6,17 +6,26 @@ STAMP := $(VENV)/.installed
 TINY := models/tiny-llama
 CONFIG ?= config.example.toml
 
-.PHONY: setup browser lb run test lint bench tiny clean screenshots
+.PHONY: setup lock browser lb run test lint bench tiny clean screenshots
 
-$(STAMP): pyproject.toml
+CONSTRAINTS := .ci/constraints.txt
+
+$(STAMP): pyproject.toml $(CONSTRAINTS)
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# torch is pinned to the CPU wheel so pip never pulls a multi-GB CUDA build; GPU users install their own.
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev]'
+	# Every other package at the version the suite last passed with (a new upstream release cannot
+	# turn CI red overnight); pyproject.toml keeps the ranges a pip user of the package gets.
+	$(BIN)/pip install -q -c $(CONSTRAINTS) -e '.[dev]'
 	touch $(STAMP)
 
 setup: $(STAMP)
+
+# Write the venv's versions into the constraints (after upgrading it and a green `make test`).
+lock: setup
+	{ sed -n '1,2p' $(CONSTRAINTS); $(BIN)/pip list --format=freeze --exclude-editable 2>/dev/null | \
+		grep -v -E '^(llmserve|torch|pip|setuptools|wheel)=='; } > $(CONSTRAINTS).new && mv $(CONSTRAINTS).new $(CONSTRAINTS)
 
 # Headless Chromium and its driver for the browser UI tests (Debian packages; needs root).
 browser:
