@@ -87,6 +87,12 @@ def top_difference(own: torch.Tensor, reference: torch.Tensor) -> float:
     return float((own[top] - reference[top]).abs().max())
 
 
+def taken_ids(prompt: Sequence[int], kept: Sequence[int], outputs: Sequence[int]) -> list[int]:
+    """The token taken at each row the probe compares: the next prompt token at each kept prompt
+    position, then the output tokens (`outputs`, as many as there are output rows)."""
+    return [prompt[p + 1] for p in kept] + list(outputs)
+
+
 def compared_difference(own: torch.Tensor, reference: torch.Tensor, taken: int) -> float:
     """Largest |difference| of two log-softmax rows [V] over the ids the probe compares at a
     position: the reference's top tokens and the token taken there (the next prompt token, often
@@ -183,8 +189,7 @@ def _worst_difference(model: torch.nn.Module, reference: Reference, device: torc
                                                    reference.tokens, strict=True):
         wanted = [*kept, len(prompt) - 1]  # the last row predicts the first output token
         own = log_softmax_rows(model, list(prompt), wanted, device, takes_keep)  # [len(wanted), V]
-        taken = [prompt[p + 1] for p in kept] + [tokens[0]]
-        for own_row, ref_row, token in zip(own, [*rows, outputs[0]], taken, strict=True):
+        for own_row, ref_row, token in zip(own, [*rows, outputs[0]], taken_ids(prompt, kept, tokens[:1]), strict=True):
             worst = max(worst, compared_difference(own_row, ref_row, token))
     return worst
 

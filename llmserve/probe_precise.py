@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from llmserve.probe_noise import compared_difference, log_softmax_rows
+from llmserve.probe_noise import compared_difference, log_softmax_rows, taken_ids
 
 if TYPE_CHECKING:
     from llmserve.probe import Reference
@@ -117,9 +117,8 @@ def own_float32_rows(model: torch.nn.Module, reference: Reference, device: torch
     # Over the ids the probe compares: each row's top tokens and the token taken there.
     for index, (prompt, kept, tokens) in enumerate(zip(reference.plan.prompts, reference.prompt_positions,
                                                        reference.tokens, strict=True)):
-        taken = [prompt[p + 1] for p in kept] + list(tokens)
         halves = [*reference.prompt_logprobs[index], *reference.output_logprobs[index]]
         fulls = [*prompt_rows[index], *output_rows[index]]
-        for half_row, full_row, token in zip(halves, fulls, taken, strict=True):
+        for half_row, full_row, token in zip(halves, fulls, taken_ids(prompt, kept, tokens), strict=True):
             own = max(own, compared_difference(half_row, full_row, token))
     return Precise(tuple(prompt_rows), tuple(output_rows)), own

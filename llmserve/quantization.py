@@ -85,8 +85,9 @@ def check_quantized_checkpoint(config: WorkerConfig, hf_config: Any, path: str,
     missing = missing_modules(method, on_gpu)
     if missing and fmt is not None:
         names = " and ".join(name.replace("_", "-") for name in missing)
-        pip = fmt.gpu_pip if on_gpu and set(missing) <= set(fmt.gpu_modules) else fmt.pip
-        where = " on a GPU" if on_gpu and set(missing) <= set(fmt.gpu_modules) else ""
+        gpu_only = on_gpu and set(missing) <= set(fmt.gpu_modules)  # what only a GPU needs is missing
+        pip = fmt.gpu_pip if gpu_only else fmt.pip
+        where = " on a GPU" if gpu_only else ""
         raise ConfigError(f'{path}.model_path = "{config.model_path}": a {label} checkpoint{where} needs {names}, '
                           f"not installed (pip install {pip})")
     return method

@@ -26,14 +26,20 @@ from tokenizers.decoders import DecodeStream
 _CONTEXT_TOKENS = 5
 
 
-def _decoder(tokenizer: Any) -> Callable[[list[int]], str]:
-    """`decode(ids, skip_special_tokens=True)`, straight from the Rust tokenizer when that gives the
-    same text (no clean-up of tokenization spaces): a few microseconds instead of tens per call,
-    and it runs for every generated token."""
+def _rust_backend(tokenizer: Any) -> Any:
+    """The Rust tokenizer where decoding straight from it gives `tokenizer.decode`'s text (no
+    clean-up of tokenization spaces); None otherwise."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None and not getattr(tokenizer, "clean_up_tokenization_spaces", False):
-        return partial(backend.decode, skip_special_tokens=True)
-    return partial(tokenizer.decode, skip_special_tokens=True)
+    if backend is None or getattr(tokenizer, "clean_up_tokenization_spaces", False):
+        return None
+    return backend
+
+
+def _decoder(tokenizer: Any) -> Callable[[list[int]], str]:
+    """`decode(ids, skip_special_tokens=True)`, straight from the Rust tokenizer where it gives the
+    same text: a few microseconds instead of tens per call, and it runs for every generated token."""
+    backend = _rust_backend(tokenizer)
+    return partial((tokenizer if backend is None else backend).decode, skip_special_tokens=True)
 
 
 def _skipped_ids(tokenizer: Any) -> frozenset[int]:
@@ -45,8 +51,8 @@ def _skipped_ids(tokenizer: Any) -> frozenset[int]:
 def _rust_stream(tokenizer: Any, context: list[int]) -> tuple[Any, DecodeStream] | None:
     """The Rust tokenizer and a `DecodeStream` primed with `context`, where the stream gives the
     same text as `_decoder` (one call per token instead of two decodes): None otherwise."""
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is None or getattr(tokenizer, "clean_up_tokenization_spaces", False):
+    backend = _rust_backend(tokenizer)
+    if backend is None:
         return None
     try:
         return backend, DecodeStream(ids=context, skip_special_tokens=True)
@@ -70,9 +76,7 @@ class TokenTexts:
     def __init__(self, tokenizer: Any) -> None:
         self._decode = _decoder(tokenizer)
         self._cache: dict[int, str | None] = {}
-        usable = getattr(tokenizer, "backend_tokenizer", None) is not None and \
-            not getattr(tokenizer, "clean_up_tokenization_spaces", False)
-        self._anchors = _anchors(tokenizer, self._decode) if usable else ()
+        self._anchors = _anchors(tokenizer, self._decode) if _rust_backend(tokenizer) is not None else ()
 
     def get(self, token_id: int) -> str | None:
         try:

@@ -199,7 +199,7 @@ class BlockPool:
 
     def ensure_capacity(self, seq: Sequence, num_tokens: int) -> bool:
         """Grow the sequence's block table to hold `num_tokens`; False if the pool is exhausted."""
-        missing = -(-num_tokens // self.block_size) - len(seq.block_table)
+        missing = self.blocks_needed(num_tokens) - len(seq.block_table)
         if missing <= 0:  # the common decode step: room in the last block (runs per sequence per step)
             return True
         if missing > len(self._free):
@@ -224,10 +224,7 @@ class BlockPool:
         bs = self.block_size
         # Only blocks filled since the last call: this runs for every sequence on every step. A
         # token computed ahead of the host knowing its id (a pending token) waits for the next call.
-        upto = min(seq.num_computed_tokens, len(seq.prompt_ids) + len(seq.output_ids)) // bs
-        if upto <= seq.num_hashed_blocks:  # most steps: no block filled
-            return
-        for i in range(seq.num_hashed_blocks, upto):
+        for i in range(seq.num_hashed_blocks, min(seq.num_computed_tokens, seq.num_tokens) // bs):
             seq.num_hashed_blocks = i + 1
             block = seq.block_table[i]
             if self._hashes[block] is not None:

@@ -74,7 +74,7 @@ def check_stop(tracked: TrackedSequence, token_id: int, stop_token_ids: frozense
     tracked.detok.push(token_id)
     if tracked.detok.stopped:
         return SequenceStatus.FINISHED_STOPPED
-    if len(seq.output_ids) >= params.max_tokens:
+    if seq.num_output_tokens >= params.max_tokens:
         return SequenceStatus.FINISHED_LENGTH
     return None
 
@@ -88,8 +88,8 @@ def emit(tracked: TrackedSequence, finish_reason: str | None) -> SequenceOutput:
         token_ids=tracked.pending_ids,
         logprobs=tracked.pending_logprobs,
         finish_reason=finish_reason,
-        num_prompt_tokens=len(seq.prompt_ids),
-        num_output_tokens=len(seq.output_ids),
+        num_prompt_tokens=seq.num_prompt_tokens,
+        num_output_tokens=seq.num_output_tokens,
         num_cached_tokens=seq.num_cached_tokens,
         prompt_logprobs=None if tracked.has_emitted else tracked.prompt_logprobs,
     )
