@@ -20,6 +20,7 @@ from sse_starlette.sse import EventSourceResponse
 from starlette.requests import Request
 from starlette.responses import Response
 
+from llmserve.api.json_body import OFF_LOOP_BYTES
 from llmserve.engine.engine import SequenceOutput
 from llmserve.engine.request import SamplingParams, TokenLogprob
 from llmserve.errors import EngineError, LLMServeError, error_body, render_error
@@ -221,13 +222,9 @@ async def respond(request: Request, worker: Worker, stream: RequestStream,
     return response if response is not None else Response(status_code=499)
 
 
-# Requests bigger than this (bytes) are tokenized in a worker thread, so a huge prompt does not
-# hold up every other stream on the event loop while it is rendered and encoded.
-_OFF_LOOP_BYTES = 32_768
-
-
 async def off_loop_if_large(request: Request, fn: Callable[..., _T], *args: Any) -> _T:
-    """`fn(*args)`, in a thread when the request body is large."""
-    if len(await request.body()) > _OFF_LOOP_BYTES:
+    """`fn(*args)`, in a thread when the request body is large (over the size whose JSON is parsed
+    off the loop too): a huge prompt is rendered and encoded without holding up every other stream."""
+    if len(await request.body()) > OFF_LOOP_BYTES:
         return await asyncio.to_thread(fn, *args)
     return fn(*args)

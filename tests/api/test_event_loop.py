@@ -151,8 +151,10 @@ def _longest_loop_stall_s(work: Callable[[], object]) -> float:
 
 def _stall_at_the_servers_switch_interval(work: Callable[[], object]) -> float:
     """`_longest_loop_stall_s(work)` with the interpreter's switch interval `llmserve run` sets."""
+    from llmserve.server import GIL_SWITCH_INTERVAL_S
+
     previous = sys.getswitchinterval()
-    sys.setswitchinterval(0.0005)
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     try:
         return _longest_loop_stall_s(work)
     finally:
